@@ -1,0 +1,110 @@
+"""Retrieve-then-rerank: BM25 candidates from any first stage, rescored by a cross-encoder."""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from retrieval.records import Hit, Query
+
+from .runs import Run
+
+logger = logging.getLogger(__name__)
+
+
+class Retriever(Protocol):
+    def search_many(self, queries: Sequence[str], k: int) -> list[list[Hit]]: ...
+
+    def fetch_texts(self, doc_ids: Sequence[str]) -> list[str]: ...
+
+
+class Reranker(Protocol):
+    def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray: ...
+
+
+class RetrieveRerank:
+    """First stage top ``retrieve_k``, of which the top ``rerank_k`` are rescored by ``reranker``.
+
+    The reranked documents come first in reranker order; the rest of the candidates follow in first-stage
+    order (so Recall@retrieve_k is the first stage's), with scores below the lowest reranked one.
+
+    Args:
+        retriever: anything with ``search_many(queries, k)``; also ``fetch_texts(doc_ids)`` unless
+            ``texts`` is given.
+        reranker: anything with ``predict(pairs)``, e.g. ``rerank.CrossEncoder``; ``None`` returns the
+            first stage unchanged.
+        retrieve_k: candidates per query from the first stage. Default 1000.
+        rerank_k: candidates per query the reranker rescores. Default 100, the usual trade-off.
+        texts: doc id → text for the reranker, when the retriever cannot fetch texts itself.
+        queries_per_batch: queries whose candidates go to the reranker in one call, so its batches
+            are full. Default 32.
+    """
+
+    def __init__(self, retriever: Retriever, reranker: Reranker | None, retrieve_k: int = 1000,
+                 rerank_k: int = 100, texts: Mapping[str, str] | None = None, queries_per_batch: int = 32):
+        if retrieve_k < 1 or rerank_k < 0:
+            raise ValueError(f"need retrieve_k >= 1 and rerank_k >= 0, got {retrieve_k}, {rerank_k}")
+        self.retriever = retriever
+        self.reranker = reranker
+        self.retrieve_k = retrieve_k
+        self.rerank_k = min(rerank_k, retrieve_k)
+        self.texts = texts
+        self.queries_per_batch = queries_per_batch
+
+    def search(self, query: str) -> list[Hit]:
+        return self.search_many([query])[0]
+
+    def search_many(self, queries: Sequence[str]) -> list[list[Hit]]:
+        records = [Query(str(i), text) for i, text in enumerate(queries)]
+        run = self.run(records)
+        return [run[q.query_id] for q in records]
+
+    def run(self, queries: Sequence[Query], show_progress: bool | None = None) -> Run:
+        """Retrieve and rerank every query; results keyed by query id."""
+        first_stage = self.retriever.search_many([q.text for q in queries], self.retrieve_k)
+        return self.rerank_run(queries, dict(zip((q.query_id for q in queries), first_stage)), show_progress)
+
+    def rerank_run(self, queries: Sequence[Query], first_stage: Run, show_progress: bool | None = None) -> Run:
+        """Rerank a given first-stage run (e.g. official top-1000 files); queries it lacks get no hits."""
+        if self.reranker is None or self.rerank_k == 0:
+            return {q.query_id: list(first_stage.get(q.query_id, []))[: self.retrieve_k] for q in queries}
+        if show_progress is None:
+            show_progress = len(queries) > 50
+        reranked: Run = {}
+        for start in tqdm(range(0, len(queries), self.queries_per_batch), desc="reranking queries",
+                          unit="batch", disable=not show_progress):
+            batch = queries[start:start + self.queries_per_batch]
+            candidates = [list(first_stage.get(q.query_id, []))[: self.retrieve_k] for q in batch]
+            heads = [hits[: self.rerank_k] for hits in candidates]
+            doc_ids = [hit.doc_id for hits in heads for hit in hits]
+            texts = self._texts(doc_ids)
+            pairs, offset = [], 0
+            for q, hits in zip(batch, heads):
+                pairs.extend((q.text, texts[offset + i]) for i in range(len(hits)))
+                offset += len(hits)
+            scores = self.reranker.predict(pairs) if pairs else np.zeros(0)
+            offset = 0
+            for q, hits, all_hits in zip(batch, heads, candidates):
+                head_scores = scores[offset: offset + len(hits)]
+                offset += len(hits)
+                reranked[q.query_id] = _merge(hits, head_scores, all_hits[len(hits):])
+        return reranked
+
+    def _texts(self, doc_ids: list[str]) -> list[str]:
+        if self.texts is not None:
+            missing = [d for d in doc_ids if d not in self.texts]
+            if missing:
+                raise KeyError(f"{len(missing)} candidate doc ids have no text (e.g. {missing[0]!r})")
+            return [self.texts[d] for d in doc_ids]
+        return self.retriever.fetch_texts(doc_ids)
+
+
+def _merge(head: Sequence[Hit], head_scores: np.ndarray, tail: Sequence[Hit]) -> list[Hit]:
+    order = np.argsort(-head_scores, kind="stable")  # ties keep first-stage order
+    merged = [Hit(head[i].doc_id, float(head_scores[i]), rank) for rank, i in enumerate(order, start=1)]
+    floor = float(head_scores.min()) if len(head_scores) else 0.0
+    merged += [Hit(hit.doc_id, floor - offset, len(merged) + offset) for offset, hit in enumerate(tail, start=1)]
+    return merged

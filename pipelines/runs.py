@@ -1,0 +1,47 @@
+"""TREC run files: ``qid Q0 docid rank score tag``, ranks from 1, scores with six decimals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from retrieval.records import DataError, Hit
+
+Run = dict[str, list[Hit]]  # query id → hits, best first
+
+
+def write_trec_run(run: Mapping[str, Sequence[Hit]], path, tag: str = "esrerank") -> None:
+    """Write ``run`` to ``path``; queries in the order given, hits re-ranked from 1 in score order."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for query_id, hits in run.items():
+            for rank, hit in enumerate(hits, start=1):
+                handle.write(f"{query_id} Q0 {hit.doc_id} {rank} {hit.score:.6f} {tag}\n")
+
+
+def read_trec_run(path, depth: int | None = None) -> Run:
+    """Read a TREC run; each query's hits are sorted by score (ties by rank) and cut to ``depth``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "run file not found")
+    rows: dict[str, list[tuple[float, int, str]]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise DataError(path, f"expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}", line_number)
+            query_id, _, doc_id, rank, score, _ = parts
+            try:
+                rows.setdefault(query_id, []).append((float(score), int(rank), doc_id))
+            except ValueError:
+                raise DataError(path, f"rank {rank!r} or score {score!r} is not a number", line_number) from None
+    if not rows:
+        raise DataError(path, "run file is empty")
+    run: Run = {}
+    for query_id, entries in rows.items():
+        entries.sort(key=lambda e: (-e[0], e[1]))
+        run[query_id] = [Hit(doc_id, score, rank) for rank, (score, _, doc_id) in enumerate(entries[:depth], start=1)]
+    return run

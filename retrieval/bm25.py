@@ -1,0 +1,327 @@
+"""In-memory BM25 with Lucene's formula, for tests, small corpora and the embedded default.
+
+Lucene (and so Elasticsearch, OpenSearch, Anserini) scores a term as
+
+    idf(t) · tf / (tf + k1 · (1 − b + b · dl / avgdl)),   idf(t) = ln(1 + (N − n + 0.5) / (n + 0.5))
+
+with no (k1 + 1) factor, where dl is the number of terms the analyzer produced for the document and
+avgdl the mean over documents. A query's score is the sum over its terms (a repeated query term counts
+again, as in a ``match`` query). Ties are broken by corpus order, as Lucene breaks them by doc id.
+
+Two backends give the same scores:
+- ``"fast"``: a precomputed term × document score matrix (scipy CSR). A batch of queries is one sparse
+  product, so ``search_many`` is vectorized.
+- ``"rank_bm25"``: the ``rank-bm25`` package's corpus statistics with Lucene's formula; slow, kept as
+  an independent implementation for tests.
+
+``length_norm="lucene"`` stores document lengths the way Lucene does (one byte per document, exact
+below 24 terms and 4 significant bits above) so that scores match a real engine's; ``"exact"`` (the
+default) keeps exact lengths, the textbook formula.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from .analysis import get_analyzer
+from .records import Document, Hit
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+BACKENDS = ("fast", "rank_bm25")
+LENGTH_NORMS = ("exact", "lucene")
+
+
+# --- Lucene's one-byte document length (SmallFloat.intToByte4 / byte4ToInt) ---------------------------
+
+def _long_to_int4(value: int) -> int:
+    bits = value.bit_length()
+    if bits < 4:
+        return value
+    shift = bits - 4
+    return ((value >> shift) & 0x07) | ((shift + 1) << 3)
+
+
+def _int4_to_long(encoded: int) -> int:
+    mantissa, shift = encoded & 0x07, (encoded >> 3) - 1
+    return mantissa if shift == -1 else (mantissa | 0x08) << shift
+
+
+_FREE_VALUES = 255 - _long_to_int4(2**31 - 1)  # lengths below this (24) are stored exactly
+
+
+def lucene_encoded_length(length: int) -> int:
+    """The norm byte Lucene stores for a field of ``length`` terms."""
+    return length if length < _FREE_VALUES else _FREE_VALUES + _long_to_int4(length - _FREE_VALUES)
+
+
+def lucene_decoded_length(norm_byte: int) -> int:
+    """The length Lucene's BM25 reads back from a norm byte."""
+    return norm_byte if norm_byte < _FREE_VALUES else min(_FREE_VALUES + _int4_to_long(norm_byte - _FREE_VALUES), 2**31 - 1)
+
+
+def lucene_lengths(lengths: np.ndarray) -> np.ndarray:
+    """Document lengths as Lucene's BM25 sees them (quantized through the norm byte)."""
+    table = {n: lucene_decoded_length(lucene_encoded_length(int(n))) for n in np.unique(lengths)}
+    return np.array([table[n] for n in lengths], dtype=np.float64)
+
+
+def lucene_idf(doc_freq: np.ndarray | float, doc_count: int) -> np.ndarray | float:
+    return np.log1p((doc_count - doc_freq + 0.5) / (doc_freq + 0.5))
+
+
+class InMemoryBM25:
+    """BM25 over an in-memory corpus, scored with Lucene's formula.
+
+    Args:
+        corpus: iterable of ``{"_id", "title", "text"}`` mappings or :class:`Document` records; title and
+            text are indexed together as one field.
+        k1: term-frequency saturation. Default 0.9, as Anserini uses for MS MARCO.
+        b: length normalization. Default 0.4, as Anserini uses for MS MARCO.
+        analyzer: ``"english"`` (default, Elasticsearch's english analyzer) or ``"standard"``.
+        backend: ``"fast"`` (default, sparse matrices) or ``"rank_bm25"`` (the ``rank-bm25`` package).
+        length_norm: ``"exact"`` (default) or ``"lucene"`` (lengths quantized as a real engine stores them).
+        show_progress: progress bar while analyzing; ``None`` shows it for corpora over 20,000 documents.
+    """
+
+    def __init__(self, corpus: Iterable, k1: float = 0.9, b: float = 0.4, analyzer: str = "english",
+                 backend: str = "fast", length_norm: str = "exact", show_progress: bool | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        if length_norm not in LENGTH_NORMS:
+            raise ValueError(f"unknown length_norm {length_norm!r}; choose one of {LENGTH_NORMS}")
+        if k1 < 0 or not 0 <= b <= 1:
+            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+        self.k1, self.b = float(k1), float(b)
+        self.analyzer = get_analyzer(analyzer)
+        self.backend = backend
+        self.length_norm = length_norm
+
+        documents = [_as_document(row, i) for i, row in enumerate(corpus)]
+        if not documents:
+            raise ValueError("cannot index an empty corpus")
+        self.doc_ids = [d.doc_id for d in documents]
+        if len(set(self.doc_ids)) != len(self.doc_ids):
+            raise ValueError("corpus has duplicate doc ids")
+        if show_progress is None:
+            show_progress = len(documents) > 20_000
+        analyzed = [self.analyzer(d.contents) for d in tqdm(documents, desc="analyzing", unit="doc",
+                                                              disable=not show_progress)]
+        self._texts = [d.contents for d in documents]
+        self._build(analyzed)
+
+    # --- building ------------------------------------------------------------------------------
+
+    def _build(self, analyzed: list[list[str]]) -> None:
+        if self.backend == "rank_bm25":
+            self._rank_bm25 = _LuceneRankBM25(analyzed, self.k1, self.b, self.length_norm)
+            return
+        vocabulary: dict[str, int] = {}
+        term_ids = np.fromiter((vocabulary.setdefault(t, len(vocabulary)) for doc in analyzed for t in doc),
+                               dtype=np.int64)
+        lengths = np.fromiter((len(doc) for doc in analyzed), dtype=np.int64, count=len(analyzed))
+        doc_index = np.repeat(np.arange(len(analyzed)), lengths)
+        tf = sp.csr_matrix((np.ones(len(term_ids), dtype=np.float64), (term_ids, doc_index)),
+                           shape=(len(vocabulary), len(analyzed)))
+        tf.sum_duplicates()
+        self.vocabulary = vocabulary
+        self.doc_lengths = lengths
+        self.scores = self._score_matrix(tf, lengths)
+
+    def _score_matrix(self, tf: sp.csr_matrix, lengths: np.ndarray) -> sp.csr_matrix:
+        """Term × document matrix of each term's BM25 contribution to each document."""
+        doc_count = int((lengths > 0).sum())  # Lucene counts documents that have the field
+        avgdl = lengths.sum() / max(doc_count, 1)
+        dl = lucene_lengths(lengths) if self.length_norm == "lucene" else lengths.astype(np.float64)
+        norm = self.k1 * (1 - self.b + self.b * dl / avgdl)
+        doc_freq = np.diff(tf.indptr)
+        idf = lucene_idf(doc_freq, doc_count)
+        scores = tf.copy()
+        freq = scores.data
+        scores.data = np.repeat(idf, doc_freq) * freq / (freq + norm[scores.indices])
+        return scores
+
+    # --- searching -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        """The top ``k`` documents for ``query``, best first, ranks from 1."""
+        return self.search_many([query], k)[0]
+
+    def search_many(self, queries: Sequence[str], k: int = 10, batch_size: int = 1024,
+                    show_progress: bool | None = None) -> list[list[Hit]]:
+        """Top ``k`` for each query, in input order. The fast backend scores ``batch_size`` queries per
+        sparse product."""
+        if isinstance(queries, str):
+            raise TypeError("search_many takes a list of query strings; use search() for one query")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        for i, query in enumerate(queries):
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError(f"query {i} is empty or not a string: {query!r}")
+        if show_progress is None:
+            show_progress = len(queries) > 5_000
+        results: list[list[Hit]] = []
+        for start in tqdm(range(0, len(queries), batch_size), desc="searching", unit="batch",
+                          disable=not show_progress):
+            batch = queries[start:start + batch_size]
+            if self.backend == "rank_bm25":
+                results.extend(self._top_k(self._rank_bm25.get_scores(self.analyzer(q)), k) for q in batch)
+            else:
+                results.extend(self._search_batch(batch, k))
+        return results
+
+    def _query_matrix(self, queries: Sequence[str]) -> sp.csr_matrix:
+        rows, cols = [], []
+        for row, query in enumerate(queries):
+            for term in self.analyzer(query):
+                term_id = self.vocabulary.get(term)
+                if term_id is not None:
+                    rows.append(row)
+                    cols.append(term_id)
+        return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(queries), len(self.vocabulary)))
+
+    def _search_batch(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        scores = (self._query_matrix(queries) @ self.scores).tocsr()
+        scores.sort_indices()  # doc order within a row, so ties keep corpus order
+        hits = []
+        for row in range(len(queries)):
+            start, end = scores.indptr[row], scores.indptr[row + 1]
+            hits.append(self._rank(scores.indices[start:end], scores.data[start:end], k))
+        return hits
+
+    def _top_k(self, dense_scores: np.ndarray, k: int) -> list[Hit]:
+        matched = np.flatnonzero(dense_scores > 0)
+        return self._rank(matched, dense_scores[matched], k)
+
+    def _rank(self, doc_indices: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
+        if len(scores) > k:
+            kth_best = np.partition(scores, len(scores) - k)[len(scores) - k]
+            keep = scores >= kth_best  # every tie at the boundary, so the tie-break below decides
+            doc_indices, scores = doc_indices[keep], scores[keep]
+        order = np.lexsort((doc_indices, -scores))[:k]
+        return [Hit(self.doc_ids[doc_indices[i]], float(scores[i]), rank)
+                for rank, i in enumerate(order, start=1)]
+
+    def fetch_texts(self, doc_ids: Sequence[str]) -> list[str]:
+        """The indexed text (title and text joined) of each doc id, for the reranker."""
+        if not hasattr(self, "_positions"):
+            self._positions = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
+        try:
+            return [self._texts[self._positions[doc_id]] for doc_id in doc_ids]
+        except KeyError as exc:
+            raise KeyError(f"doc id {exc.args[0]!r} is not in this index") from None
+
+    # --- saving --------------------------------------------------------------------------------
+
+    def params(self) -> dict:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            library_version = version("esrerank")
+        except PackageNotFoundError:
+            library_version = "unknown"
+        return {"k1": self.k1, "b": self.b, "analyzer": self.analyzer.name, "length_norm": self.length_norm,
+                "backend": self.backend, "num_docs": len(self.doc_ids), "format_version": FORMAT_VERSION,
+                "library": "esrerank", "library_version": library_version}
+
+    def save(self, folder) -> None:
+        """Save to ``folder``: ``params.json`` (k1, b, analyzer, versions), the score matrix, ids, terms."""
+        if self.backend != "fast":
+            raise ValueError("only the fast backend can be saved")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        sp.save_npz(folder / "scores.npz", self.scores)
+        np.save(folder / "doc_lengths.npy", self.doc_lengths)
+        terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
+        (folder / "vocabulary.json").write_text(json.dumps(terms), encoding="utf-8")
+        (folder / "doc_ids.json").write_text(json.dumps(self.doc_ids), encoding="utf-8")
+        (folder / "texts.json").write_text(json.dumps(self._texts), encoding="utf-8")
+        (folder / "params.json").write_text(json.dumps(self.params(), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder) -> "InMemoryBM25":
+        folder = Path(folder)
+        params_path = folder / "params.json"
+        if not params_path.is_file():
+            raise FileNotFoundError(f"{params_path}: not found; is {folder} a saved InMemoryBM25 index?")
+        params = json.loads(params_path.read_text(encoding="utf-8"))
+        if params.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{params_path}: index format {params.get('format_version')} is not {FORMAT_VERSION}")
+        index = cls.__new__(cls)
+        index.k1, index.b = params["k1"], params["b"]
+        index.analyzer = get_analyzer(params["analyzer"])
+        index.backend, index.length_norm = "fast", params["length_norm"]
+        index.scores = sp.load_npz(folder / "scores.npz").tocsr()
+        index.doc_lengths = np.load(folder / "doc_lengths.npy")
+        terms = json.loads((folder / "vocabulary.json").read_text(encoding="utf-8"))
+        index.vocabulary = {t: i for i, t in enumerate(terms)}
+        index.doc_ids = json.loads((folder / "doc_ids.json").read_text(encoding="utf-8"))
+        index._texts = json.loads((folder / "texts.json").read_text(encoding="utf-8"))
+        return index
+
+
+def _as_document(row, position: int) -> Document:
+    if isinstance(row, Document):
+        return row
+    if isinstance(row, dict):
+        if "_id" not in row or "text" not in row:
+            raise ValueError(f"corpus row {position} needs '_id' and 'text' keys, has {sorted(row)}")
+        return Document(str(row["_id"]), row.get("title") or "", row["text"] or "")
+    raise TypeError(f"corpus row {position} must be a dict with '_id', 'title', 'text' or a Document, "
+                    f"got {type(row).__name__}")
+
+
+class _LuceneRankBM25:
+    """rank-bm25's corpus statistics (document frequencies, lengths) with Lucene's BM25 formula."""
+
+    def __init__(self, analyzed: list[list[str]], k1: float, b: float, length_norm: str):
+        from rank_bm25 import BM25
+
+        class LuceneBM25(BM25):
+            def __init__(self, corpus):
+                self.k1, self.b = k1, b
+                super().__init__(corpus)
+
+            def _calc_idf(self, nd):
+                self.idf = {term: float(lucene_idf(n, self.corpus_size)) for term, n in nd.items()}
+
+            def get_scores(self, query):
+                scores = np.zeros(self.corpus_size)
+                dl = np.array(self.doc_len, dtype=np.float64)
+                if length_norm == "lucene":
+                    dl = lucene_lengths(np.array(self.doc_len))
+                norm = self.k1 * (1 - self.b + self.b * dl / self.avgdl)
+                for term in query:
+                    tf = np.array([doc.get(term, 0) for doc in self.doc_freqs], dtype=np.float64)
+                    scores += self.idf.get(term, 0.0) * tf / (tf + norm)
+                return scores
+
+        empty = sum(1 for doc in analyzed if not doc)
+        if empty:
+            # rank-bm25 counts every document in N and avgdl; Lucene only those with terms. Keep the
+            # empty ones out of its statistics and map positions back.
+            self._positions = np.array([i for i, doc in enumerate(analyzed) if doc])
+            analyzed = [doc for doc in analyzed if doc]
+        else:
+            self._positions = None
+        self._size = len(analyzed) + empty
+        self._model = LuceneBM25(analyzed)
+
+    def get_scores(self, query_terms: list[str]) -> np.ndarray:
+        scores = self._model.get_scores(query_terms)
+        if self._positions is None:
+            return scores
+        full = np.zeros(self._size)
+        full[self._positions] = scores
+        return full

@@ -1,0 +1,45 @@
+"""Plain records that cross module lines: documents, queries, hits, and the error for bad input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Document:
+    """One corpus entry; title and text are indexed together as one field."""
+
+    doc_id: str
+    title: str
+    text: str
+
+    @property
+    def contents(self) -> str:
+        """The field the first stage indexes and the reranker reads: title and text joined."""
+        return f"{self.title} {self.text}" if self.title else self.text
+
+
+@dataclass(frozen=True)
+class Query:
+    query_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One ranked result. ``rank`` starts at 1, as in TREC run files."""
+
+    doc_id: str
+    score: float
+    rank: int
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, the line (when there is one) and the problem."""
+
+    def __init__(self, path, problem: str, line: int | None = None):
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {problem}")
