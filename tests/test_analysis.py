@@ -1,0 +1,56 @@
+import json
+
+import pytest
+from nltk.stem.porter import PorterStemmer
+
+from retrieval.analysis import ENGLISH_STOP_WORDS, english_analyzer, get_analyzer, standard_analyzer, standard_tokenize
+from retrieval.porter import porter_stem
+
+
+def _vocabulary(folder):
+    words = set()
+    with open(folder / "corpus.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            words.update(standard_analyzer(f"{row['title']} {row['text']}"))
+    return words
+
+
+def test_porter_matches_reference_implementation_on_real_vocabularies(scifact, vaswani, cranfield):
+    # NLTK's MARTIN_EXTENSIONS mode is Martin Porter's reference implementation, which Lucene follows.
+    oracle = PorterStemmer(mode=PorterStemmer.MARTIN_EXTENSIONS)
+    vocabulary = _vocabulary(scifact) | _vocabulary(vaswani) | _vocabulary(cranfield)
+    assert len(vocabulary) > 40_000
+    mismatches = [(w, porter_stem(w), oracle.stem(w)) for w in vocabulary if porter_stem(w) != oracle.stem(w)]
+    assert mismatches == []
+
+
+@pytest.mark.parametrize("word,stem", [
+    ("caresses", "caress"), ("ponies", "poni"), ("agreed", "agre"), ("hopping", "hop"), ("filing", "file"),
+    ("relational", "relat"), ("generalizations", "gener"), ("us", "us"), ("is", "is"), ("analogi", "analog"),
+    ("sensibility", "sensibl"),
+])
+def test_porter_known_stems(word, stem):
+    assert porter_stem(word) == stem
+
+
+def test_standard_tokenizer_follows_uax29_joins():
+    text = "The U.S.A. don't cost 3.14 or 1,000 dollars; wi-fi foo_bar e-mail: x.1"
+    assert standard_tokenize(text) == ["The", "U.S.A", "don't", "cost", "3.14", "or", "1,000", "dollars",
+                                       "wi", "fi", "foo_bar", "e", "mail", "x", "1"]
+
+
+def test_standard_tokenizer_ideographs_and_long_tokens():
+    assert standard_tokenize("検索エンジン 中文") == ["検", "索", "エンジン", "中", "文"]
+    assert [len(t) for t in standard_tokenize("a" * 600)] == [255, 255, 90]
+
+
+def test_english_analyzer_chain():
+    assert english_analyzer("The Cat's toys are running quickly") == ["cat", "toi", "run", "quickli"]
+    assert standard_analyzer("The Cat's toys") == ["the", "cat's", "toys"]
+    assert not set(english_analyzer(" ".join(sorted(ENGLISH_STOP_WORDS)))), "stop words must all go"
+
+
+def test_unknown_analyzer_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown analyzer 'french'.*english"):
+        get_analyzer("french")

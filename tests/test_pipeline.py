@@ -1,0 +1,96 @@
+import math
+
+import ir_measures
+import numpy as np
+import pytest
+
+from pipelines.evaluation import compare, mean_scores, per_query_scores
+from pipelines.retrieve_rerank import RetrieveRerank
+from pipelines.runs import read_trec_run, write_trec_run
+from retrieval.bm25 import InMemoryBM25
+from retrieval.corpus import load_beir
+from retrieval.records import DataError, Hit, Query
+
+
+class LengthReranker:
+    """A deterministic stand-in scorer (longer documents score higher), to check the plumbing."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, pairs):
+        self.calls.append(len(pairs))
+        return np.array([float(len(doc)) for _, doc in pairs], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def cran(cranfield):
+    return load_beir(cranfield, "test")
+
+
+def test_rerank_reorders_head_and_keeps_tail(cran):
+    index = InMemoryBM25(cran.documents)
+    reranker = LengthReranker()
+    pipeline = RetrieveRerank(index, reranker, retrieve_k=50, rerank_k=10, queries_per_batch=4)
+    queries = cran.queries[:9]
+    run = pipeline.run(queries)
+    bm25 = index.search_many([q.text for q in queries], 50)
+    assert reranker.calls == [40, 40, 10]
+    for query, hits, first in zip(queries, run.values(), bm25):
+        assert len(hits) == 50 and [h.rank for h in hits] == list(range(1, 51))
+        head_texts = index.fetch_texts([h.doc_id for h in hits[:10]])
+        assert [len(t) for t in head_texts] == sorted((len(t) for t in head_texts), reverse=True)
+        assert {h.doc_id for h in hits[:10]} == {h.doc_id for h in first[:10]}
+        assert [h.doc_id for h in hits[10:]] == [h.doc_id for h in first[10:]]
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True) and len(set(scores[9:])) == 41
+    assert pipeline.search(queries[0].text) == run[queries[0].query_id]
+
+
+def test_without_reranker_the_first_stage_passes_through(cran):
+    index = InMemoryBM25(cran.documents)
+    pipeline = RetrieveRerank(index, None, retrieve_k=20)
+    assert pipeline.search_many([cran.queries[0].text]) == [index.search(cran.queries[0].text, 20)]
+
+
+def test_measures_equal_ir_measures_and_missing_queries_score_zero(cran):
+    index = InMemoryBM25(cran.documents)
+    run = dict(zip((q.query_id for q in cran.queries), index.search_many([q.text for q in cran.queries], 1000)))
+    ours = mean_scores(per_query_scores(run, cran.qrels))
+    run_dict = {q: {h.doc_id: h.score for h in hits} for q, hits in run.items()}
+    measures = [ir_measures.parse_measure(m) for m in ours]
+    reference = ir_measures.calc_aggregate(measures, cran.qrels, run_dict)
+    for name, value in ours.items():
+        assert value == pytest.approx(reference[ir_measures.parse_measure(name)], abs=1e-9)
+    partial = dict(list(run.items())[: len(run) // 2])
+    half = mean_scores(per_query_scores(partial, cran.qrels, ["nDCG@10"]))["nDCG@10"]
+    values = [r.value for r in ir_measures.iter_calc([ir_measures.nDCG @ 10], cran.qrels,
+                                                      {q: run_dict[q] for q in partial})]
+    assert half == pytest.approx(sum(values) / len(cran.qrels))
+    assert half < 0.75 * mean_scores(per_query_scores(run, cran.qrels, ["nDCG@10"]))["nDCG@10"]
+
+
+def test_paired_t_test_matches_scipy():
+    from scipy import stats
+
+    base = {"AP": {"a": 0.1, "b": 0.4, "c": 0.3, "d": 0.2}}
+    system = {"AP": {"a": 0.3, "b": 0.5, "c": 0.35, "d": 0.4}}
+    (result,) = compare(base, system)
+    assert result.p_value == pytest.approx(stats.ttest_rel([0.3, 0.5, 0.35, 0.4], [0.1, 0.4, 0.3, 0.2]).pvalue)
+    assert result.delta == pytest.approx(0.1375)
+    assert math.isnan(compare(base, base)[0].p_value)
+
+
+def test_trec_run_round_trip_and_errors(tmp_path):
+    run = {"q1": [Hit("d3", 2.5, 1), Hit("d1", 1.25, 2)], "q2": [Hit("d9", -0.5, 1)]}
+    path = tmp_path / "run.txt"
+    write_trec_run(run, path, tag="test")
+    assert path.read_text().splitlines()[0] == "q1 Q0 d3 1 2.500000 test"
+    assert read_trec_run(path) == run
+    assert read_trec_run(path, depth=1)["q1"] == [Hit("d3", 2.5, 1)]
+    path.write_text("q1 Q0 d1 1 2.0 tag\nq1 Q0 d2 x 1.0 tag\n")
+    with pytest.raises(DataError, match=r"run.txt:2: rank 'x' or score '1.0' is not a number"):
+        read_trec_run(path)
+    path.write_text("q1 d1 1 2.0\n")
+    with pytest.raises(DataError, match=r"run.txt:1: expected 6 columns"):
+        read_trec_run(path)
