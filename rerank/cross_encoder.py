@@ -67,8 +67,9 @@ class CrossEncoder:
             precision (scores equal sentence-transformers' to 1e-4); ``"bfloat16"``, ``"float16"``.
         activation: ``None`` (default) returns raw logits, which rank the same as probabilities and keep
             their resolution; ``"sigmoid"`` returns probabilities; or any callable on a float tensor.
-        max_batch_tokens: token budget of one batch (batch size × longest pair in it). Default 16,384 on
-            CPU and 65,536 on GPU: large enough to keep the matrix units busy, small enough for memory.
+        max_batch_tokens: token budget of one batch (batch size × longest pair in it). Default 4,096 on
+            CPU (measured fastest of 1k-32k on a 2-core AMX machine: activations stay in cache) and
+            65,536 on GPU (large enough to keep the tensor cores busy).
         max_batch_size: most pairs in one batch, whatever their length. Default 256.
         show_progress: progress bar; ``None`` (default) shows it for more than 10,000 pairs.
         trust_remote_code: passed to transformers for models with custom code. Default False.
@@ -87,7 +88,7 @@ class CrossEncoder:
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_length = max_length
         self.activation = _resolve_activation(activation)
-        self.max_batch_tokens = max_batch_tokens or (65_536 if self.device.type == "cuda" else 16_384)
+        self.max_batch_tokens = max_batch_tokens or (65_536 if self.device.type == "cuda" else 4_096)
         self.max_batch_size = max_batch_size
         self.show_progress = show_progress
 
