@@ -26,6 +26,18 @@ def _add_first_stage_args(parser: argparse.ArgumentParser) -> None:
                         help="Elasticsearch analyzer to reproduce (default english)")
 
 
+def _add_retriever_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--retriever", choices=["memory", "elasticsearch", "opensearch"], default="memory",
+                        help="first stage: in-memory BM25 (default) or a real engine")
+    parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200 for elasticsearch, :9201 for opensearch)")
+    parser.add_argument("--index", help="engine index or alias (as built by 'esrerank index')")
+
+
+def _engine_url(args) -> str:
+    return args.url or ("http://127.0.0.1:9201" if args.retriever == "opensearch" or
+                        getattr(args, "engine", None) == "opensearch" else "http://127.0.0.1:9200")
+
+
 def _add_reranker_args(parser: argparse.ArgumentParser, default_model: str) -> None:
     parser.add_argument("--model", default=default_model,
                         help=f"cross-encoder hub id or local folder, or 'none' for BM25 only (default {default_model})")
@@ -52,15 +64,69 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--retrieve-k", type=int, default=1000, help="first-stage depth (default 1000)")
     evaluate.add_argument("--rerank-k", type=int, default=100, help="candidates reranked per query (default 100)")
     _add_first_stage_args(evaluate)
+    _add_retriever_args(evaluate)
     evaluate.add_argument("--candidates", help="rerank this first-stage TREC run instead of retrieving")
     evaluate.add_argument("--save-run", help="write the final run (reranked, or BM25 with --model none) here")
     evaluate.add_argument("--output-json", help="write the measures as JSON here")
     evaluate.set_defaults(handler=run_evaluate)
+
+    search = commands.add_parser("search", parents=[common], help="retrieve (and rerank) for ad-hoc queries")
+    search.add_argument("queries", nargs="+", metavar="QUERY", help="query text (several allowed)")
+    search.add_argument("--data", help="BEIR folder for the in-memory retriever")
+    _add_retriever_args(search)
+    _add_first_stage_args(search)
+    _add_reranker_args(search, "none")
+    search.add_argument("-k", "--k", type=int, default=10, help="results per query (default 10)")
+    search.add_argument("--rerank-k", type=int, default=100, help="candidates reranked per query (default 100)")
+    search.set_defaults(handler=run_search)
+
+    index = commands.add_parser("index", parents=[common], help="bulk-load a corpus into Elasticsearch/OpenSearch")
+    index.add_argument("--data", required=True,
+                       help="BEIR folder, MS MARCO collection.tsv, or 'msmarco-passage' (HF datasets copy)")
+    index.add_argument("--engine", choices=["elasticsearch", "opensearch"], default="elasticsearch")
+    index.add_argument("--url", help="engine URL (default http://127.0.0.1:9200, or :9201 for opensearch)")
+    index.add_argument("--index", required=True, help="alias to build; the data goes to a versioned index behind it")
+    _add_first_stage_args(index)
+    index.add_argument("--analysis", choices=["auto", "native", "client"], default="auto",
+                       help="analyze on the server (native) or with esrerank's replica (client); "
+                            "auto: native when the server has the analyzer")
+    index.add_argument("--batch-docs", type=int, default=1000, help="documents per bulk request (default 1000)")
+    index.add_argument("--workers", type=int, default=2, help="concurrent bulk requests (default 2)")
+    index.add_argument("--shards", type=int, default=1, help="primary shards (default 1: exact BM25 statistics)")
+    index.add_argument("--replicas", type=int, default=0, help="replicas once loaded (default 0)")
+    index.add_argument("--dead-letter", help="JSON-lines file for what could not be indexed "
+                                             "(default <index>.dead-letter.jsonl)")
+    index.add_argument("--max-retries", type=int, default=8, help="retries of 429/5xx/unreachable (default 8)")
+    index.add_argument("--no-force-merge", action="store_true", help="skip the final merge to one segment")
+    index.add_argument("--keep-old", action="store_true", help="keep the index the alias pointed to before")
+    index.set_defaults(handler=run_index)
     return parser
 
 
+def _first_stage(args, documents=None):
+    """The retriever the flags name, and a line describing it."""
+    if args.retriever == "memory":
+        from retrieval.bm25 import InMemoryBM25
+
+        if documents is None:
+            raise DataError("--data", "the in-memory retriever needs --data DIR")
+        index = InMemoryBM25(documents, k1=args.k1, b=args.b, analyzer=args.analyzer)
+        return index, f"in-memory BM25 (k1={args.k1}, b={args.b}, analyzer={args.analyzer})"
+    from retrieval.engines import connect
+
+    if not args.index:
+        raise DataError("--index", f"--retriever {args.retriever} needs --index NAME")
+    engine = connect(args.retriever, _engine_url(args), args.index)
+    meta = engine.meta
+    if meta and (meta.get("k1"), meta.get("b"), meta.get("analyzer")) != (args.k1, args.b, args.analyzer):
+        logger.warning("index %s was built with k1=%s, b=%s, analyzer=%s; those apply, not the flags", args.index,
+                       meta.get("k1"), meta.get("b"), meta.get("analyzer"))
+    described = (f"k1={meta.get('k1')}, b={meta.get('b')}, analyzer={meta.get('analyzer')}, "
+                 f"{meta.get('analysis')} analysis" if meta else "an index esrerank did not build")
+    return engine, f"{args.retriever} {engine.url}/{args.index} ({described})"
+
+
 def run_evaluate(args) -> int:
-    from retrieval.bm25 import InMemoryBM25
     from retrieval.corpus import load_collection
 
     from .evaluation import compare, format_single, format_table, mean_scores, per_query_scores
@@ -86,10 +152,9 @@ def run_evaluate(args) -> int:
         first_stage = {q.query_id: first_stage.get(q.query_id, []) for q in collection.queries}
         source = f"candidates from {args.candidates}"
     else:
-        index = InMemoryBM25(collection.documents, k1=args.k1, b=args.b, analyzer=args.analyzer)
+        retriever, source = _first_stage(args, collection.documents)
         first_stage = dict(zip((q.query_id for q in collection.queries),
-                               index.search_many([q.text for q in collection.queries], args.retrieve_k)))
-        source = f"in-memory BM25 (k1={args.k1}, b={args.b}, analyzer={args.analyzer})"
+                               retriever.search_many([q.text for q in collection.queries], args.retrieve_k)))
     logger.info("first stage: %s", source)
     bm25_scores = per_query_scores(first_stage, collection.qrels)
     results = {"bm25": mean_scores(bm25_scores)}
@@ -118,11 +183,93 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def run_search(args) -> int:
+    from retrieval.records import Query
+
+    from .retrieve_rerank import RetrieveRerank
+
+    documents = None
+    if args.retriever == "memory":
+        from retrieval.corpus import load_collection
+
+        if not args.data:
+            raise DataError("--data", "the in-memory retriever needs --data DIR")
+        documents = load_collection(args.data, split=_any_split(args.data)).documents
+    retriever, source = _first_stage(args, documents)
+    reranker = None
+    if args.model.lower() != "none":
+        from rerank.cross_encoder import CrossEncoder
+
+        reranker = CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype)
+    pipeline = RetrieveRerank(retriever, reranker, retrieve_k=max(args.k, args.rerank_k if reranker else args.k),
+                              rerank_k=args.rerank_k)
+    queries = [Query(str(i), text) for i, text in enumerate(args.queries, start=1)]
+    run = pipeline.run(queries, show_progress=False)
+    logger.info("first stage: %s%s", source, f"; reranker {reranker!r}" if reranker else "")
+    for query in queries:
+        hits = run[query.query_id][: args.k]
+        texts = retriever.fetch_texts([h.doc_id for h in hits]) if hits else []
+        print(f"query {query.query_id}: {query.text}")
+        for hit, text in zip(hits, texts):
+            print(f"  {hit.rank:>3}  {hit.score:>10.4f}  {hit.doc_id:<12} {text[:90]!s}")
+    return 0
+
+
+def _any_split(folder: str) -> str:
+    splits = sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
+    return "test" if "test" in splits or not splits else splits[0]
+
+
+def run_index(args) -> int:
+    from retrieval.corpus import SkippedLines, iter_beir_corpus, iter_hf_msmarco_passages, iter_msmarco_collection
+    from retrieval.engines import EngineError, IndexSettings, connect
+    from retrieval.indexing import Backoff, DeadLetters, IndexingAborted, build_index
+
+    source = Path(args.data)
+    skipped = SkippedLines()
+    if args.data == "msmarco-passage":
+        documents, total, corpus_id = iter_hf_msmarco_passages(), 8_841_823, "hf:Tevatron/msmarco-passage-corpus"
+    else:
+        path = source / "corpus.jsonl" if source.is_dir() else source
+        if not path.is_file():
+            raise DataError(path, "corpus not found (give a BEIR folder, a collection.tsv or 'msmarco-passage')")
+        reader = iter_msmarco_collection if path.suffix == ".tsv" else iter_beir_corpus
+        documents = reader(path, on_error="skip", skipped=skipped)
+        with open(path, "rb") as handle:
+            total = sum(1 for line in handle if line.strip())
+        stat = path.stat()
+        corpus_id = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    dead_letter = Path(args.dead_letter or f"{args.index}.dead-letter.jsonl")
+    engine = connect(args.engine, _engine_url(args), args.index)
+    settings = IndexSettings(k1=args.k1, b=args.b, analyzer=args.analyzer, analysis=args.analysis,
+                             shards=args.shards, replicas=args.replicas)
+    try:
+        report = build_index(engine, documents, args.index, corpus_id, settings, batch_docs=args.batch_docs,
+                             workers=args.workers, dead_letter=dead_letter, backoff=Backoff(args.max_retries),
+                             total=total, force_merge=not args.no_force_merge, keep_old=args.keep_old,
+                             show_progress=not args.quiet)
+    except (IndexingAborted, EngineError) as exc:
+        print(f"esrerank: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        letters = DeadLetters(dead_letter)
+        for path, line, problem in skipped.entries:
+            letters.write({"file": path, "line": line, "problem": problem})
+    print(f"indexed {report.indexed} documents into {report.index} (alias {report.alias}) in {report.seconds:.1f} s "
+          f"({report.docs_per_second:.0f} docs/s); resumed after {report.resumed_after}; "
+          f"{report.failed} failed, {len(skipped)} malformed lines skipped; {report.count_in_index} in the index")
+    if report.failed or len(skipped):
+        print(f"see {dead_letter} for what was not indexed and why")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("elastic_transport", "opensearch", "urllib3", "httpx"):  # one line per HTTP request
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.handler(args)
     except (DataError, ModelError) as error:

@@ -15,6 +15,7 @@ the engine tests with its ``_analyze`` API.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,18 +29,35 @@ ENGLISH_STOP_WORDS = frozenset(
 
 MAX_TOKEN_LENGTH = 255
 
+def _other_numbers() -> str:
+    """Characters Python counts as word characters but UAX#29 does not join into words: Unicode's
+    "other number" category (superscripts ², fractions ½, circled digits ①)."""
+    chars = (chr(c) for c in range(0x30000) if unicodedata.category(chr(c)) == "No")
+    return "".join(re.escape(c) for c in chars)
+
+
 _IDEOGRAPH = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
-_LETTER = rf"[^\W\d_{_IDEOGRAPH}]"
-_WORD_CHAR = rf"[^\W{_IDEOGRAPH}]"  # letters, digits, marks and underscore, but not ideographs
+_NOT_IN_WORDS = _IDEOGRAPH + _other_numbers()
+# Extended_Pictographic symbols Lucene emits as <EMOJI> tokens (©, ®, ™, arrows, dingbats, emoji)
+_EMOJI = (r"\u00a9\u00ae\u203c\u2049\u2122\u2139\u2194-\u2199\u21a9\u21aa\u231a\u231b\u2328\u23cf"
+          r"\u23e9-\u23f3\u23f8-\u23fa\u24c2\u25aa\u25ab\u25b6\u25c0\u25fb-\u25fe\u2600-\u2605\u2607-\u2612"
+          r"\u2614-\u2685\u2690-\u2705\u2708-\u2712\u2714\u2716\u271d\u2721\u2728\u2733\u2734\u2744\u2747"
+          r"\u274c\u274e\u2753-\u2755\u2757\u2763-\u2767\u2795-\u2797\u27a1\u27b0\u27bf"
+          r"\u2934\u2935\u2b05-\u2b07\u2b1b\u2b1c\u2b50\u2b55\u3030\u303d\u3297\u3299\U0001f000-\U0001faff")
+# Format and joiner characters (soft hyphen, ZWJ, bidi marks) attach to the character before them (WB4)
+_FORMAT = r"\u00ad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200c-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+_LETTER = rf"[^\W\d_{_NOT_IN_WORDS}]"
+_WORD_CHAR = rf"[^\W{_NOT_IN_WORDS}]"  # letters, digits, marks and underscore; not ideographs, not ²
 _TOKEN = re.compile(
     rf"""
     [{_IDEOGRAPH}]                                   # an ideograph is a token by itself
-    | {_WORD_CHAR}+
+    | [{_EMOJI}][\ufe0f\U0001f3fb-\U0001f3ff]*    # an emoji, with its variation selector or skin tone
+    | {_WORD_CHAR}[{_FORMAT}]*(?:{_WORD_CHAR}[{_FORMAT}]*)*
       (?:
         (?: (?<={_LETTER})[.'’:\u00b7](?={_LETTER})  # MidLetter / MidNumLet between letters
           | (?<=\d)[.,;'’](?=\d)                     # MidNum / MidNumLet between digits
         )
-        {_WORD_CHAR}+
+        (?:{_WORD_CHAR}[{_FORMAT}]*)+
       )*
     """,
     re.VERBOSE,

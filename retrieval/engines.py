@@ -1,0 +1,338 @@
+"""Elasticsearch and OpenSearch as the first stage: BM25 search and index management.
+
+Both engines speak the same REST API for everything used here (index creation with a BM25 similarity,
+``_bulk``, ``_msearch``, ``_mget``, aliases), so there is one implementation, :class:`SearchEngineBM25`,
+over a thin REST adapter per client library (``elasticsearch`` and ``opensearch-py``); the two public
+classes only pick the adapter.
+
+Analysis. Where the server has Elasticsearch's built-in ``english``/``standard`` analyzer it is used
+("native" analysis). Servers without the ``analysis-common`` module (the integ-test distributions on
+Maven Central) lack ``english``; there the index stores the terms esrerank's own analyzer produced (an
+exact replica of the built-in one, checked against OpenSearch's ``_analyze`` in the tests) in a field
+analyzed by ``whitespace``, and queries are analyzed the same way ("client" analysis). Either way the
+index's ``_meta`` records which, so a searcher always analyzes queries as the index was built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+from .analysis import get_analyzer
+from .records import Hit
+
+logger = logging.getLogger(__name__)
+
+FIELD = "contents"  # the indexed field: title and text joined, as the in-memory index does
+SIMILARITY = "esrerank_bm25"
+
+
+class EngineError(RuntimeError):
+    """The server answered with an error; ``status`` is its HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(f"HTTP {status}: {message}")
+
+
+class EngineUnavailable(EngineError):
+    """No answer from the server (refused, reset, timed out)."""
+
+    def __init__(self, url: str, cause: str):
+        super().__init__(0, f"cannot reach {url}: {cause}")
+
+
+# --- REST adapters ------------------------------------------------------------------------------------
+
+class _ElasticsearchRest:
+    engine = "elasticsearch"
+
+    def __init__(self, url: str, request_timeout: float):
+        import elasticsearch
+
+        self._errors = elasticsearch
+        self.url = url
+        self.client = elasticsearch.Elasticsearch(url, request_timeout=request_timeout, max_retries=0,
+                                                  retry_on_timeout=False)
+
+    def request(self, method: str, path: str, body: Any = None, params: dict | None = None) -> Any:
+        headers = {"accept": "application/json"}
+        if isinstance(body, str):
+            headers["content-type"] = "application/x-ndjson"
+        elif body is not None:
+            headers["content-type"] = "application/json"
+        try:
+            return self.client.perform_request(method, path, params=params, headers=headers, body=body).body
+        except self._errors.ApiError as exc:
+            raise EngineError(exc.meta.status, _reason(exc.body) or str(exc)) from None
+        except (self._errors.ConnectionError, self._errors.ConnectionTimeout) as exc:
+            raise EngineUnavailable(self.url, str(exc)) from None
+
+
+class _OpenSearchRest:
+    engine = "opensearch"
+
+    def __init__(self, url: str, request_timeout: float):
+        import opensearchpy
+
+        self._errors = opensearchpy
+        self.url = url
+        self.client = opensearchpy.OpenSearch([url], timeout=request_timeout, max_retries=0, retry_on_timeout=False,
+                                              pool_maxsize=16)  # parallel bulk workers share the client
+
+    def request(self, method: str, path: str, body: Any = None, params: dict | None = None) -> Any:
+        headers = {"content-type": "application/x-ndjson"} if isinstance(body, str) else None
+        try:
+            return self.client.transport.perform_request(method, path, params=params, body=body, headers=headers)
+        except self._errors.ConnectionError as exc:
+            raise EngineUnavailable(self.url, str(exc)) from None
+        except self._errors.TransportError as exc:
+            status = exc.status_code if isinstance(exc.status_code, int) else 0
+            raise EngineError(status, _reason(exc.info) or str(exc)) from None
+
+
+def _reason(body: Any) -> str:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        return f"{error.get('type')}: {error.get('reason')}"
+    return str(body)[:500] if body else ""
+
+
+def ndjson(lines: Iterable[dict]) -> str:
+    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+
+
+# --- index settings ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How an index is built. Recorded in the index's ``_meta`` so searchers and resumed loads agree.
+
+    k1, b: BM25 parameters (defaults 0.9 / 0.4, Anserini's MS MARCO setting).
+    analyzer: ``english`` or ``standard`` (Elasticsearch's names).
+    analysis: ``native`` (the server's analyzer) or ``client`` (esrerank's replica, pre-analyzed terms);
+        ``auto`` picks native where the server has the analyzer.
+    shards, replicas: the index's final layout; loads run with zero replicas and add them at the end.
+    """
+
+    k1: float = 0.9
+    b: float = 0.4
+    analyzer: str = "english"
+    analysis: str = "auto"
+    shards: int = 1
+    replicas: int = 0
+
+
+class SearchEngineBM25:
+    """BM25 over an Elasticsearch/OpenSearch index (or alias), with the in-memory index's interface.
+
+    Args:
+        url: the server, e.g. ``http://127.0.0.1:9200``.
+        index: index or alias name.
+        msearch_batch: queries per ``_msearch`` request. Default 64: large enough to amortize the
+            round trip, small enough to keep responses of 1,000 hits each moderate.
+        request_timeout: seconds per request. Default 120 (bulk loads and force merges are slow).
+    """
+
+    engine = "engine"
+    _adapter = None
+
+    def __init__(self, url: str = "http://127.0.0.1:9200", index: str = "esrerank", msearch_batch: int = 64,
+                 request_timeout: float = 120.0):
+        self.url = url
+        self.index = index
+        self.msearch_batch = msearch_batch
+        self.rest = self._adapter(url, request_timeout)
+        self._meta: dict | None = None
+
+    # --- reading the index's recorded settings --------------------------------------------------
+
+    @property
+    def meta(self) -> dict:
+        """The esrerank ``_meta`` of the index (analysis mode, analyzer, k1, b); {} for a foreign index."""
+        if self._meta is None:
+            mapping = self.rest.request("GET", f"/{self.index}/_mapping")
+            # an alias resolves to its one index; take the first
+            self._meta = next(iter(mapping.values()))["mappings"].get("_meta", {}).get("esrerank", {})
+        return self._meta
+
+    def _query_text(self, query: str) -> str:
+        if self.meta.get("analysis") == "client":
+            return " ".join(get_analyzer(self.meta["analyzer"])(query))
+        return query
+
+    # --- searching ------------------------------------------------------------------------------
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        return self.search_many([query], k)[0]
+
+    def search_many(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
+        """Top ``k`` per query with ``_msearch`` in batches of ``msearch_batch``; no ``_source``, no
+        total-hit counting."""
+        if isinstance(queries, str):
+            raise TypeError("search_many takes a list of query strings; use search() for one query")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        results: list[list[Hit]] = []
+        for start in range(0, len(queries), self.msearch_batch):
+            batch = queries[start:start + self.msearch_batch]
+            lines = []
+            for query in batch:
+                if not isinstance(query, str) or not query.strip():
+                    raise ValueError(f"query {start + len(lines) // 2} is empty or not a string: {query!r}")
+                lines.append({})
+                lines.append(self._query_body(query, k))
+            response = self.rest.request("POST", f"/{self.index}/_msearch", body=ndjson(lines))
+            for item in response["responses"]:
+                if "error" in item:
+                    raise EngineError(item.get("status", 500), _reason(item))
+                results.append(self._hits(item))
+        return results
+
+    def search_one_request(self, query: str, k: int = 10) -> list[Hit]:
+        """One ``_search`` request (the per-query baseline the benchmark compares ``_msearch`` with)."""
+        return self._hits(self.rest.request("POST", f"/{self.index}/_search", body=self._query_body(query, k)))
+
+    score_scale = 1.0
+
+    def _hits(self, response: dict) -> list[Hit]:
+        scale = self.score_scale
+        return [Hit(h["_id"], float(h["_score"]) * scale, rank)
+                for rank, h in enumerate(response["hits"]["hits"], start=1)]
+
+    def _query_body(self, query: str, k: int) -> dict:
+        return {"query": {"match": {FIELD: {"query": self._query_text(query)}}}, "size": k,
+                "_source": False, "track_total_hits": False}
+
+    def fetch_texts(self, doc_ids: Sequence[str]) -> list[str]:
+        """Title and text of each document (joined as the index field is), for the reranker."""
+        texts = {}
+        for start in range(0, len(doc_ids), 1000):
+            chunk = list(dict.fromkeys(doc_ids[start:start + 1000]))
+            response = self.rest.request("POST", f"/{self.index}/_mget", body={"ids": chunk},
+                                         params={"_source_includes": "title,text"})
+            for doc in response["docs"]:
+                if doc.get("found"):
+                    source = doc["_source"]
+                    title, text = source.get("title") or "", source.get("text") or ""
+                    texts[doc["_id"]] = f"{title} {text}" if title else text
+        missing = [d for d in doc_ids if d not in texts]
+        if missing:
+            raise KeyError(f"{len(missing)} doc ids are not in index {self.index!r} (e.g. {missing[0]!r})")
+        return [texts[d] for d in doc_ids]
+
+    def count(self) -> int:
+        self.rest.request("POST", f"/{self.index}/_refresh")
+        return int(self.rest.request("GET", f"/{self.index}/_count")["count"])
+
+    # --- analysis and index management -----------------------------------------------------------
+
+    def has_analyzer(self, analyzer: str) -> bool:
+        try:
+            self.rest.request("POST", "/_analyze", body={"analyzer": analyzer, "text": "probe"})
+            return True
+        except EngineError as exc:
+            if exc.status == 400:
+                return False
+            raise
+
+    def server_analyze(self, text: str, analyzer: str) -> list[str]:
+        response = self.rest.request("POST", "/_analyze", body={"analyzer": analyzer, "text": text})
+        return [token["token"] for token in response["tokens"]]
+
+    def resolve_analysis(self, settings: IndexSettings) -> IndexSettings:
+        """Settle ``analysis="auto"``: native where the server has the analyzer, else client."""
+        get_analyzer(settings.analyzer)  # unknown names fail here, before anything is created
+        if settings.analysis in ("native", "client"):
+            if settings.analysis == "native" and not self.has_analyzer(settings.analyzer):
+                raise EngineError(400, f"{self.engine} at {self.url} has no {settings.analyzer!r} analyzer "
+                                       "(no analysis-common module); use analysis 'client' or 'auto'")
+            return settings
+        native = self.has_analyzer(settings.analyzer)
+        if not native:
+            logger.info("%s at %s has no %r analyzer: indexing esrerank's replica of it (pre-analyzed terms)",
+                        self.engine, self.url, settings.analyzer)
+        return IndexSettings(**{**asdict(settings), "analysis": "native" if native else "client"})
+
+    def index_body(self, settings: IndexSettings, meta: dict) -> dict:
+        analyzer = settings.analyzer if settings.analysis == "native" else "whitespace"
+        return {
+            "settings": {
+                "number_of_shards": settings.shards,
+                "number_of_replicas": 0,  # replicas are added after the load
+                "refresh_interval": "-1",  # no refreshes during the load; restored after
+                "similarity": {SIMILARITY: {"type": "BM25", "k1": settings.k1, "b": settings.b}},
+            },
+            "mappings": {
+                "dynamic": "strict",
+                "_meta": {"esrerank": meta},
+                "_source": {"excludes": [FIELD]},  # title and text are kept; the joined field is derived
+                "properties": {
+                    FIELD: {"type": "text", "analyzer": analyzer, "similarity": SIMILARITY},
+                    "title": {"type": "text", "index": False},
+                    "text": {"type": "text", "index": False},
+                },
+            },
+        }
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.rest.request("GET", f"/{name}/_settings")  # HEAD answers 404 without raising in one client
+            return True
+        except EngineError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def alias_targets(self, alias: str) -> list[str]:
+        try:
+            return sorted(self.rest.request("GET", f"/_alias/{alias}"))
+        except EngineError as exc:
+            if exc.status == 404:
+                return []
+            raise
+
+    def index_meta(self, name: str) -> dict:
+        mapping = self.rest.request("GET", f"/{name}/_mapping")
+        return mapping[name]["mappings"].get("_meta", {}).get("esrerank", {})
+
+    def put_meta(self, name: str, meta: dict) -> None:
+        self.rest.request("PUT", f"/{name}/_mapping", body={"_meta": {"esrerank": meta}})
+
+    def list_indices(self, pattern: str) -> list[str]:
+        response = self.rest.request("GET", f"/_cat/indices/{pattern}", params={"format": "json", "h": "index"})
+        return sorted(row["index"] for row in response)
+
+
+class ElasticsearchBM25(SearchEngineBM25):
+    """BM25 search over an Elasticsearch index (client: ``elasticsearch``)."""
+
+    engine = "elasticsearch"
+    _adapter = _ElasticsearchRest
+
+    @property
+    def score_scale(self) -> float:
+        # Elasticsearch's "BM25" similarity is Lucene's LegacyBM25Similarity, which multiplies every
+        # score by (k1 + 1) for compatibility with old versions. Dividing it out gives Lucene's (and
+        # OpenSearch's, and the in-memory index's) scores; the ranking is the same either way.
+        k1 = self.meta.get("k1")
+        return 1.0 / (k1 + 1.0) if k1 is not None else 1.0
+
+
+class OpenSearchBM25(SearchEngineBM25):
+    """BM25 search over an OpenSearch index (client: ``opensearch-py``, the ``opensearch`` extra)."""
+
+    engine = "opensearch"
+    _adapter = _OpenSearchRest
+
+
+ENGINES = {"elasticsearch": ElasticsearchBM25, "opensearch": OpenSearchBM25}
+
+
+def connect(engine: str, url: str, index: str, **kwargs) -> SearchEngineBM25:
+    try:
+        return ENGINES[engine](url, index, **kwargs)
+    except KeyError:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}") from None

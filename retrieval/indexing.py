@@ -1,0 +1,309 @@
+"""Bulk-loading a corpus into Elasticsearch/OpenSearch: streaming, parallel, resumable, nothing lost.
+
+- The corpus is streamed: at most ``workers × 2`` batches are in memory at once, whatever its size.
+- Each load goes into a new physical index ``<alias>-<timestamp>`` with zero replicas and no refreshes;
+  when it is complete the replicas and refresh interval are restored, segments are merged, and the
+  alias is switched to it in one atomic request, so searchers never see a partial index.
+- Document ``_id`` is the corpus id, so sending a document twice overwrites it: re-running after an
+  interruption cannot duplicate anything. The index's ``_meta`` records how many documents (in corpus
+  order) are acknowledged; a re-run with the same corpus and settings resumes after them.
+- Per document, as ``elasticsearch-py``'s bulk helpers report it: rejections (429) and server errors
+  (5xx) are retried with capped exponential backoff; other failures go to the dead-letter file with the
+  document and the reason. A server that does not answer is retried the same way; when retries run out
+  the load stops with a message saying that re-running the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tqdm.auto import tqdm
+
+from .analysis import get_analyzer
+from .engines import FIELD, EngineError, EngineUnavailable, IndexSettings, SearchEngineBM25, ndjson
+from .records import Document
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+class IndexingAborted(RuntimeError):
+    """The load stopped (server gone, interrupted); what was acknowledged is recorded for a re-run."""
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff: ``initial_s``, doubling, at most ``max_s``, ``max_retries`` times."""
+
+    max_retries: int = 8
+    initial_s: float = 1.0
+    max_s: float = 30.0
+
+    def delays(self) -> Iterator[float]:
+        for attempt in range(self.max_retries):
+            yield min(self.max_s, self.initial_s * 2 ** attempt)
+
+
+@dataclass
+class IndexingReport:
+    alias: str
+    index: str
+    indexed: int = 0
+    failed: int = 0
+    resumed_after: int = 0
+    skipped_lines: int = 0
+    retried_documents: int = 0
+    seconds: float = 0.0
+    dead_letter: str | None = None
+    count_in_index: int = 0
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.indexed / self.seconds if self.seconds else 0.0
+
+
+class DeadLetters:
+    """Append-only JSON-lines file of what could not be indexed, with the reason."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def write(self, row: dict) -> None:
+        with self._lock:
+            self.count += 1
+            if self.path is None:
+                logger.warning("not indexed: %s", row)
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _source(document: Document, settings: IndexSettings) -> dict:
+    contents = document.contents
+    if settings.analysis == "client":
+        contents = " ".join(get_analyzer(settings.analyzer)(contents))
+    return {FIELD: contents, "title": document.title, "text": document.text}
+
+
+def send_bulk(engine: SearchEngineBM25, index: str, documents: list[Document], settings: IndexSettings,
+              backoff: Backoff, dead_letters: DeadLetters) -> tuple[int, int, int]:
+    """Index one batch; returns (indexed, failed, retried). Raises IndexingAborted when retries run out."""
+    pending, failed, retried = [], 0, 0
+    for doc in documents:  # the server would reject the whole request for one such id
+        if len(doc.doc_id.encode("utf-8")) > 512:
+            failed += 1
+            dead_letters.write({"doc_id": doc.doc_id, "status": 400, "reason": "_id is longer than 512 bytes",
+                                "document": {"title": doc.title, "text": doc.text}})
+        else:
+            pending.append(doc)
+    delays = backoff.delays()
+    while pending:
+        body = ndjson(line for doc in pending for line in
+                      ({"index": {"_index": index, "_id": doc.doc_id}}, _source(doc, settings)))
+        try:
+            response = engine.rest.request("POST", "/_bulk", body=body)
+        except EngineError as exc:  # the whole request failed
+            if not (isinstance(exc, EngineUnavailable) or exc.status == 429 or exc.status >= 500):
+                raise
+            delay = next(delays, None)
+            if delay is None:
+                raise IndexingAborted(f"bulk request failed after {backoff.max_retries} retries: {exc}") from None
+            logger.warning("bulk request failed (%s); retrying %d documents in %.0f s", exc, len(pending), delay)
+            time.sleep(delay)
+            continue
+        retry = []
+        for doc, item in zip(pending, response["items"]):
+            result = item["index"]
+            status = result.get("status", 500)
+            if status < 300:
+                continue
+            if status == 429 or status >= 500:
+                retry.append(doc)
+            else:
+                failed += 1
+                dead_letters.write({"doc_id": doc.doc_id, "status": status, "reason": _item_reason(result),
+                                    "document": {"title": doc.title, "text": doc.text}})
+        if retry:
+            delay = next(delays, None)
+            if delay is None:
+                for doc in retry:
+                    dead_letters.write({"doc_id": doc.doc_id, "status": 429, "reason": "still rejected after retries",
+                                        "document": {"title": doc.title, "text": doc.text}})
+                failed += len(retry)
+                break
+            retried += len(retry)
+            logger.info("%d documents rejected (429/5xx); retrying in %.0f s", len(retry), delay)
+            time.sleep(delay)
+        pending = retry
+    return len(documents) - failed, failed, retried
+
+
+def _item_reason(result: dict) -> str:
+    error = result.get("error")
+    if isinstance(error, dict):
+        return f"{error.get('type')}: {error.get('reason')}"
+    return str(error)
+
+
+def _batches(documents: Iterator[Document], size: int) -> Iterator[list[Document]]:
+    while True:
+        batch = list(islice(documents, size))
+        if not batch:
+            return
+        yield batch
+
+
+def find_resumable(engine: SearchEngineBM25, alias: str, meta: dict) -> str | None:
+    """An unfinished physical index of this alias built with the same corpus and settings."""
+    for name in reversed(engine.list_indices(f"{alias}-*")):
+        existing = engine.index_meta(name)
+        if not existing.get("complete") and all(existing.get(k) == v for k, v in meta.items()
+                                                 if k not in ("acked_docs", "complete", "created")):
+            return name
+    return None
+
+
+def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: str, corpus_id: str,
+                settings: IndexSettings = IndexSettings(), batch_docs: int = 1000, workers: int = 2,
+                dead_letter: str | os.PathLike | None = None, backoff: Backoff = Backoff(),
+                total: int | None = None, force_merge: bool = True, keep_old: bool = False,
+                checkpoint_every_s: float = 1.0, show_progress: bool = True) -> IndexingReport:
+    """Load ``documents`` into a new index behind ``alias`` (resuming an unfinished one), then swap it in.
+
+    Args:
+        engine: a connected :class:`SearchEngineBM25` (its ``index`` is not used here).
+        documents: the corpus, streamed in a fixed order (a resume skips the acknowledged prefix).
+        alias: the name searchers use.
+        corpus_id: identifies the corpus (path and size, or a dataset id): a resume needs the same.
+        settings: BM25 k1/b, analyzer, analysis mode, shards, replicas.
+        batch_docs: documents per ``_bulk`` request. Default 1000 (≈0.5 MB of MS MARCO passages).
+        workers: concurrent bulk requests. Default 2, one per core of a small server.
+        dead_letter: JSON-lines file for documents (and malformed lines) that could not be indexed.
+        backoff: retry policy for 429/5xx and unreachable servers.
+        force_merge: merge to one segment at the end (drops documents overwritten by a resume, which
+            would otherwise still count in BM25 statistics, and speeds up search). Default True.
+        keep_old: keep the index the alias pointed to before. Default False (deleted after the swap).
+    """
+    started = time.perf_counter()
+    if engine.exists(alias) and not engine.alias_targets(alias):
+        raise EngineError(400, f"{alias!r} is an index, not an alias; esrerank manages {alias!r} as an alias "
+                               "over versioned indices: delete it or choose another name")
+    settings = engine.resolve_analysis(settings)
+    meta = {"format": FORMAT, "corpus": corpus_id, "k1": settings.k1, "b": settings.b, "analyzer": settings.analyzer,
+            "analysis": settings.analysis, "shards": settings.shards, "complete": False, "acked_docs": 0}
+    index = find_resumable(engine, alias, meta)
+    resumed_after = 0
+    if index is not None:
+        resumed_after = int(engine.index_meta(index).get("acked_docs", 0))
+        logger.info("resuming unfinished index %s after %d acknowledged documents", index, resumed_after)
+    else:
+        index = f"{alias}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() // 1_000_000 % 1000:03d}"
+        meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        engine.rest.request("PUT", f"/{index}", body=engine.index_body(settings, meta))
+        logger.info("created index %s (%s analysis, %s analyzer, k1=%s, b=%s)", index, settings.analysis,
+                    settings.analyzer, settings.k1, settings.b)
+    meta = engine.index_meta(index)
+    report = IndexingReport(alias=alias, index=index, resumed_after=resumed_after, settings=asdict(settings),
+                            dead_letter=str(dead_letter) if dead_letter else None)
+    dead_letters = DeadLetters(Path(dead_letter) if dead_letter else None)
+
+    stream = iter(documents)
+    for _ in islice(stream, resumed_after):
+        pass
+    progress = tqdm(total=total, initial=resumed_after, desc=f"indexing {alias}", unit="doc",
+                    disable=not show_progress, smoothing=0.05)
+    # Batches finish out of order; the checkpoint is the longest prefix of finished batches.
+    in_flight: dict[Future, int] = {}
+    finished: dict[int, int] = {}
+    next_to_ack, acked_docs, last_checkpoint = 0, resumed_after, time.monotonic()
+    sizes: deque[int] = deque()
+
+    def checkpoint(force: bool = False) -> None:
+        nonlocal acked_docs, next_to_ack, last_checkpoint
+        while next_to_ack in finished:
+            acked_docs += finished.pop(next_to_ack)
+            next_to_ack += 1
+        if force or time.monotonic() - last_checkpoint >= checkpoint_every_s:
+            meta["acked_docs"] = acked_docs
+            engine.put_meta(index, meta)
+            last_checkpoint = time.monotonic()
+
+    def collect(done: Iterable[Future]) -> None:
+        for future in done:
+            sequence = in_flight.pop(future)
+            indexed, failed, retried = future.result()  # re-raises IndexingAborted
+            report.indexed += indexed
+            report.failed += failed
+            report.retried_documents += retried
+            finished[sequence] = indexed + failed
+            progress.update(indexed + failed)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            try:
+                for sequence, batch in enumerate(_batches(stream, batch_docs)):
+                    while len(in_flight) >= workers * 2:
+                        done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                        collect(done)
+                        checkpoint()
+                    in_flight[pool.submit(send_bulk, engine, index, batch, settings, backoff, dead_letters)] = sequence
+                collect(list(in_flight))
+            except BaseException:
+                # Let the batches already sent finish, so the checkpoint covers all that was acknowledged.
+                for future in list(in_flight):
+                    try:
+                        collect([future])
+                    except Exception:  # already failing; the first error is the one reported
+                        in_flight.pop(future, None)
+                raise
+            finally:
+                try:
+                    checkpoint(force=True)
+                except EngineError as exc:
+                    logger.warning("could not record the checkpoint (%s); a re-run resends more documents", exc)
+    except IndexingAborted as exc:
+        raise IndexingAborted(f"{exc}. {acked_docs} documents are acknowledged in {index}; "
+                              "re-run the same command to resume") from None
+    finally:
+        progress.close()
+
+    _finish(engine, index, alias, settings, force_merge, keep_old, meta)
+    report.count_in_index = engine.__class__(engine.url, index).count()
+    report.seconds = time.perf_counter() - started
+    logger.info("indexed %d documents into %s (alias %s) in %.1f s, %d failed", report.indexed, index, alias,
+                report.seconds, report.failed)
+    return report
+
+
+def _finish(engine: SearchEngineBM25, index: str, alias: str, settings: IndexSettings, force_merge: bool,
+            keep_old: bool, meta: dict) -> None:
+    engine.rest.request("PUT", f"/{index}/_settings",
+                        body={"index": {"refresh_interval": None, "number_of_replicas": settings.replicas}})
+    engine.rest.request("POST", f"/{index}/_refresh")
+    if force_merge:
+        engine.rest.request("POST", f"/{index}/_forcemerge", params={"max_num_segments": "1"})
+    meta["complete"] = True
+    engine.put_meta(index, meta)
+    old = [name for name in engine.alias_targets(alias) if name != index]
+    actions = [{"remove": {"index": name, "alias": alias}} for name in old] + [{"add": {"index": index, "alias": alias}}]
+    engine.rest.request("POST", "/_aliases", body={"actions": actions})
+    logger.info("alias %s now points to %s", alias, index)
+    if not keep_old:
+        for name in old:
+            engine.rest.request("DELETE", f"/{name}")
+            logger.info("deleted previous index %s", name)

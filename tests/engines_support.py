@@ -1,0 +1,27 @@
+"""Reaching the real servers the engine tests need (started by `bash .ci/servers.sh start`)."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+
+import pytest
+
+URLS = {
+    "elasticsearch": os.environ.get("ESRERANK_ES_URL", "http://127.0.0.1:9200"),
+    "opensearch": os.environ.get("ESRERANK_OS_URL", "http://127.0.0.1:9201"),
+}
+
+
+def require_server(engine: str) -> str:
+    """The engine's URL; skip (or fail, where CI requires servers) when nothing answers there."""
+    url = URLS[engine]
+    try:
+        with urllib.request.urlopen(f"{url}/_cluster/health", timeout=3) as response:
+            response.read()
+    except OSError as exc:
+        message = f"no {engine} at {url} ({exc}); start one with: bash .ci/servers.sh start {engine}"
+        if os.environ.get("ESRERANK_REQUIRE_SERVERS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
