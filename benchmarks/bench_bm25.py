@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -22,11 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memory import peak_rss_mb  # noqa: E402
+
 SYSTEMS = ("esrerank-fast", "esrerank-fast-2threads", "bm25s-numpy", "bm25s-numba", "bm25s-numba+hits", "rank-bm25")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_system(system: str, num_passages: int, k: int) -> dict:

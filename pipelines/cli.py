@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_first_stage_args(evaluate)
     _add_retriever_args(evaluate)
     evaluate.add_argument("--candidates", help="rerank this first-stage TREC run instead of retrieving")
+    evaluate.add_argument("--fusion", choices=["none", "interpolate", "rrf"], default="none",
+                          help="combine BM25 and reranker scores (default none: reranker scores alone)")
+    evaluate.add_argument("--alpha", type=float, default=0.5, help="reranker weight in fusion (default 0.5)")
     evaluate.add_argument("--save-run", help="write the final run (reranked, or BM25 with --model none) here")
     evaluate.add_argument("--output-json", help="write the measures as JSON here")
     evaluate.set_defaults(handler=run_evaluate)
@@ -100,7 +103,194 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--no-force-merge", action="store_true", help="skip the final merge to one segment")
     index.add_argument("--keep-old", action="store_true", help="keep the index the alias pointed to before")
     index.set_defaults(handler=run_index)
+
+    mine = commands.add_parser("mine", parents=[common], help="hard negatives from the first stage, for training")
+    mine.add_argument("--data", required=True, help="BEIR folder with the training queries and qrels")
+    mine.add_argument("--split", default="train", help="qrels split (default train)")
+    mine.add_argument("--out", required=True, help="output folder (a HF datasets dataset, stats.json)")
+    _add_retriever_args(mine)
+    _add_first_stage_args(mine)
+    mine.add_argument("--depth", type=int, default=100, help="candidates per query (default 100)")
+    mine.add_argument("--range-min", type=int, default=0, help="first window position, positives removed (default 0)")
+    mine.add_argument("--range-max", type=int, default=100, help="end of the window, exclusive (default 100)")
+    mine.add_argument("--num-negatives", type=int, default=9, help="negatives per query (default 9)")
+    mine.add_argument("--sampling", choices=["top", "random"], default="top")
+    mine.add_argument("--teacher", help="cross-encoder that filters likely false negatives")
+    margin = mine.add_mutually_exclusive_group()
+    margin.add_argument("--absolute-margin", type=float, help="drop negatives scoring above positive - X")
+    margin.add_argument("--relative-margin", type=float, help="drop negatives scoring above positive x (1 - X)")
+    mine.add_argument("--format", choices=["labeled-list", "triplet", "n-tuple", "labeled-pair"], default="labeled-list")
+    mine.add_argument("--seed", type=int, default=12)
+    mine.add_argument("--exclude-queries", help="JSON list of query ids to leave out (e.g. a dev split)")
+    mine.set_defaults(handler=run_mine)
+
+    train = commands.add_parser("train", parents=[common], help="train a cross-encoder on mined data")
+    train.add_argument("--dataset", required=True, help="folder written by 'esrerank mine' (labeled-list)")
+    train.add_argument("--base-model", required=True, help="hub id or local folder; a base encoder gets a new head")
+    train.add_argument("--out", required=True, help="where the trained model goes")
+    _add_training_args(train)
+    train.add_argument("--eval-data", help="BEIR folder whose queries evaluate the pipeline during training")
+    train.add_argument("--eval-split", default="test")
+    train.add_argument("--eval-queries", help="JSON list of query ids to evaluate on (default: all of the split)")
+    train.add_argument("--eval-depth", type=int, default=30, help="BM25 candidates per dev query (default 30)")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.set_defaults(handler=run_train)
+
+    recipe = commands.add_parser("recipe", parents=[common], help="mine, train and evaluate in one command")
+    recipe.add_argument("--train-data", required=True)
+    recipe.add_argument("--train-split", default="train")
+    recipe.add_argument("--eval-data", required=True)
+    recipe.add_argument("--eval-split", default=None, help="default: --train-split when the data is the same")
+    recipe.add_argument("--base-model", required=True)
+    recipe.add_argument("--out", required=True)
+    recipe.add_argument("--dev-queries", type=int, default=200,
+                        help="queries held out as dev when train and eval data are the same (default 200)")
+    recipe.add_argument("--num-negatives", type=int, default=9)
+    recipe.add_argument("--depth", type=int, default=100)
+    recipe.add_argument("--train-eval-queries", type=int, default=100)
+    recipe.add_argument("--train-eval-depth", type=int, default=30)
+    _add_training_args(recipe)
+    _add_first_stage_args(recipe)
+    recipe.add_argument("--resume", action="store_true")
+    recipe.set_defaults(handler=run_recipe)
+
+    serve = commands.add_parser("serve", parents=[common], help="rerank over HTTP (Cohere/Jina and TEI APIs)")
+    serve.add_argument("--model", default=DEFAULT_MODEL, help=f"cross-encoder hub id or folder (default {DEFAULT_MODEL})")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--max-batch-tokens", type=int, default=65_536,
+                       help="gather queued requests up to about this many tokens per model call (default 65,536)")
+    serve.add_argument("--max-docs", type=int, default=1000, help="documents per request (default 1,000)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0,
+                       help="longest a request waits for others to batch with (default 5; 0 turns batching off)")
+    serve.add_argument("--max-length", type=int, default=512)
+    serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    serve.add_argument("--device", default=None)
+    serve.set_defaults(handler=run_serve)
     return parser
+
+
+def _add_training_args(parser: argparse.ArgumentParser) -> None:
+    from rerank.training import LAMBDA_SCHEMES, LOSSES, TrainingConfig
+
+    defaults = TrainingConfig()
+    parser.add_argument("--loss", choices=LOSSES, default=defaults.loss)
+    parser.add_argument("--lambda-scheme", choices=LAMBDA_SCHEMES, default=defaults.lambda_scheme)
+    parser.add_argument("--epochs", type=float, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--mini-batch-size", type=int, default=defaults.mini_batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--max-length", type=int, default=defaults.max_length)
+    parser.add_argument("--eval-steps", type=int, default=None)
+    parser.add_argument("--bf16", choices=["auto", "true", "false"], default=defaults.bf16)
+    parser.add_argument("--train-seed", type=int, default=defaults.seed)
+
+
+def _training_config(args):
+    from rerank.training import TrainingConfig
+
+    return TrainingConfig(loss=args.loss, lambda_scheme=args.lambda_scheme, epochs=args.epochs,
+                          batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, lr=args.lr,
+                          max_length=args.max_length, eval_steps=args.eval_steps, bf16=args.bf16, seed=args.train_seed)
+
+
+def _query_ids(path: str | None) -> set[str] | None:
+    if not path:
+        return None
+    try:
+        return set(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"expected a JSON list of query ids ({exc})") from None
+
+
+def run_mine(args) -> int:
+    from retrieval.corpus import load_collection
+
+    from .mining import MiningConfig, mine_hard_negatives, save_mined
+    from .recipe import candidates_for
+
+    collection = load_collection(args.data, args.split)
+    excluded = _query_ids(args.exclude_queries) or set()
+    queries = [q for q in collection.queries if q.query_id not in excluded]
+    config = MiningConfig(depth=args.depth, range_min=args.range_min, range_max=args.range_max,
+                          num_negatives=args.num_negatives, sampling=args.sampling, absolute_margin=args.absolute_margin,
+                          relative_margin=args.relative_margin, output_format=args.format, seed=args.seed)
+    teacher = None
+    if args.teacher:
+        from rerank.cross_encoder import CrossEncoder
+
+        teacher = CrossEncoder(args.teacher)
+    retriever, source = _first_stage(args, collection.documents)
+    candidates = candidates_for(retriever, queries, config.depth)
+    texts = {d.doc_id: d.contents for d in collection.documents}
+    rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, teacher,
+                                      show_progress=not args.quiet)
+    save_mined(rows, stats, config, args.out, extra={"first_stage": source, "data": str(args.data)})
+    summary = stats.summary()
+    print(f"mined {summary['rows']} rows from {summary['kept']} of {summary['queries']} queries into {args.out}")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_train(args) -> int:
+    import datasets
+
+    from rerank.training import train_cross_encoder
+
+    dataset_dir = Path(args.dataset)
+    if not (dataset_dir / "dataset_info.json").is_file():
+        raise DataError(dataset_dir, "not a dataset written by 'esrerank mine' (no dataset_info.json)")
+    dataset = datasets.load_from_disk(str(dataset_dir))
+    if not {"query", "docs", "labels"} <= set(dataset.column_names):
+        raise DataError(dataset_dir, f"training needs labeled-list rows (query, docs, labels); has {dataset.column_names}")
+    samples = None
+    if args.eval_data:
+        from retrieval.bm25 import InMemoryBM25
+        from retrieval.corpus import load_collection
+
+        from .recipe import candidates_for, dev_samples
+
+        evaluation = load_collection(args.eval_data, args.eval_split)
+        wanted = _query_ids(args.eval_queries)
+        queries = [q for q in evaluation.queries if wanted is None or q.query_id in wanted]
+        index = InMemoryBM25(evaluation.documents)
+        texts = {d.doc_id: d.contents for d in evaluation.documents}
+        samples = dev_samples(queries, evaluation.qrels, candidates_for(index, queries, args.eval_depth), texts,
+                              args.eval_depth)
+    result = train_cross_encoder(dataset, args.base_model, args.out, _training_config(args), samples, resume=args.resume)
+    print(f"trained {result.steps} steps in {result.seconds:.0f} s; best dev nDCG@10 "
+          f"{result.best_dev_ndcg10 if result.best_dev_ndcg10 is not None else 'n/a'}; model saved to {result.out_dir}")
+    return 0
+
+
+def run_recipe(args) -> int:
+    from retrieval.corpus import load_collection
+
+    from .mining import MiningConfig
+    from .recipe import RecipeConfig
+    from .recipe import run_recipe as recipe
+
+    train = load_collection(args.train_data, args.train_split)
+    same_data = Path(args.train_data).resolve() == Path(args.eval_data).resolve()
+    eval_split = args.eval_split or (args.train_split if same_data else "test")
+    evaluation = train if same_data and eval_split == args.train_split else load_collection(args.eval_data, eval_split)
+    report = recipe(train, evaluation, args.base_model, args.out, _training_config(args),
+                    RecipeConfig(dev_queries=args.dev_queries, depth=args.depth,
+                                 train_eval_queries=args.train_eval_queries, train_eval_depth=args.train_eval_depth),
+                    MiningConfig(depth=args.depth, range_max=args.depth, num_negatives=args.num_negatives),
+                    k1=args.k1, b=args.b, analyzer=args.analyzer, resume=args.resume)
+    result = report["evaluation"]
+    bm25, reranked = result["measures"]["bm25"], result["measures"]["reranked"]
+    print(f"dev queries: {result['queries']}; time: {report['seconds']['total']:.0f} s")
+    print(f"{'measure':<9} {'BM25':>9} {'reranked':>9} {'p (paired t)':>13}")
+    for measure in ("nDCG@10", "RR@10", "R@100", "AP"):
+        print(f"{measure:<9} {bm25[measure]:>9.4f} {reranked[measure]:>9.4f} {result['significance'][measure]:>13.4g}")
+    low, high = reranked["nDCG@10_ci95"]
+    print(f"reranked nDCG@10 95% CI [{low:.4f}, {high:.4f}]; fusion: {json.dumps(result['fusion']['best_on_dev'])}, "
+          f"2-fold CV nDCG@10 {result['fusion']['two_fold_cross_validated_nDCG@10']:.4f}")
+    print(f"report: {Path(args.out) / 'report.json'}")
+    return 0
+
 
 
 def _first_stage(args, documents=None):
@@ -162,7 +352,8 @@ def run_evaluate(args) -> int:
     final_run = first_stage
     if reranker is not None:
         logger.info("reranker: %r, top %d of %d", reranker, args.rerank_k, args.retrieve_k)
-        pipeline = RetrieveRerank(None, reranker, retrieve_k=args.retrieve_k, rerank_k=args.rerank_k, texts=texts)
+        pipeline = RetrieveRerank(None, reranker, retrieve_k=args.retrieve_k, rerank_k=args.rerank_k, texts=texts,
+                                  fusion=None if args.fusion == "none" else args.fusion, alpha=args.alpha)
         final_run = pipeline.rerank_run(collection.queries, first_stage, show_progress=not args.quiet)
         reranked_scores = per_query_scores(final_run, collection.qrels)
         results["reranked"] = mean_scores(reranked_scores)
@@ -260,6 +451,23 @@ def run_index(args) -> int:
           f"{report.failed} failed, {len(skipped)} malformed lines skipped; {report.count_in_index} in the index")
     if report.failed or len(skipped):
         print(f"see {dead_letter} for what was not indexed and why")
+    return 0
+
+
+def run_serve(args) -> int:
+    from rerank.cross_encoder import CrossEncoder
+    from rerank.service import RerankService, ServiceLimits
+
+    model = CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype)
+    service = RerankService(model, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
+                            max_wait_ms=args.max_wait_ms, limits=ServiceLimits(max_docs=args.max_docs),
+                            model_name=args.model)
+    print(f"esrerank serving {args.model} on {service.url} (POST /v1/rerank, POST /rerank, GET /health, GET /metrics)",
+          flush=True)
+    try:
+        service.serve_forever()
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -58,6 +58,18 @@ def compare(baseline: Mapping[str, Mapping[str, float]], system: Mapping[str, Ma
     return comparisons
 
 
+def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, resamples: int = 2000,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over queries (resampling queries with replacement)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
 def format_table(comparisons: Sequence[Comparison], baseline_name: str = "BM25", system_name: str = "reranked",
                  alpha: float = 0.05) -> str:
     header = f"{'measure':<9} {baseline_name:>9} {system_name:>9} {'delta':>8} {'p (paired t)':>13}"

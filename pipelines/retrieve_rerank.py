@@ -41,12 +41,22 @@ class RetrieveRerank:
         texts: doc id → text for the reranker, when the retriever cannot fetch texts itself.
         queries_per_batch: queries whose candidates go to the reranker in one call, so its batches
             are full. Default 32.
+        fusion: ``None`` (default: reranker scores alone), ``"interpolate"`` (``alpha`` × min-max
+            normalized reranker score + (1 − ``alpha``) × normalized first-stage score, per query) or
+            ``"rrf"`` (reciprocal rank fusion, ``alpha`` weighting the reranker's ranks).
+        alpha: weight of the reranker in fusion. Default 0.5.
     """
 
     def __init__(self, retriever: Retriever, reranker: Reranker | None, retrieve_k: int = 1000,
-                 rerank_k: int = 100, texts: Mapping[str, str] | None = None, queries_per_batch: int = 32):
+                 rerank_k: int = 100, texts: Mapping[str, str] | None = None, queries_per_batch: int = 32,
+                 fusion: str | None = None, alpha: float = 0.5):
         if retrieve_k < 1 or rerank_k < 0:
             raise ValueError(f"need retrieve_k >= 1 and rerank_k >= 0, got {retrieve_k}, {rerank_k}")
+        if fusion not in (None, "interpolate", "rrf"):
+            raise ValueError(f"fusion must be None, 'interpolate' or 'rrf', got {fusion!r}")
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.fusion, self.alpha = fusion, alpha
         self.retriever = retriever
         self.reranker = reranker
         self.retrieve_k = retrieve_k
@@ -88,7 +98,7 @@ class RetrieveRerank:
             scores = self.reranker.predict(pairs) if pairs else np.zeros(0)
             offset = 0
             for q, hits, all_hits in zip(batch, heads, candidates):
-                head_scores = scores[offset: offset + len(hits)]
+                head_scores = fuse(hits, scores[offset: offset + len(hits)], self.fusion, self.alpha)
                 offset += len(hits)
                 reranked[q.query_id] = _merge(hits, head_scores, all_hits[len(hits):])
         return reranked
@@ -100,6 +110,25 @@ class RetrieveRerank:
                 raise KeyError(f"{len(missing)} candidate doc ids have no text (e.g. {missing[0]!r})")
             return [self.texts[d] for d in doc_ids]
         return self.retriever.fetch_texts(doc_ids)
+
+
+RRF_K = 60  # the constant of Cormack et al. (2009)
+
+
+def fuse(first_stage: Sequence[Hit], reranker_scores: np.ndarray, fusion: str | None, alpha: float) -> np.ndarray:
+    """Combine first-stage and reranker scores of one query's reranked head."""
+    if fusion is None or len(reranker_scores) == 0:
+        return reranker_scores
+    if fusion == "interpolate":
+        def normalized(values):
+            values = np.asarray(values, dtype=np.float64)
+            spread = values.max() - values.min()
+            return (values - values.min()) / spread if spread > 0 else np.zeros_like(values)
+        return alpha * normalized(reranker_scores) + (1 - alpha) * normalized([h.score for h in first_stage])
+    reranker_rank = np.empty(len(reranker_scores))
+    reranker_rank[np.argsort(-reranker_scores, kind="stable")] = np.arange(1, len(reranker_scores) + 1)
+    first_rank = np.arange(1, len(first_stage) + 1)
+    return alpha / (RRF_K + reranker_rank) + (1 - alpha) / (RRF_K + first_rank)
 
 
 def _merge(head: Sequence[Hit], head_scores: np.ndarray, tail: Sequence[Hit]) -> list[Hit]:

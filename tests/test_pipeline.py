@@ -94,3 +94,27 @@ def test_trec_run_round_trip_and_errors(tmp_path):
     path.write_text("q1 d1 1 2.0\n")
     with pytest.raises(DataError, match=r"run.txt:1: expected 6 columns"):
         read_trec_run(path)
+
+
+def test_fusion_interpolates_normalized_scores_and_rrf_ranks():
+    from pipelines.retrieve_rerank import RRF_K, fuse
+
+    head = [Hit("a", 10.0, 1), Hit("b", 6.0, 2), Hit("c", 2.0, 3)]
+    reranker = np.array([0.0, 5.0, 10.0])
+    assert fuse(head, reranker, None, 0.3).tolist() == reranker.tolist()
+    interpolated = fuse(head, reranker, "interpolate", 0.25)
+    assert interpolated == pytest.approx([0.75 * 1.0, 0.25 * 0.5 + 0.75 * 0.5, 0.25 * 1.0])
+    rrf = fuse(head, reranker, "rrf", 0.5)
+    assert rrf == pytest.approx([0.5 / (RRF_K + 3) + 0.5 / (RRF_K + 1), 0.5 / (RRF_K + 2) + 0.5 / (RRF_K + 2),
+                                 0.5 / (RRF_K + 1) + 0.5 / (RRF_K + 3)])
+    assert fuse(head, reranker, "interpolate", 1.0).tolist() == pytest.approx([0.0, 0.5, 1.0])
+    with pytest.raises(ValueError, match="fusion must be"):
+        RetrieveRerank(None, None, fusion="sum")
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    from pipelines.evaluation import bootstrap_ci
+
+    values = np.random.default_rng(1).random(200)
+    low, high = bootstrap_ci(values)
+    assert low < values.mean() < high and 0.05 < high - low < 0.1

@@ -1,0 +1,171 @@
+"""Hard negatives from the first stage, for training cross-encoders.
+
+For each training query: the first stage's top ``depth`` candidates, known positives removed, negatives
+taken from a window of that list, optionally dropped when a teacher cross-encoder scores them too close to
+the positives (false-negative filter, with the margins of sentence-transformers' ``mine_hard_negatives``),
+then ``num_negatives`` of them, the first ones or a seeded random sample.
+
+The window is over the candidate list *after* positives are removed, 0-based: positions
+``range_min <= i < range_max``. Rows are written as a HF ``datasets`` dataset in one of the formats the
+sentence-transformers cross-encoder losses read:
+
+- ``labeled-list``: ``{"query", "docs", "labels"}``: positives (label 1) then negatives (0). LambdaLoss,
+  ListNet, PListMLE, RankNet, ListMLE.
+- ``labeled-pair``: ``{"query", "passage", "label"}``: one row per document. BinaryCrossEntropyLoss.
+- ``triplet``: ``{"query", "positive", "negative"}``: one row per (positive, negative).
+- ``n-tuple``: ``{"query", "positive", "negative_1" … "negative_n"}``: one row per positive; queries
+  with fewer than ``num_negatives`` negatives are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from retrieval.records import Hit, Query
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("labeled-list", "labeled-pair", "triplet", "n-tuple")
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    """depth: candidates per query from the first stage (default 100). range_min/range_max: the window
+    of negatives after positives are removed (default 0/100). num_negatives: per query (default 9).
+    sampling: ``top`` (the first in the window, default) or ``random`` (seeded sample from the window).
+    absolute_margin / relative_margin: teacher filter; a negative is dropped when its teacher score is
+    above ``min positive score - absolute_margin``, or above ``min positive score × (1 - relative_margin)``.
+    output_format: see the module docstring. seed: for ``random`` sampling (default 12)."""
+
+    depth: int = 100
+    range_min: int = 0
+    range_max: int = 100
+    num_negatives: int = 9
+    sampling: str = "top"
+    absolute_margin: float | None = None
+    relative_margin: float | None = None
+    output_format: str = "labeled-list"
+    seed: int = 12
+
+    def __post_init__(self):
+        if self.sampling not in ("top", "random"):
+            raise ValueError(f"sampling must be 'top' or 'random', got {self.sampling!r}")
+        if self.output_format not in FORMATS:
+            raise ValueError(f"output_format must be one of {FORMATS}, got {self.output_format!r}")
+        if not 0 <= self.range_min < self.range_max:
+            raise ValueError(f"need 0 <= range_min < range_max, got {self.range_min}, {self.range_max}")
+        if self.num_negatives < 1 or self.depth < 1:
+            raise ValueError("num_negatives and depth must be at least 1")
+        if self.absolute_margin is not None and self.relative_margin is not None:
+            raise ValueError("give absolute_margin or relative_margin, not both")
+
+
+@dataclass
+class MiningStats:
+    queries: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason → count
+    negatives_per_query: list[int] = field(default_factory=list)
+    positives: int = 0
+    positives_in_candidates: int = 0
+    removed_by_teacher: int = 0
+    rows: int = 0
+
+    def summary(self) -> dict:
+        negatives = np.array(self.negatives_per_query or [0])
+        return {
+            "queries": self.queries, "kept": self.kept, "skipped": dict(self.skipped), "rows": self.rows,
+            "negatives_per_query": {"mean": float(negatives.mean()), "min": int(negatives.min()),
+                                    "max": int(negatives.max())},
+            "positives": self.positives, "positives_in_candidates": self.positives_in_candidates,
+            "first_stage_recall_at_depth": self.positives_in_candidates / self.positives if self.positives else 0.0,
+            "removed_by_teacher": self.removed_by_teacher,
+        }
+
+
+def _query_rng(seed: int, query_id: str) -> random.Random:
+    digest = hashlib.sha256(f"{seed}:{query_id}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))  # the same per query, whatever the order
+
+
+def mine_hard_negatives(queries: Sequence[Query], qrels: Mapping[str, Mapping[str, int]],
+                        candidates: Mapping[str, Sequence[Hit]], texts: Mapping[str, str],
+                        config: MiningConfig = MiningConfig(), teacher=None,
+                        show_progress: bool = True) -> tuple[list[dict], MiningStats]:
+    """Rows of the chosen format, and statistics. ``candidates``: first-stage hits per query id (at
+    least ``depth`` deep); ``texts``: doc id → text; ``teacher``: anything with ``predict(pairs)``."""
+    if (config.absolute_margin is not None or config.relative_margin is not None) and teacher is None:
+        raise ValueError("a margin needs a teacher model")
+    stats = MiningStats()
+    rows: list[dict] = []
+    for query in tqdm(queries, desc="mining", unit="query", disable=not show_progress):
+        stats.queries += 1
+        positives = [d for d, grade in qrels.get(query.query_id, {}).items() if grade > 0 and d in texts]
+        if not positives:
+            stats.skipped["no judged positive in the corpus"] += 1
+            continue
+        hits = list(candidates.get(query.query_id, []))[: config.depth]
+        positive_set = set(positives)
+        stats.positives += len(positives)
+        stats.positives_in_candidates += sum(h.doc_id in positive_set for h in hits)
+        window = [h.doc_id for h in hits if h.doc_id not in positive_set][config.range_min:config.range_max]
+        if teacher is not None and window and (config.absolute_margin is not None or config.relative_margin is not None):
+            scores = teacher.predict([(query.text, texts[d]) for d in positives + window])
+            floor = float(np.min(scores[: len(positives)]))
+            limit = floor - config.absolute_margin if config.absolute_margin is not None \
+                else floor * (1 - config.relative_margin)
+            kept = [d for d, s in zip(window, scores[len(positives):]) if s <= limit]
+            stats.removed_by_teacher += len(window) - len(kept)
+            window = kept
+        if config.sampling == "random" and len(window) > config.num_negatives:
+            negatives = _query_rng(config.seed, query.query_id).sample(window, config.num_negatives)
+        else:
+            negatives = window[: config.num_negatives]
+        if not negatives:
+            stats.skipped["no negative left in the window"] += 1
+            continue
+        if config.output_format == "n-tuple" and len(negatives) < config.num_negatives:
+            stats.skipped[f"fewer than {config.num_negatives} negatives (n-tuple)"] += 1
+            continue
+        stats.kept += 1
+        stats.negatives_per_query.append(len(negatives))
+        rows.extend(_rows(query.text, [texts[d] for d in positives], [texts[d] for d in negatives], config))
+    stats.rows = len(rows)
+    return rows, stats
+
+
+def _rows(query: str, positives: list[str], negatives: list[str], config: MiningConfig) -> list[dict]:
+    if config.output_format == "labeled-list":
+        return [{"query": query, "docs": positives + negatives, "labels": [1] * len(positives) + [0] * len(negatives)}]
+    if config.output_format == "labeled-pair":
+        return ([{"query": query, "passage": p, "label": 1} for p in positives] +
+                [{"query": query, "passage": n, "label": 0} for n in negatives])
+    if config.output_format == "triplet":
+        return [{"query": query, "positive": p, "negative": n} for p in positives for n in negatives]
+    return [{"query": query, "positive": p, **{f"negative_{i}": n for i, n in enumerate(negatives, start=1)}}
+            for p in positives]
+
+
+def save_mined(rows: list[dict], stats: MiningStats, config: MiningConfig, out_dir, extra: dict | None = None):
+    """Save as a HF ``datasets`` dataset (``load_from_disk(out_dir)``), with ``stats.json`` and
+    ``mining_config.json`` beside it."""
+    import datasets
+
+    out_dir = Path(out_dir)
+    # An explicit fingerprint: datasets 5.2 with pyarrow 26 has crashed while hashing one.
+    fingerprint = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+    dataset = datasets.Dataset(datasets.Dataset.from_list(rows).data, fingerprint=fingerprint)
+    dataset.save_to_disk(str(out_dir))
+    (out_dir / "stats.json").write_text(json.dumps(stats.summary(), indent=2) + "\n")
+    (out_dir / "mining_config.json").write_text(json.dumps({**asdict(config), **(extra or {})}, indent=2) + "\n")
+    return dataset

@@ -1,0 +1,177 @@
+"""Mine → train → evaluate in one call: BM25 hard negatives, a trained cross-encoder, BM25 vs reranked.
+
+This is where ``retrieval`` (candidates) and ``rerank`` (training) meet: the first stage's candidates
+become training rows (``mining``) and the dev samples the trainer evaluates on, and the trained model is
+evaluated in the real pipeline (BM25 top-k → rerank) with ``ir-measures``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from retrieval.bm25 import InMemoryBM25
+from retrieval.corpus import Collection
+from retrieval.records import Query
+
+from .evaluation import bootstrap_ci, compare, mean_scores, per_query_scores
+from .mining import MiningConfig, mine_hard_negatives, save_mined
+from .retrieve_rerank import _merge, fuse
+from .runs import Run
+
+logger = logging.getLogger(__name__)
+
+
+def split_queries(queries: Sequence[Query], dev_size: int, seed: int = 12) -> tuple[list[Query], list[Query]]:
+    """(train, dev): ``dev_size`` queries chosen by a seeded hash of their ids, independent of file order."""
+    if not 0 < dev_size < len(queries):
+        raise ValueError(f"dev size must be between 1 and {len(queries) - 1}, got {dev_size}")
+    key = lambda q: hashlib.sha256(f"{seed}:{q.query_id}".encode()).hexdigest()
+    dev_ids = {q.query_id for q in sorted(queries, key=key)[:dev_size]}
+    return [q for q in queries if q.query_id not in dev_ids], [q for q in queries if q.query_id in dev_ids]
+
+
+def candidates_for(retriever, queries: Sequence[Query], depth: int) -> Run:
+    return dict(zip((q.query_id for q in queries), retriever.search_many([q.text for q in queries], depth)))
+
+
+def dev_samples(queries: Sequence[Query], qrels, candidates: Run, texts: Mapping[str, str], depth: int) -> list[dict]:
+    """The trainer's dev set: each query with its judged positives and the first stage's top ``depth``
+    (positives the first stage missed stay missed, as in the real pipeline)."""
+    samples = []
+    for query in queries:
+        positives = [texts[d] for d, grade in qrels.get(query.query_id, {}).items() if grade > 0 and d in texts]
+        if positives:
+            samples.append({"query": query.text, "positive": positives,
+                            "documents": [texts[h.doc_id] for h in candidates.get(query.query_id, [])[:depth]]})
+    return samples
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    dev_queries: int = 200  # held out of the training queries when train and eval data are the same
+    depth: int = 100  # BM25 candidates for mining and for the final evaluation
+    train_eval_depth: int = 30  # candidates per dev query for the evaluations during training (cheaper)
+    train_eval_queries: int = 100  # dev queries evaluated during training
+    rerank_k: int = 100
+    seed: int = 12
+
+
+def evaluate_reranker(reranker, queries: Sequence[Query], qrels, bm25_run: Run, texts: Mapping[str, str],
+                      rerank_k: int) -> dict:
+    """BM25 vs reranked (and fused) nDCG@10 etc. on ``queries``, with 95% bootstrap intervals, paired
+    t-tests, and the interpolation weight tuned by 2-fold cross-validation over the queries."""
+    qrels = {q.query_id: qrels[q.query_id] for q in queries if q.query_id in qrels}  # means over these queries
+    head_scores = _reranker_head_scores(reranker, queries, bm25_run, texts, rerank_k)
+    bm25_per_query = per_query_scores(bm25_run, qrels)
+    runs = {"reranked": _fused_run(queries, bm25_run, head_scores, rerank_k, None, 1.0)}
+    per_query = {"bm25": bm25_per_query, "reranked": per_query_scores(runs["reranked"], qrels)}
+    alphas = [round(a, 2) for a in np.linspace(0.1, 1.0, 10)]
+    fusion_scores = {}
+    for fusion in ("interpolate", "rrf"):
+        for alpha in alphas:
+            run = _fused_run(queries, bm25_run, head_scores, rerank_k, fusion, alpha)
+            fusion_scores[(fusion, alpha)] = per_query_scores(run, qrels, ["nDCG@10"])["nDCG@10"]
+    best_fusion = max(fusion_scores, key=lambda key: np.mean(list(fusion_scores[key].values())))
+    cross_validated = _two_fold(fusion_scores, [q.query_id for q in queries])
+    result = {"queries": len(queries), "measures": {}, "significance": {}, "fusion": {
+        "best_on_dev": {"fusion": best_fusion[0], "alpha": best_fusion[1],
+                        "nDCG@10": float(np.mean(list(fusion_scores[best_fusion].values())))},
+        "two_fold_cross_validated_nDCG@10": cross_validated,
+        "grid": {f"{f}:{a}": float(np.mean(list(v.values()))) for (f, a), v in fusion_scores.items()},
+    }}
+    for system, scores in per_query.items():
+        result["measures"][system] = mean_scores(scores)
+        values = list(scores["nDCG@10"].values())
+        result["measures"][system]["nDCG@10_ci95"] = bootstrap_ci(values)
+    for comparison in compare(per_query["bm25"], per_query["reranked"]):
+        result["significance"][comparison.measure] = comparison.p_value
+    return result
+
+
+def _reranker_head_scores(reranker, queries, bm25_run, texts, rerank_k) -> dict[str, np.ndarray]:
+    pairs, owners = [], []
+    for query in queries:
+        for hit in bm25_run.get(query.query_id, [])[:rerank_k]:
+            pairs.append((query.text, texts[hit.doc_id]))
+            owners.append(query.query_id)
+    scores = reranker.predict(pairs)
+    by_query: dict[str, list[float]] = {}
+    for owner, score in zip(owners, scores):
+        by_query.setdefault(owner, []).append(float(score))
+    return {q: np.array(s) for q, s in by_query.items()}
+
+
+def _fused_run(queries, bm25_run, head_scores, rerank_k, fusion, alpha) -> Run:
+    run = {}
+    for query in queries:
+        hits = list(bm25_run.get(query.query_id, []))
+        head = hits[:rerank_k]
+        scores = fuse(head, head_scores.get(query.query_id, np.zeros(0)), fusion, alpha)
+        run[query.query_id] = _merge(head, scores, hits[rerank_k:])
+    return run
+
+
+def _two_fold(fusion_scores: dict, query_ids: list[str]) -> float:
+    """Tune on one half of the queries, score on the other, both ways: an unbiased fused nDCG@10."""
+    halves = [query_ids[0::2], query_ids[1::2]]
+    total, count = 0.0, 0
+    for tune, test in ((halves[0], halves[1]), (halves[1], halves[0])):
+        best = max(fusion_scores, key=lambda key: np.mean([fusion_scores[key][q] for q in tune]))
+        total += sum(fusion_scores[best][q] for q in test)
+        count += len(test)
+    return total / count if count else 0.0
+
+
+def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_dir, training_config,
+               recipe: RecipeConfig = RecipeConfig(), mining: MiningConfig = MiningConfig(),
+               k1: float = 0.9, b: float = 0.4, analyzer: str = "english", resume: bool = False) -> dict:
+    """Mine hard negatives from BM25 on ``train``, train a cross-encoder from ``base_model``, evaluate
+    BM25 vs the trained reranker on ``evaluation``'s queries (the held-out dev split when both are the
+    same collection). Writes ``mined/``, ``model/`` and ``report.json`` under ``out_dir``."""
+    from rerank.cross_encoder import CrossEncoder
+    from rerank.training import train_cross_encoder
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    same = train.name == evaluation.name and train.queries == evaluation.queries
+    train_queries, dev_queries = (split_queries(train.queries, recipe.dev_queries, recipe.seed) if same
+                                  else (train.queries, evaluation.queries))
+    (out_dir / "dev_query_ids.json").write_text(json.dumps([q.query_id for q in dev_queries]))
+    logger.info("%d training queries, %d dev queries%s", len(train_queries), len(dev_queries),
+                " (held out of the training data)" if same else "")
+
+    train_index = InMemoryBM25(train.documents, k1=k1, b=b, analyzer=analyzer)
+    train_texts = {d.doc_id: d.contents for d in train.documents}
+    train_candidates = candidates_for(train_index, train_queries, mining.depth)
+    rows, stats = mine_hard_negatives(train_queries, train.qrels, train_candidates, train_texts, mining)
+    dataset = save_mined(rows, stats, mining, out_dir / "mined")
+    logger.info("mined %d rows: %s", len(rows), json.dumps(stats.summary()))
+    mining_s = time.perf_counter() - started
+
+    eval_index = train_index if evaluation is train or same else InMemoryBM25(evaluation.documents, k1=k1, b=b,
+                                                                                 analyzer=analyzer)
+    eval_texts = train_texts if eval_index is train_index else {d.doc_id: d.contents for d in evaluation.documents}
+    dev_run = candidates_for(eval_index, dev_queries, max(recipe.depth, recipe.rerank_k))
+    samples = dev_samples(dev_queries[: recipe.train_eval_queries], evaluation.qrels, dev_run, eval_texts,
+                          recipe.train_eval_depth)
+    training = train_cross_encoder(dataset, base_model, out_dir / "model", training_config, samples, resume=resume)
+    train_s = time.perf_counter() - started - mining_s
+
+    reranker = CrossEncoder(str(out_dir / "model"), max_length=training_config.max_length)
+    evaluation_result = evaluate_reranker(reranker, dev_queries, evaluation.qrels, dev_run, eval_texts,
+                                          recipe.rerank_k)
+    report = {"mining": stats.summary(), "training": asdict(training), "evaluation": evaluation_result,
+              "seconds": {"mining": mining_s, "training": train_s, "total": time.perf_counter() - started},
+              "config": {"recipe": asdict(recipe), "mining": asdict(mining), "training": asdict(training_config),
+                         "bm25": {"k1": k1, "b": b, "analyzer": analyzer}, "base_model": str(base_model)}}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report

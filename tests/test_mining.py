@@ -1,0 +1,116 @@
+"""Hard-negative mining on real data (SciFact, in-memory BM25)."""
+
+import numpy as np
+import pytest
+
+from pipelines.mining import MiningConfig, mine_hard_negatives, save_mined
+from pipelines.recipe import candidates_for, split_queries
+from retrieval.bm25 import InMemoryBM25
+from retrieval.corpus import load_beir
+
+
+@pytest.fixture(scope="module")
+def setup(scifact):
+    collection = load_beir(scifact, "train")
+    queries = collection.queries[:150]
+    index = InMemoryBM25(collection.documents)
+    candidates = candidates_for(index, queries, 100)
+    texts = {d.doc_id: d.contents for d in collection.documents}
+    return collection, queries, candidates, texts
+
+
+def _window(query, collection, candidates, config):
+    positives = {d for d, g in collection.qrels[query.query_id].items() if g > 0}
+    ranked = [h.doc_id for h in candidates[query.query_id][: config.depth] if h.doc_id not in positives]
+    return positives, ranked[config.range_min:config.range_max]
+
+
+@pytest.mark.parametrize("sampling", ["top", "random"])
+def test_negatives_come_only_from_the_window_and_never_are_positives(setup, sampling):
+    collection, queries, candidates, texts = setup
+    config = MiningConfig(depth=80, range_min=5, range_max=40, num_negatives=7, sampling=sampling, seed=3)
+    rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, show_progress=False)
+    by_query = {q.text: q for q in queries}
+    text_to_ids = {}
+    for doc_id, text in texts.items():
+        text_to_ids.setdefault(text, set()).add(doc_id)
+    assert len(rows) == stats.kept > 100
+    for row in rows:
+        query = by_query[row["query"]]
+        positives, window = _window(query, collection, candidates, config)
+        negatives = [d for d, label in zip(row["docs"], row["labels"]) if label == 0]
+        assert len(negatives) == min(7, len(window))
+        for text in negatives:
+            ids = text_to_ids[text]
+            assert not ids & positives, "a positive was emitted as a negative"
+            assert ids & set(window), "a negative from outside the requested window"
+        if sampling == "top":
+            assert [next(iter(text_to_ids[t] & set(window))) for t in negatives] == window[:7]
+        assert [t for t, label in zip(row["docs"], row["labels"]) if label == 1] == \
+               [texts[d] for d in collection.qrels[query.query_id] if collection.qrels[query.query_id][d] > 0]
+
+
+def test_same_seed_same_dataset_other_seed_other_sample(setup, tmp_path):
+    collection, queries, candidates, texts = setup
+    config = MiningConfig(sampling="random", seed=7)
+    a, _ = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, show_progress=False)
+    b, _ = mine_hard_negatives(list(reversed(queries)), collection.qrels, candidates, texts, config, show_progress=False)
+    assert sorted(map(str, a)) == sorted(map(str, b))
+    c, _ = mine_hard_negatives(queries, collection.qrels, candidates, texts, MiningConfig(sampling="random", seed=8),
+                               show_progress=False)
+    assert a != c
+    stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, show_progress=False)[1]
+    first = save_mined(a, stats, config, tmp_path / "one")
+    second = save_mined(b and a, stats, config, tmp_path / "two")
+    assert first._fingerprint == second._fingerprint and first.to_list() == second.to_list()
+    assert (tmp_path / "one" / "stats.json").is_file() and (tmp_path / "one" / "mining_config.json").is_file()
+
+
+def test_stats_report_recall_and_skips(setup):
+    collection, queries, candidates, texts = setup
+    config = MiningConfig(depth=10, range_max=10, num_negatives=9, output_format="n-tuple")
+    rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, show_progress=False)
+    summary = stats.summary()
+    found = sum(h.doc_id in collection.qrels[q.query_id] for q in queries for h in candidates[q.query_id][:10])
+    assert summary["positives_in_candidates"] == found
+    assert summary["positives"] == sum(len(collection.qrels[q.query_id]) for q in queries)
+    assert summary["kept"] + sum(summary["skipped"].values()) == len(queries)
+    assert summary["skipped"].get("fewer than 9 negatives (n-tuple)", 0) > 0
+    assert all(len([k for k in row if k.startswith("negative_")]) == 9 for row in rows)
+
+
+@pytest.mark.parametrize("output_format,columns", [("triplet", {"query", "positive", "negative"}),
+                                                   ("labeled-pair", {"query", "passage", "label"})])
+def test_other_formats(setup, output_format, columns):
+    collection, queries, candidates, texts = setup
+    rows, stats = mine_hard_negatives(queries[:20], collection.qrels, candidates, texts,
+                                      MiningConfig(num_negatives=3, output_format=output_format), show_progress=False)
+    assert rows and all(set(row) == columns for row in rows)
+    assert stats.rows == len(rows)
+
+
+def test_teacher_filter_drops_negatives_scored_close_to_the_positive(setup, tiny_cross_encoder):
+    from rerank.cross_encoder import CrossEncoder
+
+    collection, queries, candidates, texts = setup
+    teacher = CrossEncoder(str(tiny_cross_encoder), max_length=64, dtype="float32")
+    margin = 0.001
+    rows, stats = mine_hard_negatives(queries[:25], collection.qrels, candidates, texts,
+                                      MiningConfig(absolute_margin=margin, num_negatives=50), teacher,
+                                      show_progress=False)
+    assert stats.removed_by_teacher > 0
+    for row in rows:
+        scores = teacher.predict([(row["query"], d) for d in row["docs"]])
+        labels = np.array(row["labels"])
+        assert scores[labels == 0].max() <= scores[labels == 1].min() - margin + 1e-5
+    with pytest.raises(ValueError, match="needs a teacher"):
+        mine_hard_negatives(queries, collection.qrels, candidates, texts, MiningConfig(absolute_margin=0.1))
+
+
+def test_dev_split_is_disjoint_and_stable(setup):
+    collection = setup[0]
+    train, dev = split_queries(collection.queries, 200, seed=12)
+    assert len(dev) == 200 and len(train) == len(collection.queries) - 200
+    assert not {q.query_id for q in train} & {q.query_id for q in dev}
+    assert split_queries(list(reversed(collection.queries)), 200, seed=12)[1] == \
+        sorted(dev, key=lambda q: [x.query_id for x in reversed(collection.queries)].index(q.query_id))
