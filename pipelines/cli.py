@@ -66,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_first_stage_args(evaluate)
     _add_retriever_args(evaluate)
     evaluate.add_argument("--candidates", help="rerank this first-stage TREC run instead of retrieving")
-    evaluate.add_argument("--fusion", choices=["none", "interpolate", "rrf"], default="none",
-                          help="combine BM25 and reranker scores (default none: reranker scores alone)")
-    evaluate.add_argument("--alpha", type=float, default=0.5, help="reranker weight in fusion (default 0.5)")
+    evaluate.add_argument("--fusion", choices=["auto", "none", "interpolate", "rrf"], default="auto",
+                          help="combine BM25 and reranker scores; auto (default): what 'esrerank recipe' found best "
+                               "on dev for this model (recorded beside it), else none")
+    evaluate.add_argument("--alpha", type=float, default=None, help="reranker weight in fusion (default 0.5)")
     evaluate.add_argument("--save-run", help="write the final run (reranked, or BM25 with --model none) here")
     evaluate.add_argument("--output-json", help="write the measures as JSON here")
     evaluate.set_defaults(handler=run_evaluate)
@@ -352,8 +353,16 @@ def run_evaluate(args) -> int:
     final_run = first_stage
     if reranker is not None:
         logger.info("reranker: %r, top %d of %d", reranker, args.rerank_k, args.retrieve_k)
+        fusion, alpha = args.fusion, args.alpha if args.alpha is not None else 0.5
+        if fusion == "auto":
+            from .recipe import recorded_fusion
+
+            fusion, recorded_alpha = recorded_fusion(args.model)
+            alpha = args.alpha if args.alpha is not None else recorded_alpha
+            if fusion:
+                logger.info("fusion %s with alpha %.2f, as recorded for this model on its dev split", fusion, alpha)
         pipeline = RetrieveRerank(None, reranker, retrieve_k=args.retrieve_k, rerank_k=args.rerank_k, texts=texts,
-                                  fusion=None if args.fusion == "none" else args.fusion, alpha=args.alpha)
+                                  fusion=None if fusion in (None, "none") else fusion, alpha=alpha)
         final_run = pipeline.rerank_run(collection.queries, first_stage, show_progress=not args.quiet)
         reranked_scores = per_query_scores(final_run, collection.qrels)
         results["reranked"] = mean_scores(reranked_scores)

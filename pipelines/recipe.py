@@ -28,6 +28,17 @@ from .runs import Run
 
 logger = logging.getLogger(__name__)
 
+FUSION_FILE = "esrerank_fusion.json"  # the fusion a trained model's dev split preferred
+
+
+def recorded_fusion(model_dir) -> tuple[str | None, float]:
+    """The fusion (and weight) the recipe recorded beside a trained model; (None, 1.0) when none."""
+    path = Path(model_dir) / FUSION_FILE
+    if not path.is_file():
+        return None, 1.0
+    choice = json.loads(path.read_text())
+    return choice["fusion"], float(choice["alpha"])
+
 
 def split_queries(queries: Sequence[Query], dev_size: int, seed: int = 12) -> tuple[list[Query], list[Query]]:
     """(train, dev): ``dev_size`` queries chosen by a seeded hash of their ids, independent of file order."""
@@ -169,6 +180,13 @@ def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_d
     reranker = CrossEncoder(str(out_dir / "model"), max_length=training_config.max_length)
     evaluation_result = evaluate_reranker(reranker, dev_queries, evaluation.qrels, dev_run, eval_texts,
                                           recipe.rerank_k)
+    fusion = evaluation_result["fusion"]
+    reranked_alone = evaluation_result["measures"]["reranked"]["nDCG@10"]
+    if fusion["two_fold_cross_validated_nDCG@10"] > reranked_alone:
+        # the default that wins on dev: `esrerank evaluate --fusion auto` (the default) applies it
+        choice = {**fusion["best_on_dev"], "two_fold_cross_validated_nDCG@10": fusion["two_fold_cross_validated_nDCG@10"],
+                  "reranked_alone_nDCG@10": reranked_alone}
+        (out_dir / "model" / FUSION_FILE).write_text(json.dumps(choice, indent=2) + "\n")
     report = {"mining": stats.summary(), "training": asdict(training), "evaluation": evaluation_result,
               "seconds": {"mining": mining_s, "training": train_s, "total": time.perf_counter() - started},
               "config": {"recipe": asdict(recipe), "mining": asdict(mining), "training": asdict(training_config),

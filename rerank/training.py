@@ -29,9 +29,11 @@ DEV_METRIC = "eval_dev_ndcg@10"
 @dataclass(frozen=True)
 class TrainingConfig:
     """loss: one of LOSSES (default ``lambda``). lambda_scheme: LambdaLoss weighting (default ``ndcg2pp``,
-    the strongest in the LambdaLoss paper). epochs (1), batch_size: queries per step for listwise losses,
+    the strongest in the LambdaLoss paper). epochs: 3, batch_size: queries per step for listwise losses,
     pairs per step for ``bce`` (default 8). mini_batch_size: queries per forward pass inside the loss
-    (default 8; lower it to save memory). lr: 2e-5 (warmup 10%). max_length: tokens per pair (256: 71%
+    (default 8; lower it to save memory). lr: 1e-4 (warmup 10%). On SciFact (609 training queries) one
+    epoch at 2e-5 left all-MiniLM-L6-v2 with a fresh head near random (dev nDCG@10 0.26 on BM25's top
+    30); three epochs at 1e-4 reached 0.69 there. max_length: tokens per pair (256: 71%
     of SciFact abstracts are longer, but 384 trains ~2.2x slower on CPU). attention_dropout: 0.0 (it was
     the largest training cost on CPU; dropout in the feed-forward layers stays). eval_steps: dev
     evaluations every N steps (default: 4 per epoch). bf16: ``auto`` uses it on GPUs that have it and on
@@ -39,10 +41,10 @@ class TrainingConfig:
 
     loss: str = "lambda"
     lambda_scheme: str = "ndcg2pp"
-    epochs: float = 1.0
+    epochs: float = 3.0
     batch_size: int = 8
     mini_batch_size: int = 8
-    lr: float = 2e-5
+    lr: float = 1e-4
     warmup_ratio: float = 0.1
     max_length: int = 256
     attention_dropout: float = 0.0

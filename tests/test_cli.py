@@ -65,3 +65,20 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, small_beir, problem, 
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
     assert err.startswith("esrerank: error: ")
+
+
+def test_fusion_auto_applies_what_the_recipe_recorded(tmp_path, small_beir, tiny_cross_encoder):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_cross_encoder, model)
+    common = ["evaluate", "--data", str(small_beir), "--model", str(model), "--rerank-k", "20", "--max-length", "64",
+              "--dtype", "float32", "-q", "--output-json"]
+    assert main([*common, str(tmp_path / "plain.json")]) == 0  # no record: reranker scores alone
+    assert main([*common, str(tmp_path / "none.json"), "--fusion", "none"]) == 0
+    (model / "esrerank_fusion.json").write_text(json.dumps({"fusion": "interpolate", "alpha": 0.3}))
+    assert main([*common, str(tmp_path / "auto.json")]) == 0
+    assert main([*common, str(tmp_path / "explicit.json"), "--fusion", "interpolate", "--alpha", "0.3"]) == 0
+    read = lambda name: json.loads((tmp_path / name).read_text())["reranked"]
+    assert read("plain.json") == read("none.json")
+    assert read("auto.json") == read("explicit.json") != read("plain.json")
