@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    help="BM25 vs reranked effectiveness on a test collection")
     evaluate.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or HF id")
     evaluate.add_argument("--split", default="test", help="qrels split (default test)")
+    evaluate.add_argument("--query-ids", help="JSON list of query ids to evaluate (e.g. a recipe's dev_query_ids.json)")
     _add_reranker_args(evaluate, DEFAULT_MODEL)
     evaluate.add_argument("--retrieve-k", type=int, default=1000, help="first-stage depth (default 1000)")
     evaluate.add_argument("--rerank-k", type=int, default=100, help="candidates reranked per query (default 100)")
@@ -331,6 +332,14 @@ def run_evaluate(args) -> int:
 
         reranker = CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype)
     collection = load_collection(args.data, args.split)
+    wanted = _query_ids(args.query_ids)
+    if wanted is not None:
+        unknown = wanted - {q.query_id for q in collection.queries}
+        if unknown:
+            raise DataError(args.query_ids, f"{len(unknown)} query ids are not judged queries of the split "
+                                            f"(e.g. {sorted(unknown)[0]!r})")
+        collection.queries = [q for q in collection.queries if q.query_id in wanted]
+        collection.qrels = {q: j for q, j in collection.qrels.items() if q in wanted}
     logger.info("%s: %d documents, %d judged queries (split %s)", collection.name, len(collection.documents),
                 len(collection.queries), args.split)
     texts = {d.doc_id: d.contents for d in collection.documents}

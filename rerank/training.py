@@ -96,6 +96,15 @@ def load_model(base_model: str, config: TrainingConfig, device: str | None = Non
                           config_kwargs={"attention_probs_dropout_prob": config.attention_dropout})
 
 
+def _warmup(ratio: float) -> dict:
+    """transformers 5 takes the warmup ratio as a float ``warmup_steps`` (``warmup_ratio`` is deprecated)."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return {"warmup_steps": float(ratio)}
+    return {"warmup_ratio": ratio}
+
+
 def use_bf16(setting: str) -> bool:
     if setting in ("true", "yes", "1"):
         return True
@@ -145,7 +154,7 @@ def train_cross_encoder(train_dataset, base_model: str, out_dir, config: Trainin
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.lr,
-        warmup_ratio=config.warmup_ratio,
+        **_warmup(config.warmup_ratio),
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
         seed=config.seed,
