@@ -23,7 +23,7 @@ from retrieval.records import Query
 
 from .evaluation import bootstrap_ci, compare, mean_scores, per_query_scores
 from .mining import MiningConfig, mine_hard_negatives, save_mined
-from .retrieve_rerank import _merge, fuse
+from .retrieve_rerank import merge_head_and_tail, fuse
 from .runs import Run
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def _fused_run(queries, bm25_run, head_scores, rerank_k, fusion, alpha) -> Run:
         hits = list(bm25_run.get(query.query_id, []))
         head = hits[:rerank_k]
         scores = fuse(head, head_scores.get(query.query_id, np.zeros(0)), fusion, alpha)
-        run[query.query_id] = _merge(head, scores, hits[rerank_k:])
+        run[query.query_id] = merge_head_and_tail(head, scores, hits[rerank_k:])
     return run
 
 

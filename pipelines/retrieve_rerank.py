@@ -100,7 +100,7 @@ class RetrieveRerank:
             for q, hits, all_hits in zip(batch, heads, candidates):
                 head_scores = fuse(hits, scores[offset: offset + len(hits)], self.fusion, self.alpha)
                 offset += len(hits)
-                reranked[q.query_id] = _merge(hits, head_scores, all_hits[len(hits):])
+                reranked[q.query_id] = merge_head_and_tail(hits, head_scores, all_hits[len(hits):])
         return reranked
 
     def _texts(self, doc_ids: list[str]) -> list[str]:
@@ -131,7 +131,7 @@ def fuse(first_stage: Sequence[Hit], reranker_scores: np.ndarray, fusion: str | 
     return alpha / (RRF_K + reranker_rank) + (1 - alpha) / (RRF_K + first_rank)
 
 
-def _merge(head: Sequence[Hit], head_scores: np.ndarray, tail: Sequence[Hit]) -> list[Hit]:
+def merge_head_and_tail(head: Sequence[Hit], head_scores: np.ndarray, tail: Sequence[Hit]) -> list[Hit]:
     order = np.argsort(-head_scores, kind="stable")  # ties keep first-stage order
     merged = [Hit(head[i].doc_id, float(head_scores[i]), rank) for rank, i in enumerate(order, start=1)]
     floor = float(head_scores.min()) if len(head_scores) else 0.0

@@ -62,7 +62,6 @@ class IndexingReport:
     indexed: int = 0
     failed: int = 0
     resumed_after: int = 0
-    skipped_lines: int = 0
     retried_documents: int = 0
     seconds: float = 0.0
     dead_letter: str | None = None
