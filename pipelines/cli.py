@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
-    from rerank.training import LAMBDA_SCHEMES, LOSSES, TrainingConfig
+    from rerank.training_config import LAMBDA_SCHEMES, LOSSES, TrainingConfig
 
     defaults = TrainingConfig()
     parser.add_argument("--loss", choices=LOSSES, default=defaults.loss)
@@ -189,7 +189,7 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _training_config(args):
-    from rerank.training import TrainingConfig
+    from rerank.training_config import TrainingConfig
 
     return TrainingConfig(loss=args.loss, lambda_scheme=args.lambda_scheme, epochs=args.epochs,
                           batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, lr=args.lr,
