@@ -209,7 +209,7 @@ def run_mine(args) -> int:
     from retrieval.corpus import load_collection
 
     from .mining import MiningConfig, mine_hard_negatives, save_mined
-    from .recipe import candidates_for
+    from .retrieve_rerank import first_stage_run
 
     collection = load_collection(args.data, args.split)
     excluded = _query_ids(args.exclude_queries) or set()
@@ -223,8 +223,8 @@ def run_mine(args) -> int:
 
         teacher = CrossEncoder(args.teacher)
     retriever, source = _first_stage(args, collection.documents)
-    candidates = candidates_for(retriever, queries, config.depth)
-    texts = {d.doc_id: d.contents for d in collection.documents}
+    candidates = first_stage_run(retriever, queries, config.depth)
+    texts = collection.texts()
     rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, teacher,
                                       show_progress=not args.quiet)
     save_mined(rows, stats, config, args.out, extra={"first_stage": source, "data": str(args.data)})
@@ -250,14 +250,15 @@ def run_train(args) -> int:
         from retrieval.bm25 import InMemoryBM25
         from retrieval.corpus import load_collection
 
-        from .recipe import candidates_for, dev_samples
+        from .recipe import dev_samples
+        from .retrieve_rerank import first_stage_run
 
         evaluation = load_collection(args.eval_data, args.eval_split)
         wanted = _query_ids(args.eval_queries)
         queries = [q for q in evaluation.queries if wanted is None or q.query_id in wanted]
         index = InMemoryBM25(evaluation.documents)
-        texts = {d.doc_id: d.contents for d in evaluation.documents}
-        samples = dev_samples(queries, evaluation.qrels, candidates_for(index, queries, args.eval_depth), texts,
+        texts = evaluation.texts()
+        samples = dev_samples(queries, evaluation.qrels, first_stage_run(index, queries, args.eval_depth), texts,
                               args.eval_depth)
     result = train_cross_encoder(dataset, args.base_model, args.out, _training_config(args), samples, resume=args.resume)
     print(f"trained {result.steps} steps in {result.seconds:.0f} s; best dev nDCG@10 "
@@ -322,7 +323,7 @@ def run_evaluate(args) -> int:
     from retrieval.corpus import load_collection
 
     from .evaluation import compare, format_single, format_table, mean_scores, per_query_scores
-    from .retrieve_rerank import RetrieveRerank
+    from .retrieve_rerank import RetrieveRerank, first_stage_run
     from .runs import read_trec_run, write_trec_run
 
     started = time.perf_counter()
@@ -342,7 +343,7 @@ def run_evaluate(args) -> int:
         collection.qrels = {q: j for q, j in collection.qrels.items() if q in wanted}
     logger.info("%s: %d documents, %d judged queries (split %s)", collection.name, len(collection.documents),
                 len(collection.queries), args.split)
-    texts = {d.doc_id: d.contents for d in collection.documents}
+    texts = collection.texts()
     if args.candidates:
         first_stage = read_trec_run(args.candidates, depth=args.retrieve_k)
         unknown = {h.doc_id for hits in first_stage.values() for h in hits if h.doc_id not in texts}
@@ -353,8 +354,7 @@ def run_evaluate(args) -> int:
         source = f"candidates from {args.candidates}"
     else:
         retriever, source = _first_stage(args, collection.documents)
-        first_stage = dict(zip((q.query_id for q in collection.queries),
-                               retriever.search_many([q.text for q in collection.queries], args.retrieve_k)))
+        first_stage = first_stage_run(retriever, collection.queries, args.retrieve_k)
     logger.info("first stage: %s", source)
     bm25_scores = per_query_scores(first_stage, collection.qrels)
     results = {"bm25": mean_scores(bm25_scores)}

@@ -23,7 +23,7 @@ from retrieval.records import Query
 
 from .evaluation import bootstrap_ci, compare, mean_scores, per_query_scores
 from .mining import MiningConfig, mine_hard_negatives, save_mined
-from .retrieve_rerank import merge_head_and_tail, fuse
+from .retrieve_rerank import first_stage_run, fuse, merge_head_and_tail
 from .runs import Run
 
 logger = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ def split_queries(queries: Sequence[Query], dev_size: int, seed: int = 12) -> tu
     key = lambda q: hashlib.sha256(f"{seed}:{q.query_id}".encode()).hexdigest()
     dev_ids = {q.query_id for q in sorted(queries, key=key)[:dev_size]}
     return [q for q in queries if q.query_id not in dev_ids], [q for q in queries if q.query_id in dev_ids]
-
-
-def candidates_for(retriever, queries: Sequence[Query], depth: int) -> Run:
-    return dict(zip((q.query_id for q in queries), retriever.search_many([q.text for q in queries], depth)))
 
 
 def dev_samples(queries: Sequence[Query], qrels, candidates: Run, texts: Mapping[str, str], depth: int) -> list[dict]:
@@ -161,8 +157,8 @@ def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_d
                 " (held out of the training data)" if same else "")
 
     train_index = InMemoryBM25(train.documents, k1=k1, b=b, analyzer=analyzer)
-    train_texts = {d.doc_id: d.contents for d in train.documents}
-    train_candidates = candidates_for(train_index, train_queries, mining.depth)
+    train_texts = train.texts()
+    train_candidates = first_stage_run(train_index, train_queries, mining.depth)
     rows, stats = mine_hard_negatives(train_queries, train.qrels, train_candidates, train_texts, mining)
     dataset = save_mined(rows, stats, mining, out_dir / "mined")
     logger.info("mined %d rows: %s", len(rows), json.dumps(stats.summary()))
@@ -170,8 +166,8 @@ def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_d
 
     eval_index = train_index if evaluation is train or same else InMemoryBM25(evaluation.documents, k1=k1, b=b,
                                                                                  analyzer=analyzer)
-    eval_texts = train_texts if eval_index is train_index else {d.doc_id: d.contents for d in evaluation.documents}
-    dev_run = candidates_for(eval_index, dev_queries, max(recipe.depth, recipe.rerank_k))
+    eval_texts = train_texts if eval_index is train_index else evaluation.texts()
+    dev_run = first_stage_run(eval_index, dev_queries, max(recipe.depth, recipe.rerank_k))
     samples = dev_samples(dev_queries[: recipe.train_eval_queries], evaluation.qrels, dev_run, eval_texts,
                           recipe.train_eval_depth)
     training = train_cross_encoder(dataset, base_model, out_dir / "model", training_config, samples, resume=resume)

@@ -74,8 +74,7 @@ class RetrieveRerank:
 
     def run(self, queries: Sequence[Query], show_progress: bool | None = None) -> Run:
         """Retrieve and rerank every query; results keyed by query id."""
-        first_stage = self.retriever.search_many([q.text for q in queries], self.retrieve_k)
-        return self.rerank_run(queries, dict(zip((q.query_id for q in queries), first_stage)), show_progress)
+        return self.rerank_run(queries, first_stage_run(self.retriever, queries, self.retrieve_k), show_progress)
 
     def rerank_run(self, queries: Sequence[Query], first_stage: Run, show_progress: bool | None = None) -> Run:
         """Rerank a given first-stage run (e.g. official top-1000 files); queries it lacks get no hits."""
@@ -110,6 +109,11 @@ class RetrieveRerank:
                 raise KeyError(f"{len(missing)} candidate doc ids have no text (e.g. {missing[0]!r})")
             return [self.texts[d] for d in doc_ids]
         return self.retriever.fetch_texts(doc_ids)
+
+
+def first_stage_run(retriever: Retriever, queries: Sequence[Query], k: int) -> Run:
+    """The retriever's top ``k`` for each query, keyed by query id."""
+    return dict(zip((q.query_id for q in queries), retriever.search_many([q.text for q in queries], k)))
 
 
 RRF_K = 60  # the constant of Cormack et al. (2009)

@@ -168,6 +168,10 @@ class Collection:
     queries: list[Query]
     qrels: Qrels
 
+    def texts(self) -> dict[str, str]:
+        """doc id → the text the first stage indexes and the reranker reads (title and text joined)."""
+        return {d.doc_id: d.contents for d in self.documents}
+
 
 def load_beir(folder, split: str = "test") -> Collection:
     """Load a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``). Only queries

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pipelines.mining import MiningConfig, mine_hard_negatives, save_mined
-from pipelines.recipe import candidates_for, split_queries
+from pipelines.recipe import split_queries
+from pipelines.retrieve_rerank import first_stage_run
 from retrieval.bm25 import InMemoryBM25
 from retrieval.corpus import load_beir
 
@@ -14,8 +15,8 @@ def setup(scifact):
     collection = load_beir(scifact, "train")
     queries = collection.queries[:150]
     index = InMemoryBM25(collection.documents)
-    candidates = candidates_for(index, queries, 100)
-    texts = {d.doc_id: d.contents for d in collection.documents}
+    candidates = first_stage_run(index, queries, 100)
+    texts = collection.texts()
     return collection, queries, candidates, texts
 
 
