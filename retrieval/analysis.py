@@ -62,13 +62,17 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
+# The same rules for text that is all ASCII (most English text): no ideographs, emoji, format characters
+# or other numbers can occur, and the small character classes make it ~10x faster than _TOKEN.
+_ASCII_TOKEN = re.compile(
+    r"[A-Za-z0-9_]+(?:(?:(?<=[A-Za-z])[.':](?=[A-Za-z])|(?<=[0-9])[.,;'](?=[0-9]))[A-Za-z0-9_]+)*"
+)
 
 
 def standard_tokenize(text: str) -> list[str]:
     """Split ``text`` into tokens the way Lucene's StandardTokenizer does (original case kept)."""
     tokens = []
-    for match in _TOKEN.finditer(text):
-        token = match.group()
+    for token in (_ASCII_TOKEN if text.isascii() else _TOKEN).findall(text):
         if token.strip("_") == "":  # underscores alone form no word in UAX#29
             continue
         if len(token) <= MAX_TOKEN_LENGTH:

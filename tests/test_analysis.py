@@ -40,6 +40,19 @@ def test_standard_tokenizer_follows_uax29_joins():
                                        "wi", "fi", "foo_bar", "e", "mail", "x", "1"]
 
 
+def test_ascii_fast_path_equals_the_full_uax29_expression(scifact, vaswani, cranfield):
+    # ASCII text takes a smaller expression; it must cut exactly where the full Unicode one does.
+    from retrieval.analysis import _ASCII_TOKEN, _TOKEN
+
+    texts = ["U.S.A. don't 3.14 1,000 x.1 1.x a:b 1:2 a'1 1'2 __ _a_ a__b 9;9 a;b ..a.. 'a' a.b.c.d 1.2.3,4;5"]
+    for folder in (scifact, vaswani, cranfield):
+        with open(folder / "corpus.jsonl", encoding="utf-8") as handle:
+            texts.extend(f"{row['title']} {row['text']}" for row in map(json.loads, handle))
+    ascii_texts = [t for t in texts if t.isascii()]
+    assert len(ascii_texts) > 15_000
+    assert [t for t in ascii_texts if _ASCII_TOKEN.findall(t) != _TOKEN.findall(t)] == []
+
+
 def test_standard_tokenizer_ideographs_and_long_tokens():
     assert standard_tokenize("検索エンジン 中文") == ["検", "索", "エンジン", "中", "文"]
     assert [len(t) for t in standard_tokenize("a" * 600)] == [255, 255, 90]
