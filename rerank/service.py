@@ -129,8 +129,9 @@ class DynamicBatcher:
                 jobs.append(job)
                 tokens += _estimate_tokens(job[0])
             pairs = [pair for job_pairs, _ in jobs for pair in job_pairs]
+            rankings = [n for n, (job_pairs, _) in enumerate(jobs) for _ in job_pairs]  # one per request
             try:
-                scores = self.model.predict(pairs) if pairs else np.zeros(0, dtype=np.float32)
+                scores = self.model.predict(pairs, rankings) if pairs else np.zeros(0, dtype=np.float32)
             except Exception as exc:  # report to every waiting request; the worker lives on
                 logger.exception("scoring failed")
                 for _, future in jobs:
