@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -91,3 +93,44 @@ def test_health_and_metrics(service):
     status, text = request(running, "GET", "/metrics")
     assert status == 200 and "esrerank_requests_total" in text and "esrerank_batches_total" in text
     assert request(running, "GET", "/nope")[0] == 404
+
+
+DOCKER = Path(__file__).resolve().parents[1] / "docker"
+
+
+def _json_path_list(body, path: str) -> list:
+    """The values of a ``$.key[*].field`` JSONPath, the only form the registration files use."""
+    key, field = path.removeprefix("$.").split("[*].")
+    return [item[field] for item in body[key]]
+
+
+def test_elasticsearch_custom_endpoint_request_is_answered_as_its_parser_reads(service):
+    # The body Elasticsearch's `custom` inference service builds from docker/elasticsearch-inference-endpoint.json
+    # (${query} and ${input} become JSON values), sent to the real service, read back with the file's JSONPaths.
+    running, model = service
+    settings = json.loads((DOCKER / "elasticsearch-inference-endpoint.json").read_text())["service_settings"]
+    query, docs = "how do rerankers work", ["bm25 ranks documents", "cross-encoders read pairs", "bananas"]
+    body = settings["request"].replace("${query}", json.dumps(query)).replace("${input}", json.dumps(docs))
+    status, answer = request(running, "POST", urlsplit(settings["url"]).path, raw=body.encode())
+    assert status == 200
+    parser = settings["response"]["json_parser"]
+    indices, scores = _json_path_list(answer, parser["reranked_index"]), _json_path_list(answer, parser["relevance_score"])
+    expected = model.predict([(query, d) for d in docs])
+    assert sorted(indices) == [0, 1, 2]
+    assert scores == pytest.approx((1 / (1 + np.exp(-expected[indices]))).tolist(), abs=1e-6)
+
+
+def test_opensearch_cohere_connector_request_is_answered_as_its_post_process_reads(service):
+    # ML Commons' connector.pre_process.cohere.rerank supplies query, documents (a JSON array) and top_n;
+    # connector.post_process.cohere.rerank reads results[*].index and results[*].relevance_score.
+    running, model = service
+    action = json.loads((DOCKER / "opensearch-connector.json").read_text())["actions"][0]
+    assert action["pre_process_function"] == "connector.pre_process.cohere.rerank"
+    query, docs = "what is bm25", ["BM25 is a ranking function", "bananas", "ranking with bm25 and tf idf"]
+    body = (action["request_body"].replace("${parameters.documents}", json.dumps(docs))
+            .replace("${parameters.query}", query).replace("${parameters.top_n}", str(len(docs))))
+    status, answer = request(running, "POST", urlsplit(action["url"]).path, raw=body.encode())
+    assert status == 200 and len(answer["results"]) == len(docs)
+    by_index = {r["index"]: r["relevance_score"] for r in answer["results"]}
+    expected = 1 / (1 + np.exp(-model.predict([(query, d) for d in docs])))
+    assert [by_index[i] for i in range(len(docs))] == pytest.approx(expected.tolist(), abs=1e-6)
