@@ -2,7 +2,7 @@
 
 Each system runs in its own child process (so peak memory is its own) on the same 100k-passage corpus
 and the same ~1,100 real queries, top-100; rank-bm25 answers a 50-query sample (it takes ~0.2 s a query). One thread each
-(bm25s n_threads=1), plus esrerank on both cores.
+(bm25s n_threads=1), plus esrerank and bm25s-numba on both cores.
 Query time includes analyzing the queries. Prints queries/s, index time, peak RSS, and ratios. bm25s returns arrays of
 corpus positions; 'bm25s-numba+hits' also builds the (doc id, score, rank) records esrerank returns.
 
@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memory import peak_rss_mb  # noqa: E402
 
-SYSTEMS = ("esrerank-fast", "esrerank-fast-2threads", "bm25s-numpy", "bm25s-numba", "bm25s-numba+hits", "rank-bm25")
+SYSTEMS = ("esrerank-fast", "esrerank-fast-2threads", "bm25s-numpy", "bm25s-numba", "bm25s-numba+hits",
+           "bm25s-numba-2threads", "rank-bm25")
 
 
 def run_system(system: str, num_passages: int, k: int) -> dict:
@@ -56,6 +57,7 @@ def run_system(system: str, num_passages: int, k: int) -> dict:
         stemmer = Stemmer.Stemmer("porter")
         stopwords = sorted(ENGLISH_STOP_WORDS)
         backend = system.split("-")[1].removesuffix("+hits")
+        threads = 2 if system.endswith("2threads") else 1
         retriever = bm25s.BM25(k1=0.9, b=0.4, method="lucene", backend=backend)
         retriever.index(bm25s.tokenize([d["text"] for d in corpus], stopwords=stopwords, stemmer=stemmer,
                                        show_progress=False), show_progress=False)
@@ -65,7 +67,7 @@ def run_system(system: str, num_passages: int, k: int) -> dict:
         index_s = time.perf_counter() - started
         started = time.perf_counter()
         tokens = bm25s.tokenize(queries, stopwords=stopwords, stemmer=stemmer, show_progress=False)
-        docs, scores = retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        docs, scores = retriever.retrieve(tokens, k=k, show_progress=False, n_threads=threads)
         if system.endswith("+hits"):  # the same output as esrerank's: (doc id, score, rank) records per query
             from retrieval.records import Hit
 

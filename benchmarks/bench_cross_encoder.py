@@ -6,7 +6,7 @@ one-label head: the shape of cross-encoder/ms-marco-MiniLM-L6-v2), same max_leng
 warm-up call each. Prints pairs/s, ratios, the largest score difference and top-10 agreement per query (same
 passages; same passages in the same order).
 
-    python benchmarks/bench_cross_encoder.py [--max-length 512] [--repeats 2]
+    python benchmarks/bench_cross_encoder.py [--max-length 512] [--repeats 2] [--model DIR] [--cpu-paths]
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cpu-paths", action="store_true",
+                        help="also the optional CPU paths: torch.compile, ONNX Runtime float32 and int8")
     parser.add_argument("--model", help="a local cross-encoder folder (default: MiniLM with a seeded head)")
     args = parser.parse_args()
 
@@ -72,6 +74,11 @@ def main() -> None:
         "esrerank bf16, no float32 top-10": CrossEncoder(model, max_length=args.max_length, exact_top_k=None).predict,
         "esrerank float32": CrossEncoder(model, max_length=args.max_length, dtype="float32").predict,
     }
+    if args.cpu_paths:  # the optional CPU paths, each against the same two sentence-transformers settings
+        systems["esrerank torch.compile (bf16)"] = CrossEncoder(model, max_length=args.max_length, compile=True).predict
+        systems["esrerank ONNX Runtime float32"] = CrossEncoder(model, max_length=args.max_length, runtime="onnx").predict
+        systems["esrerank ONNX Runtime int8"] = CrossEncoder(model, max_length=args.max_length,
+                                                            runtime="onnx-int8").predict
     results = {name: best_rate(predict, pairs, args.repeats) for name, predict in systems.items()}
     reference_rate, reference_scores = results["sentence-transformers fp32 (defaults)"]
     bf16_rate = results["sentence-transformers bf16 weights"][0]

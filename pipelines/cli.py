@@ -45,6 +45,8 @@ def _add_reranker_args(parser: argparse.ArgumentParser, default_model: str) -> N
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="number type of the reranker (default auto: bf16 where the hardware is fast at it)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: first available)")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                        help="torch (default), or ONNX Runtime on CPU in float32 or int8 (the onnx extra)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-length", type=int, default=512)
     serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     serve.add_argument("--device", default=None)
+    serve.add_argument("--runtime", default="torch", choices=["torch", "onnx", "onnx-int8"])
     serve.set_defaults(handler=run_serve)
     return parser
 
@@ -331,7 +334,8 @@ def run_evaluate(args) -> int:
     if args.model.lower() != "none":  # load first: a bad model should fail before minutes of retrieval
         from rerank.cross_encoder import CrossEncoder
 
-        reranker = CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype)
+        reranker = CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype,
+                                runtime=args.runtime)
     collection = load_collection(args.data, args.split)
     wanted = _query_ids(args.query_ids)
     if wanted is not None:
@@ -409,7 +413,8 @@ def run_search(args) -> int:
     if args.model.lower() != "none":
         from rerank.cross_encoder import CrossEncoder
 
-        reranker = CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype)
+        reranker = CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype,
+                                runtime=args.runtime)
     pipeline = RetrieveRerank(retriever, reranker, retrieve_k=max(args.k, args.rerank_k if reranker else args.k),
                               rerank_k=args.rerank_k)
     queries = [Query(str(i), text) for i, text in enumerate(args.queries, start=1)]
@@ -476,7 +481,8 @@ def run_serve(args) -> int:
     from rerank.cross_encoder import CrossEncoder
     from rerank.service import RerankService, ServiceLimits
 
-    model = CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype)
+    model = CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype,
+                         runtime=args.runtime)
     service = RerankService(model, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
                             max_wait_ms=args.max_wait_ms, limits=ServiceLimits(max_docs=args.max_docs),
                             model_name=args.model)

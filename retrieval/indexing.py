@@ -20,7 +20,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -230,7 +229,6 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
     in_flight: dict[Future, int] = {}
     finished: dict[int, int] = {}
     next_to_ack, acked_docs, last_checkpoint = 0, resumed_after, time.monotonic()
-    sizes: deque[int] = deque()
 
     def checkpoint(force: bool = False) -> None:
         nonlocal acked_docs, next_to_ack, last_checkpoint

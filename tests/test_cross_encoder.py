@@ -27,6 +27,19 @@ def test_float32_scores_equal_sentence_transformers_including_truncated_pairs(mi
     np.testing.assert_allclose(ours.predict(pairs), expected, atol=1e-4, rtol=0)
 
 
+def test_onnx_runtimes_against_sentence_transformers(minilm_cross_encoder, pairs):
+    reference = SentenceTransformersCrossEncoder(str(minilm_cross_encoder), max_length=128,
+                                                 activation_fn=torch.nn.Identity())
+    expected = reference.predict(pairs, batch_size=16)
+    onnx = CrossEncoder(str(minilm_cross_encoder), max_length=128, runtime="onnx")
+    np.testing.assert_allclose(onnx.predict(pairs), expected, atol=1e-4, rtol=0)
+    int8 = CrossEncoder(str(minilm_cross_encoder), max_length=128, runtime="onnx-int8").predict(pairs)
+    assert np.isfinite(int8).all() and not np.allclose(int8, expected, atol=1e-4)  # quantized: close, not equal
+    assert np.corrcoef(int8, expected)[0, 1] > 0.9
+    with pytest.raises(ValueError, match="unknown runtime"):
+        CrossEncoder(str(minilm_cross_encoder), runtime="tensorrt")
+
+
 def test_sigmoid_activation_equals_sentence_transformers_default(minilm_cross_encoder, pairs):
     ours = CrossEncoder(str(minilm_cross_encoder), max_length=256, dtype="float32", activation="sigmoid")
     reference = SentenceTransformersCrossEncoder(str(minilm_cross_encoder), max_length=256)

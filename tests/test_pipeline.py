@@ -9,7 +9,7 @@ from pipelines.retrieve_rerank import RetrieveRerank
 from pipelines.runs import read_trec_run, write_trec_run
 from retrieval.bm25 import InMemoryBM25
 from retrieval.corpus import load_beir
-from retrieval.records import DataError, Hit, Query
+from retrieval.records import DataError, Hit
 
 
 class LengthReranker:
