@@ -27,7 +27,7 @@ import logging
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numba
 import numpy as np
@@ -171,15 +171,8 @@ class InMemoryBM25:
 
     def search_many(self, queries: Sequence[str], k: int = 10, batch_size: int = 1024,
                     show_progress: bool | None = None) -> list[list[Hit]]:
-        """Top ``k`` for each query, in input order. The fast backend scores ``batch_size`` queries per
-        sparse product."""
-        if isinstance(queries, str):
-            raise TypeError("search_many takes a list of query strings; use search() for one query")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        for i, query in enumerate(queries):
-            if not isinstance(query, str) or not query.strip():
-                raise ValueError(f"query {i} is empty or not a string: {query!r}")
+        """Top ``k`` for each query, in input order, ``batch_size`` queries per kernel call."""
+        self._check_queries(queries, k)
         if show_progress is None:
             show_progress = len(queries) > 5_000
         results: list[list[Hit]] = []
@@ -189,10 +182,35 @@ class InMemoryBM25:
             if self.backend == "rank_bm25":
                 results.extend(self._top_k(self._rank_bm25.get_scores(self.analyzer(q)), k) for q in batch)
             else:
-                results.extend(self._search_batch(batch, k))
+                results.extend(self._hits(self._search_batch(batch, k)))
         return results
 
-    def _search_batch(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def search_many_arrays(self, queries: Sequence[str], k: int = 10) -> TopKArrays:
+        """Top ``k`` for each query as arrays, as bm25s returns them: for bulk work (run files, mining) where
+        a record per hit is not needed. Same results as ``search_many``; see ``TopKArrays``."""
+        self._check_queries(queries, k)
+        if self.backend == "rank_bm25":
+            hits = self.search_many(queries, k)
+            positions = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
+            top = TopKArrays(np.full((len(queries), k), -1, dtype=np.int64), np.zeros((len(queries), k)),
+                             np.array([len(h) for h in hits], dtype=np.int64))
+            for q, query_hits in enumerate(hits):
+                top.doc_indices[q, :len(query_hits)] = [positions[h.doc_id] for h in query_hits]
+                top.scores[q, :len(query_hits)] = [h.score for h in query_hits]
+            return top
+        return self._search_batch(queries, k)
+
+    @staticmethod
+    def _check_queries(queries, k) -> None:
+        if isinstance(queries, str):
+            raise TypeError("search_many takes a list of query strings; use search() for one query")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        for i, query in enumerate(queries):
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError(f"query {i} is empty or not a string: {query!r}")
+
+    def _search_batch(self, queries: Sequence[str], k: int) -> TopKArrays:
         query_ptr, query_terms, query_weights = [0], [], []
         for query in queries:
             counts: dict[int, int] = {}
@@ -203,14 +221,21 @@ class InMemoryBM25:
             query_terms.extend(counts)
             query_weights.extend(counts.values())
             query_ptr.append(len(query_terms))
-        k = min(k, len(self.doc_ids))
         docs, scores, counts = top_k_batch(
             self.scores.indptr, self.scores.indices, self.scores.data, len(self.doc_ids),
             np.array(query_ptr, dtype=np.int64), np.array(query_terms, dtype=np.int64),
-            np.array(query_weights, dtype=np.float64), k, max(1, min(numba.get_num_threads(), len(queries))))
-        ids, scores, ranks = self._doc_id_array[docs].tolist(), scores.tolist(), range(1, k + 1)
+            np.array(query_weights, dtype=np.float64), min(k, len(self.doc_ids)),
+            max(1, min(numba.get_num_threads(), len(queries))))
+        if k > len(self.doc_ids):  # keep the promised (n, k) shape
+            docs = np.pad(docs, ((0, 0), (0, k - docs.shape[1])), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, k - scores.shape[1])))
+        return TopKArrays(docs, scores, counts)
+
+    def _hits(self, top: TopKArrays) -> list[list[Hit]]:
+        ids, scores, ranks = self._doc_id_array[top.doc_indices].tolist(), top.scores.tolist(), range(1, top.scores.shape[1] + 1)
         with _collector_paused():
-            return [list(map(_make_hit, zip(ids[q][:n], scores[q][:n], ranks))) for q, n in enumerate(counts.tolist())]
+            return [list(map(_make_hit, zip(ids[q][:n], scores[q][:n], ranks)))
+                    for q, n in enumerate(top.counts.tolist())]
 
     def _top_k(self, dense_scores: np.ndarray, k: int) -> list[Hit]:
         matched = np.flatnonzero(dense_scores > 0)
@@ -281,6 +306,16 @@ class InMemoryBM25:
         index.doc_ids = json.loads((folder / "doc_ids.json").read_text(encoding="utf-8"))
         index._texts = json.loads((folder / "texts.json").read_text(encoding="utf-8"))
         return index
+
+
+class TopKArrays(NamedTuple):
+    """Top-k results of a batch of queries as arrays. ``doc_indices`` (queries × k, int64) index the
+    index's ``doc_ids``, best first, ties by position; ``scores`` (queries × k, float64); ``counts``: how
+    many documents matched each query; entries past a query's count are -1 and 0."""
+
+    doc_indices: np.ndarray
+    scores: np.ndarray
+    counts: np.ndarray
 
 
 # Building hundreds of thousands of hits is the costliest part left in Python. tuple.__new__ bound to Hit

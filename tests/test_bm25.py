@@ -71,6 +71,24 @@ def test_search_many_equals_search_and_ties_keep_corpus_order():
     assert index.search_many(["apple", "banana"], k=3)[0] == index.search("apple", k=3)
 
 
+@pytest.mark.parametrize("backend", ["fast", "rank_bm25"])
+def test_search_many_arrays_holds_the_same_results_as_the_hits(collections, backend):
+    collection = collections["cranfield"]
+    index = InMemoryBM25(collection.documents, backend=backend)
+    queries = [q.text for q in collection.queries[:40]] + ["zzzunknownterm", "boundary"]
+    top = index.search_many_arrays(queries, 30)
+    assert top.doc_indices.shape == top.scores.shape == (len(queries), 30)
+    for q, hits in enumerate(index.search_many(queries, 30)):
+        n = top.counts[q]
+        assert n == len(hits)
+        assert [index.doc_ids[i] for i in top.doc_indices[q, :n]] == [h.doc_id for h in hits]
+        assert top.scores[q, :n].tolist() == [h.score for h in hits]
+        assert (top.doc_indices[q, n:] == -1).all() and (top.scores[q, n:] == 0).all()
+    assert top.counts.min() < 30  # the padding was exercised
+    tiny = InMemoryBM25([{"_id": "a", "title": "", "text": "apple"}, {"_id": "b", "title": "", "text": "pear"}])
+    assert tiny.search_many_arrays(["apple"], 5).doc_indices.tolist() == [[0, -1, -1, -1, -1]]
+
+
 def test_k1_b_and_standard_analyzer_are_used():
     docs = [{"_id": "1", "title": "", "text": "running runs"}, {"_id": "2", "title": "", "text": "run"}]
     assert InMemoryBM25(docs, analyzer="standard").search("run", 5)[0].doc_id == "2"
