@@ -63,6 +63,9 @@ def test_token_budget_batches_keep_input_order(minilm_cross_encoder, pairs):
     budgeted = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32", max_batch_tokens=700)
     shuffled = [pairs[i] for i in np.random.default_rng(0).permutation(len(pairs))]
     np.testing.assert_allclose(budgeted.predict(shuffled), one_by_one.predict(shuffled), atol=1e-4, rtol=0)
+    ahead = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32", tokenize_ahead=True,
+                         tokenize_chunk=7)  # 19 chunks, the last one short
+    np.testing.assert_allclose(ahead.predict(shuffled), one_by_one.predict(shuffled), atol=1e-4, rtol=0)
     assert budgeted.predict([]).shape == (0,)
 
 
