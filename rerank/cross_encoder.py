@@ -241,7 +241,7 @@ class CrossEncoder:
         groups = {q: np.array(g) for q, g in groups.items()}
         reduced = scores.copy()
         rescored = np.zeros(len(scores), dtype=bool)
-        if self._error_bound is None:  # start the bound from a sample spread over the lengths
+        if self._error_bound is None:  # start the bound from a sample spread over the input
             sample = np.unique(np.linspace(0, len(scores) - 1, num=min(64, len(scores))).astype(np.int64))
             self._rescore(sample, input_ids, token_types, lengths, scores, reduced, rescored)
         while True:  # a larger bound can make more pairs ambiguous: repeat until none is left

@@ -203,7 +203,7 @@ class InMemoryBM25:
     @staticmethod
     def _check_queries(queries, k) -> None:
         if isinstance(queries, str):
-            raise TypeError("search_many takes a list of query strings; use search() for one query")
+            raise TypeError("expected a list of query strings; use search() for one query")
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         for i, query in enumerate(queries):
@@ -232,7 +232,8 @@ class InMemoryBM25:
         return TopKArrays(docs, scores, counts)
 
     def _hits(self, top: TopKArrays) -> list[list[Hit]]:
-        ids, scores, ranks = self._doc_id_array[top.doc_indices].tolist(), top.scores.tolist(), range(1, top.scores.shape[1] + 1)
+        ids, scores = self._doc_id_array[top.doc_indices].tolist(), top.scores.tolist()
+        ranks = range(1, top.scores.shape[1] + 1)
         with _collector_paused():
             return [list(map(_make_hit, zip(ids[q][:n], scores[q][:n], ranks)))
                     for q, n in enumerate(top.counts.tolist())]
