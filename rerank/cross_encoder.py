@@ -81,7 +81,7 @@ class CrossEncoder:
             query's best ``exact_top_k`` and has a neighbour within twice the reduced-precision error is
             scored again in float32 (from a float32 copy of the weights), so that the top ``exact_top_k`` of
             each query, order included, is the one float32 gives. Default 10 (what nDCG@10 and RR@10 read):
-            it rescored 11% of the pairs (+25% time) for a MiniLM trained on SciFact ranking 100 passages
+            it rescored 11% of the pairs (+25-35% time) for a MiniLM trained on SciFact ranking 100 passages
             a query. ``None`` turns it off.
             The error bound is learnt from the rescored pairs: 1.5 × the largest difference seen (the first
             call also rescores a sample of 64 pairs to start it).
