@@ -41,12 +41,25 @@ def _engine_url(args) -> str:
 def _add_reranker_args(parser: argparse.ArgumentParser, default_model: str) -> None:
     parser.add_argument("--model", default=default_model,
                         help=f"cross-encoder hub id or local folder, or 'none' for BM25 only (default {default_model})")
+    _add_model_run_args(parser)
+
+
+def _add_model_run_args(parser: argparse.ArgumentParser) -> None:
+    """How the cross-encoder runs: the same options for evaluate, search and serve."""
     parser.add_argument("--max-length", type=int, default=512, help="tokens per (query, passage) pair (default 512)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="number type of the reranker (default auto: bf16 where the hardware is fast at it)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: first available)")
     parser.add_argument("--runtime", default="torch", choices=["torch", "onnx", "onnx-int8"],
                         help="torch (default), or ONNX Runtime on CPU in float32 or int8 (the onnx extra)")
+
+
+def _cross_encoder(args):
+    """The cross-encoder the options of ``_add_model_run_args`` describe."""
+    from rerank.cross_encoder import CrossEncoder
+
+    return CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype,
+                        runtime=args.runtime)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,10 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-docs", type=int, default=1000, help="documents per request (default 1,000)")
     serve.add_argument("--max-wait-ms", type=float, default=5.0,
                        help="longest a request waits for others to batch with (default 5; 0 turns batching off)")
-    serve.add_argument("--max-length", type=int, default=512)
-    serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    serve.add_argument("--device", default=None)
-    serve.add_argument("--runtime", default="torch", choices=["torch", "onnx", "onnx-int8"])
+    _add_model_run_args(serve)
     serve.set_defaults(handler=run_serve)
     return parser
 
@@ -332,10 +342,7 @@ def run_evaluate(args) -> int:
     started = time.perf_counter()
     reranker = None
     if args.model.lower() != "none":  # load first: a bad model should fail before minutes of retrieval
-        from rerank.cross_encoder import CrossEncoder
-
-        reranker = CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype,
-                                runtime=args.runtime)
+        reranker = _cross_encoder(args)
     collection = load_collection(args.data, args.split)
     wanted = _query_ids(args.query_ids)
     if wanted is not None:
@@ -411,10 +418,7 @@ def run_search(args) -> int:
     retriever, source = _first_stage(args, documents)
     reranker = None
     if args.model.lower() != "none":
-        from rerank.cross_encoder import CrossEncoder
-
-        reranker = CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype,
-                                runtime=args.runtime)
+        reranker = _cross_encoder(args)
     pipeline = RetrieveRerank(retriever, reranker, retrieve_k=max(args.k, args.rerank_k if reranker else args.k),
                               rerank_k=args.rerank_k)
     queries = [Query(str(i), text) for i, text in enumerate(args.queries, start=1)]
@@ -478,11 +482,9 @@ def run_index(args) -> int:
 
 
 def run_serve(args) -> int:
-    from rerank.cross_encoder import CrossEncoder
     from rerank.service import RerankService, ServiceLimits
 
-    model = CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype,
-                         runtime=args.runtime)
+    model = _cross_encoder(args)
     service = RerankService(model, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
                             max_wait_ms=args.max_wait_ms, limits=ServiceLimits(max_docs=args.max_docs),
                             model_name=args.model)

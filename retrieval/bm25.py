@@ -147,6 +147,13 @@ class InMemoryBM25:
             self._doc_id_objects = np.array(self.doc_ids, dtype=object)
         return self._doc_id_objects
 
+    @property
+    def _doc_positions(self) -> dict[str, int]:
+        """Doc id → position in ``doc_ids``, built on first use."""
+        if getattr(self, "_doc_position_map", None) is None:
+            self._doc_position_map = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
+        return self._doc_position_map
+
     def _score_matrix(self, tf: sp.csr_matrix, lengths: np.ndarray) -> sp.csr_matrix:
         """Term × document matrix of each term's BM25 contribution to each document."""
         doc_count = int((lengths > 0).sum())  # Lucene counts documents that have the field
@@ -191,11 +198,10 @@ class InMemoryBM25:
         self._check_queries(queries, k)
         if self.backend == "rank_bm25":
             hits = self.search_many(queries, k)
-            positions = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
             top = TopKArrays(np.full((len(queries), k), -1, dtype=np.int64), np.zeros((len(queries), k)),
                              np.array([len(h) for h in hits], dtype=np.int64))
             for q, query_hits in enumerate(hits):
-                top.doc_indices[q, :len(query_hits)] = [positions[h.doc_id] for h in query_hits]
+                top.doc_indices[q, :len(query_hits)] = [self._doc_positions[h.doc_id] for h in query_hits]
                 top.scores[q, :len(query_hits)] = [h.score for h in query_hits]
             return top
         return self._search_batch(queries, k)
@@ -253,10 +259,8 @@ class InMemoryBM25:
 
     def fetch_texts(self, doc_ids: Sequence[str]) -> list[str]:
         """The indexed text (title and text joined) of each doc id, for the reranker."""
-        if not hasattr(self, "_positions"):
-            self._positions = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
         try:
-            return [self._texts[self._positions[doc_id]] for doc_id in doc_ids]
+            return [self._texts[self._doc_positions[doc_id]] for doc_id in doc_ids]
         except KeyError as exc:
             raise KeyError(f"doc id {exc.args[0]!r} is not in this index") from None
 
