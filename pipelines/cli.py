@@ -46,7 +46,12 @@ def _add_reranker_args(parser: argparse.ArgumentParser, default_model: str) -> N
 
 def _add_model_run_args(parser: argparse.ArgumentParser) -> None:
     """How the cross-encoder runs: the same options for evaluate, search and serve."""
-    parser.add_argument("--max-length", type=int, default=512, help="tokens per (query, passage) pair (default 512)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="tokens per (query, passage) pair (default: what the model was trained with, "
+                             "saved beside it by 'esrerank train', else 512)")
+    parser.add_argument("--passages", choices=["first", "maxp"], default=None,
+                        help="long documents: their start (first) or their best overlapping window (maxp); "
+                             "default: the model's saved setting, else first")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="number type of the reranker (default auto: bf16 where the hardware is fast at it)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: first available)")
@@ -59,7 +64,7 @@ def _cross_encoder(args):
     from rerank.cross_encoder import CrossEncoder
 
     return CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype,
-                        runtime=args.runtime)
+                        runtime=args.runtime, passages=args.passages)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_first_stage_args(evaluate)
     _add_retriever_args(evaluate)
     evaluate.add_argument("--candidates", help="rerank this first-stage TREC run instead of retrieving")
-    evaluate.add_argument("--fusion", choices=["auto", "none", "interpolate", "rrf"], default="auto",
-                          help="combine BM25 and reranker scores; auto (default): what 'esrerank recipe' found best "
-                               "on dev for this model (recorded beside it), else none")
+    evaluate.add_argument("--fusion", choices=["auto", "none", "interpolate", "rrf"], default="none",
+                          help="combine BM25 and reranker scores: none (default: the reranker alone), interpolate, "
+                               "rrf, or auto: what 'esrerank recipe' found best for this model (recorded beside it)")
     evaluate.add_argument("--alpha", type=float, default=None, help="reranker weight in fusion (default 0.5)")
     evaluate.add_argument("--save-run", help="write the final run (reranked, or BM25 with --model none) here")
     evaluate.add_argument("--output-json", help="write the measures as JSON here")
@@ -130,15 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--depth", type=int, default=100, help="candidates per query (default 100)")
     mine.add_argument("--range-min", type=int, default=0, help="first window position, positives removed (default 0)")
     mine.add_argument("--range-max", type=int, default=100, help="end of the window, exclusive (default 100)")
-    mine.add_argument("--num-negatives", type=int, default=9, help="negatives per query (default 9)")
+    mine.add_argument("--num-negatives", type=int, default=6, help="hard negatives per query (default 6)")
+    mine.add_argument("--num-random-negatives", type=int, default=3,
+                      help="easy negatives per query, drawn at random from the corpus (default 3)")
     mine.add_argument("--sampling", choices=["top", "random"], default="top")
-    mine.add_argument("--teacher", help="cross-encoder that filters likely false negatives")
+    mine.add_argument("--teacher", help="model that filters likely false negatives: a cross-encoder, or a "
+                                        "sentence-transformers bi-encoder (cosine similarity)")
+    mine.add_argument("--teacher-type", choices=["auto", "cross-encoder", "bi-encoder"], default="auto",
+                      help="auto (default): a one-label sequence classifier is a cross-encoder, else a bi-encoder")
     margin = mine.add_mutually_exclusive_group()
     margin.add_argument("--absolute-margin", type=float, help="drop negatives scoring above positive - X")
     margin.add_argument("--relative-margin", type=float, help="drop negatives scoring above positive x (1 - X)")
     mine.add_argument("--format", choices=["labeled-list", "triplet", "n-tuple", "labeled-pair"], default="labeled-list")
     mine.add_argument("--seed", type=int, default=12)
-    mine.add_argument("--exclude-queries", help="JSON list of query ids to leave out (e.g. a dev split)")
+    mine.add_argument("--exclude-queries", help="JSON list of query ids to leave out (e.g. a test split)")
+    mine.add_argument("--dev-queries", type=int, default=None,
+                      help="queries held out of training as the dev split 'esrerank train' evaluates on, stops "
+                           "early on and picks its checkpoint by (default: min(100, a fifth of the queries); 0: none)")
+    mine.add_argument("--dev-depth", type=int, default=30,
+                      help="first-stage candidates per dev query reranked during training (default 30)")
     mine.set_defaults(handler=run_mine)
 
     train = commands.add_parser("train", parents=[common], help="train a cross-encoder on mined data")
@@ -146,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--base-model", required=True, help="hub id or local folder; a base encoder gets a new head")
     train.add_argument("--out", required=True, help="where the trained model goes")
     _add_training_args(train)
-    train.add_argument("--eval-data", help="BEIR folder whose queries evaluate the pipeline during training")
+    train.add_argument("--eval-data", help="BEIR folder whose queries evaluate the pipeline during training "
+                                           "(default: the dev split 'esrerank mine' held out, when there is one)")
     train.add_argument("--eval-split", default="test")
     train.add_argument("--eval-queries", help="JSON list of query ids to evaluate on (default: all of the split)")
     train.add_argument("--eval-depth", type=int, default=30, help="BM25 candidates per dev query (default 30)")
@@ -161,10 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--base-model", required=True)
     recipe.add_argument("--out", required=True)
     recipe.add_argument("--dev-queries", type=int, default=200,
-                        help="queries held out as dev when train and eval data are the same (default 200)")
-    recipe.add_argument("--num-negatives", type=int, default=9)
+                        help="evaluation queries held out of training when train and eval data are the same "
+                             "(default 200)")
+    recipe.add_argument("--num-negatives", type=int, default=6, help="hard negatives per query (default 6)")
+    recipe.add_argument("--num-random-negatives", type=int, default=3,
+                        help="easy negatives per query, at random from the corpus (default 3)")
     recipe.add_argument("--depth", type=int, default=100)
-    recipe.add_argument("--train-eval-queries", type=int, default=100)
+    recipe.add_argument("--train-eval-queries", type=int, default=100,
+                        help="dev queries held out of the training queries for training's evaluations (default 100)")
     recipe.add_argument("--train-eval-depth", type=int, default=30)
     _add_training_args(recipe)
     _add_first_stage_args(recipe)
@@ -186,17 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
-    from rerank.training_config import LAMBDA_SCHEMES, LOSSES, TrainingConfig
+    from rerank.training_config import LAMBDA_SCHEMES, LOSSES, TRAIN_PASSAGES, TrainingConfig
 
     defaults = TrainingConfig()
-    parser.add_argument("--loss", choices=LOSSES, default=defaults.loss)
+    parser.add_argument("--loss", choices=LOSSES, default=defaults.loss, help=f"(default {defaults.loss})")
     parser.add_argument("--lambda-scheme", choices=LAMBDA_SCHEMES, default=defaults.lambda_scheme)
-    parser.add_argument("--epochs", type=float, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--epochs", type=float, default=defaults.epochs, help=f"(default {defaults.epochs:g})")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help=f"queries per step; pairs per step with --loss bce (default {defaults.batch_size})")
     parser.add_argument("--mini-batch-size", type=int, default=defaults.mini_batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--max-length", type=int, default=defaults.max_length)
-    parser.add_argument("--eval-steps", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"(default {defaults.lr:g})")
+    parser.add_argument("--max-length", type=int, default=defaults.max_length,
+                        help=f"tokens per pair, saved with the model (default {defaults.max_length})")
+    parser.add_argument("--passages", choices=TRAIN_PASSAGES, default=defaults.passages,
+                        help="long documents: train on their start (first), or on their window sharing most words "
+                             f"with the query and rerank by best window (maxp) (default {defaults.passages})")
+    parser.add_argument("--eval-steps", type=int, default=None, help="dev evaluations every N steps (default 4 an epoch)")
+    parser.add_argument("--early-stopping", type=int, default=defaults.early_stopping_patience, metavar="N",
+                        help="stop after N dev evaluations without improvement; 0: never "
+                             f"(default {defaults.early_stopping_patience})")
     parser.add_argument("--bf16", choices=["auto", "true", "false"], default=defaults.bf16)
     parser.add_argument("--train-seed", type=int, default=defaults.seed)
 
@@ -206,7 +234,8 @@ def _training_config(args):
 
     return TrainingConfig(loss=args.loss, lambda_scheme=args.lambda_scheme, epochs=args.epochs,
                           batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, lr=args.lr,
-                          max_length=args.max_length, eval_steps=args.eval_steps, bf16=args.bf16, seed=args.train_seed)
+                          max_length=args.max_length, passages=args.passages, eval_steps=args.eval_steps,
+                          early_stopping_patience=args.early_stopping or None, bf16=args.bf16, seed=args.train_seed)
 
 
 def _query_ids(path: str | None) -> set[str] | None:
@@ -221,36 +250,60 @@ def _query_ids(path: str | None) -> set[str] | None:
 def run_mine(args) -> int:
     from retrieval.corpus import load_collection
 
-    from .mining import MiningConfig, mine_hard_negatives, save_mined
+    from .mining import MiningConfig, dev_samples, mine_hard_negatives, save_dev_samples, save_mined, split_queries
     from .retrieve_rerank import first_stage_run
 
     collection = load_collection(args.data, args.split)
     excluded = _query_ids(args.exclude_queries) or set()
     queries = [q for q in collection.queries if q.query_id not in excluded]
     config = MiningConfig(depth=args.depth, range_min=args.range_min, range_max=args.range_max,
-                          num_negatives=args.num_negatives, sampling=args.sampling, absolute_margin=args.absolute_margin,
+                          num_negatives=args.num_negatives, num_random_negatives=args.num_random_negatives,
+                          sampling=args.sampling, absolute_margin=args.absolute_margin,
                           relative_margin=args.relative_margin, output_format=args.format, seed=args.seed)
-    teacher = None
-    if args.teacher:
-        from rerank.cross_encoder import CrossEncoder
-
-        teacher = CrossEncoder(args.teacher)
+    teacher = _teacher(args.teacher, args.teacher_type) if args.teacher else None
+    dev_size = min(100, len(queries) // 5) if args.dev_queries is None else args.dev_queries
+    dev_queries: list = []
+    if dev_size:
+        queries, dev_queries = split_queries(queries, dev_size, args.seed)
     retriever, source = _first_stage(args, collection.documents)
-    candidates = first_stage_run(retriever, queries, config.depth)
+    candidates = first_stage_run(retriever, queries + dev_queries, max(config.depth, args.dev_depth))
     texts = collection.texts()
     rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, teacher,
                                       show_progress=not args.quiet)
-    save_mined(rows, stats, config, args.out, extra={"first_stage": source, "data": str(args.data)})
+    save_mined(rows, stats, config, args.out, extra={"first_stage": source, "data": str(args.data),
+                                                     "dev_queries": [q.query_id for q in dev_queries]})
     summary = stats.summary()
     print(f"mined {summary['rows']} rows from {summary['kept']} of {summary['queries']} queries into {args.out}")
+    if dev_queries:
+        samples = dev_samples(dev_queries, collection.qrels, candidates, texts, args.dev_depth)
+        path = save_dev_samples(samples, args.out)
+        print(f"held out {len(samples)} dev queries (top {args.dev_depth} candidates each) in {path}")
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _teacher(model: str, kind: str):
+    """The false-negative filter: a cross-encoder, or a bi-encoder scoring by cosine similarity."""
+    from rerank.cross_encoder import CrossEncoder
+
+    if kind == "cross-encoder":
+        return CrossEncoder(model)
+    if kind == "auto":
+        try:
+            return CrossEncoder(model)
+        except ModelError as error:
+            if "not a sequence-classification model" not in str(error):
+                raise
+    from rerank.bi_encoder import BiEncoder
+
+    return BiEncoder(model)
 
 
 def run_train(args) -> int:
     import datasets
 
     from rerank.training import train_cross_encoder
+    from rerank.training_config import DEV_SAMPLES_FILE
 
     dataset_dir = Path(args.dataset)
     if not (dataset_dir / "dataset_info.json").is_file():
@@ -263,7 +316,7 @@ def run_train(args) -> int:
         from retrieval.bm25 import InMemoryBM25
         from retrieval.corpus import load_collection
 
-        from .recipe import dev_samples
+        from .mining import dev_samples
         from .retrieve_rerank import first_stage_run
 
         evaluation = load_collection(args.eval_data, args.eval_split)
@@ -273,10 +326,27 @@ def run_train(args) -> int:
         texts = evaluation.texts()
         samples = dev_samples(queries, evaluation.qrels, first_stage_run(index, queries, args.eval_depth), texts,
                               args.eval_depth)
+    elif (dataset_dir / DEV_SAMPLES_FILE).is_file():
+        samples = _read_dev_samples(dataset_dir / DEV_SAMPLES_FILE)
+        logger.info("dev split: %d queries held out by 'esrerank mine' (%s)", len(samples), dataset_dir / DEV_SAMPLES_FILE)
     result = train_cross_encoder(dataset, args.base_model, args.out, _training_config(args), samples, resume=args.resume)
     print(f"trained {result.steps} steps in {result.seconds:.0f} s; best dev nDCG@10 "
           f"{result.best_dev_ndcg10 if result.best_dev_ndcg10 is not None else 'n/a'}; model saved to {result.out_dir}")
     return 0
+
+
+def _read_dev_samples(path: Path) -> list[dict]:
+    samples = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                sample = json.loads(line)
+            except ValueError as exc:
+                raise DataError(path, f"not JSON ({exc})", line=number) from None
+            if not isinstance(sample, dict) or not {"query", "positive", "documents"} <= set(sample):
+                raise DataError(path, "a dev sample needs query, positive and documents", line=number)
+            samples.append(sample)
+    return samples
 
 
 def run_recipe(args) -> int:
@@ -293,17 +363,23 @@ def run_recipe(args) -> int:
     report = recipe(train, evaluation, args.base_model, args.out, _training_config(args),
                     RecipeConfig(dev_queries=args.dev_queries, depth=args.depth,
                                  train_eval_queries=args.train_eval_queries, train_eval_depth=args.train_eval_depth),
-                    MiningConfig(depth=args.depth, range_max=args.depth, num_negatives=args.num_negatives),
+                    MiningConfig(depth=args.depth, range_max=args.depth, num_negatives=args.num_negatives,
+                                 num_random_negatives=args.num_random_negatives),
                     k1=args.k1, b=args.b, analyzer=args.analyzer, resume=args.resume)
     result = report["evaluation"]
     bm25, reranked = result["measures"]["bm25"], result["measures"]["reranked"]
-    print(f"dev queries: {result['queries']}; time: {report['seconds']['total']:.0f} s")
+    print(f"evaluation queries: {result['queries']}; time: {report['seconds']['total']:.0f} s")
     print(f"{'measure':<9} {'BM25':>9} {'reranked':>9} {'p (paired t)':>13}")
     for measure in ("nDCG@10", "RR@10", "R@100", "AP"):
         print(f"{measure:<9} {bm25[measure]:>9.4f} {reranked[measure]:>9.4f} {result['significance'][measure]:>13.4g}")
-    low, high = reranked["nDCG@10_ci95"]
-    print(f"reranked nDCG@10 95% CI [{low:.4f}, {high:.4f}]; fusion: {json.dumps(result['fusion']['best_on_dev'])}, "
-          f"2-fold CV nDCG@10 {result['fusion']['two_fold_cross_validated_nDCG@10']:.4f}")
+    fusion = result["fusion"]
+    for name, value, (low, high) in (
+            ("BM25", bm25["nDCG@10"], bm25["nDCG@10_ci95"]),
+            ("reranker alone", reranked["nDCG@10"], reranked["nDCG@10_ci95"]),
+            ("fused (weight by 2-fold CV)", fusion["two_fold_cross_validated_nDCG@10"],
+             fusion["two_fold_cross_validated_nDCG@10_ci95"])):
+        print(f"nDCG@10 {name:<28} {value:.4f}  95% CI [{low:.4f}, {high:.4f}]")
+    print(f"best fusion on these queries: {json.dumps(fusion['best_on_dev'])}")
     print(f"report: {Path(args.out) / 'report.json'}")
     return 0
 

@@ -3,7 +3,10 @@
 For each training query: the first stage's top ``depth`` candidates, known positives removed, negatives
 taken from a window of that list, optionally dropped when a teacher cross-encoder scores them too close to
 the positives (false-negative filter, with the margins of sentence-transformers' ``mine_hard_negatives``),
-then ``num_negatives`` of them, the first ones or a seeded random sample.
+then ``num_negatives`` of them, the first ones or a seeded random sample, and ``num_random_negatives``
+easy negatives drawn at random from the whole corpus (positives and the hard negatives excluded): with
+only hard negatives a model never sees an obviously wrong document, and on SciFact it generalised worse
+(see the README's ablation).
 
 The window is over the candidate list *after* positives are removed, 0-based: positions
 ``range_min <= i < range_max``. Rows are written as a HF ``datasets`` dataset in one of the formats the
@@ -31,6 +34,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from rerank.training_config import DEV_SAMPLES_FILE
 from retrieval.records import Hit, Query
 
 logger = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ class MiningConfig:
     """depth: candidates per query from the first stage (default 100). range_min/range_max: the window
     of negatives after positives are removed (default 0/100). num_negatives: per query (default 9).
     sampling: ``top`` (the first in the window, default) or ``random`` (seeded sample from the window).
+    num_random_negatives: easy negatives per query drawn at random from the whole corpus (default 3).
     absolute_margin / relative_margin: teacher filter; a negative is dropped when its teacher score is
     above ``min positive score - absolute_margin``, or above ``min positive score × (1 - relative_margin)``.
     output_format: see the module docstring. seed: for ``random`` sampling (default 12)."""
@@ -50,7 +55,8 @@ class MiningConfig:
     depth: int = 100
     range_min: int = 0
     range_max: int = 100
-    num_negatives: int = 9
+    num_negatives: int = 6
+    num_random_negatives: int = 3
     sampling: str = "top"
     absolute_margin: float | None = None
     relative_margin: float | None = None
@@ -66,6 +72,8 @@ class MiningConfig:
             raise ValueError(f"need 0 <= range_min < range_max, got {self.range_min}, {self.range_max}")
         if self.num_negatives < 1 or self.depth < 1:
             raise ValueError("num_negatives and depth must be at least 1")
+        if self.num_random_negatives < 0:
+            raise ValueError(f"num_random_negatives must be at least 0, got {self.num_random_negatives}")
         if self.absolute_margin is not None and self.relative_margin is not None:
             raise ValueError("give absolute_margin or relative_margin, not both")
 
@@ -108,6 +116,7 @@ def mine_hard_negatives(queries: Sequence[Query], qrels: Mapping[str, Mapping[st
         raise ValueError("a margin needs a teacher model")
     stats = MiningStats()
     rows: list[dict] = []
+    corpus_ids = list(texts) if config.num_random_negatives else []
     for query in tqdm(queries, desc="mining", unit="query", disable=not show_progress):
         stats.queries += 1
         positives = [d for d, grade in qrels.get(query.query_id, {}).items() if grade > 0 and d in texts]
@@ -134,14 +143,30 @@ def mine_hard_negatives(queries: Sequence[Query], qrels: Mapping[str, Mapping[st
         if not negatives:
             stats.skipped["no negative left in the window"] += 1
             continue
-        if config.output_format == "n-tuple" and len(negatives) < config.num_negatives:
-            stats.skipped[f"fewer than {config.num_negatives} negatives (n-tuple)"] += 1
+        if config.num_random_negatives:
+            negatives = negatives + _random_negatives(corpus_ids, positive_set | set(negatives),
+                                                      config.num_random_negatives,
+                                                      _query_rng(config.seed + 1, query.query_id))
+        if config.output_format == "n-tuple" and len(negatives) < config.num_negatives + config.num_random_negatives:
+            stats.skipped[f"fewer than {config.num_negatives + config.num_random_negatives} negatives (n-tuple)"] += 1
             continue
         stats.kept += 1
         stats.negatives_per_query.append(len(negatives))
         rows.extend(_rows(query.text, [texts[d] for d in positives], [texts[d] for d in negatives], config))
     stats.rows = len(rows)
     return rows, stats
+
+
+def _random_negatives(corpus_ids: list[str], excluded: set[str], count: int, rng: random.Random) -> list[str]:
+    """``count`` distinct corpus documents not in ``excluded`` (fewer only when the corpus is that small)."""
+    count = min(count, len(corpus_ids) - len(excluded))
+    chosen: list[str] = []
+    while len(chosen) < count:  # rejection sampling: the excluded few are rarely drawn from a real corpus
+        doc_id = corpus_ids[rng.randrange(len(corpus_ids))]
+        if doc_id not in excluded:
+            excluded = excluded | {doc_id}
+            chosen.append(doc_id)
+    return chosen
 
 
 def _rows(query: str, positives: list[str], negatives: list[str], config: MiningConfig) -> list[dict]:
@@ -154,6 +179,38 @@ def _rows(query: str, positives: list[str], negatives: list[str], config: Mining
         return [{"query": query, "positive": p, "negative": n} for p in positives for n in negatives]
     return [{"query": query, "positive": p, **{f"negative_{i}": n for i, n in enumerate(negatives, start=1)}}
             for p in positives]
+
+
+def split_queries(queries: Sequence[Query], dev_size: int, seed: int = 12) -> tuple[list[Query], list[Query]]:
+    """(train, dev): ``dev_size`` queries chosen by a seeded hash of their ids, independent of file order."""
+    if not 0 < dev_size < len(queries):
+        raise ValueError(f"dev size must be between 1 and {len(queries) - 1}, got {dev_size}")
+    key = lambda q: hashlib.sha256(f"{seed}:{q.query_id}".encode()).hexdigest()
+    dev_ids = {q.query_id for q in sorted(queries, key=key)[:dev_size]}
+    return [q for q in queries if q.query_id not in dev_ids], [q for q in queries if q.query_id in dev_ids]
+
+
+def dev_samples(queries: Sequence[Query], qrels, candidates: Mapping[str, Sequence[Hit]], texts: Mapping[str, str],
+                depth: int) -> list[dict]:
+    """The trainer's dev set: each query with its judged positives and the first stage's top ``depth``
+    (positives the first stage missed stay missed, as in the real pipeline)."""
+    samples = []
+    for query in queries:
+        positives = [texts[d] for d, grade in qrels.get(query.query_id, {}).items() if grade > 0 and d in texts]
+        if positives:
+            samples.append({"query_id": query.query_id, "query": query.text, "positive": positives,
+                            "documents": [texts[h.doc_id] for h in candidates.get(query.query_id, [])[:depth]]})
+    return samples
+
+
+def save_dev_samples(samples: list[dict], out_dir) -> Path:
+    """Write the dev samples beside mined rows (``dev_samples.jsonl``), where ``esrerank train`` finds them."""
+    path = Path(out_dir) / DEV_SAMPLES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for sample in samples:
+            handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    return path
 
 
 def save_mined(rows: list[dict], stats: MiningStats, config: MiningConfig, out_dir, extra: dict | None = None):

@@ -7,7 +7,6 @@ evaluated in the real pipeline (BM25 top-k → rerank) with ``ir-measures``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -22,7 +21,7 @@ from retrieval.corpus import Collection
 from retrieval.records import Query
 
 from .evaluation import bootstrap_ci, compare, mean_scores, per_query_scores
-from .mining import MiningConfig, mine_hard_negatives, save_mined
+from .mining import MiningConfig, dev_samples, mine_hard_negatives, save_mined, split_queries  # noqa: F401
 from .retrieve_rerank import first_stage_run, fuse, merge_head_and_tail
 from .runs import Run
 
@@ -40,33 +39,12 @@ def recorded_fusion(model_dir) -> tuple[str | None, float]:
     return choice["fusion"], float(choice["alpha"])
 
 
-def split_queries(queries: Sequence[Query], dev_size: int, seed: int = 12) -> tuple[list[Query], list[Query]]:
-    """(train, dev): ``dev_size`` queries chosen by a seeded hash of their ids, independent of file order."""
-    if not 0 < dev_size < len(queries):
-        raise ValueError(f"dev size must be between 1 and {len(queries) - 1}, got {dev_size}")
-    key = lambda q: hashlib.sha256(f"{seed}:{q.query_id}".encode()).hexdigest()
-    dev_ids = {q.query_id for q in sorted(queries, key=key)[:dev_size]}
-    return [q for q in queries if q.query_id not in dev_ids], [q for q in queries if q.query_id in dev_ids]
-
-
-def dev_samples(queries: Sequence[Query], qrels, candidates: Run, texts: Mapping[str, str], depth: int) -> list[dict]:
-    """The trainer's dev set: each query with its judged positives and the first stage's top ``depth``
-    (positives the first stage missed stay missed, as in the real pipeline)."""
-    samples = []
-    for query in queries:
-        positives = [texts[d] for d, grade in qrels.get(query.query_id, {}).items() if grade > 0 and d in texts]
-        if positives:
-            samples.append({"query": query.text, "positive": positives,
-                            "documents": [texts[h.doc_id] for h in candidates.get(query.query_id, [])[:depth]]})
-    return samples
-
-
 @dataclass(frozen=True)
 class RecipeConfig:
-    dev_queries: int = 200  # held out of the training queries when train and eval data are the same
+    dev_queries: int = 200  # evaluation queries held out of the training queries when train and eval data are the same
     depth: int = 100  # BM25 candidates for mining and for the final evaluation
     train_eval_depth: int = 30  # candidates per dev query for the evaluations during training (cheaper)
-    train_eval_queries: int = 100  # dev queries evaluated during training
+    train_eval_queries: int = 100  # dev queries for training's evaluations, held out of the training queries
     rerank_k: int = 100
     seed: int = 12
 
@@ -88,10 +66,12 @@ def evaluate_reranker(reranker, queries: Sequence[Query], qrels, bm25_run: Run, 
             fusion_scores[(fusion, alpha)] = per_query_scores(run, qrels, ["nDCG@10"])["nDCG@10"]
     best_fusion = max(fusion_scores, key=lambda key: np.mean(list(fusion_scores[key].values())))
     cross_validated = _two_fold(fusion_scores, [q.query_id for q in queries])
+    fused_values = list(cross_validated.values())
     result = {"queries": len(queries), "measures": {}, "significance": {}, "fusion": {
         "best_on_dev": {"fusion": best_fusion[0], "alpha": best_fusion[1],
                         "nDCG@10": float(np.mean(list(fusion_scores[best_fusion].values())))},
-        "two_fold_cross_validated_nDCG@10": cross_validated,
+        "two_fold_cross_validated_nDCG@10": float(np.mean(fused_values)) if fused_values else 0.0,
+        "two_fold_cross_validated_nDCG@10_ci95": bootstrap_ci(fused_values),
         "grid": {f"{f}:{a}": float(np.mean(list(v.values()))) for (f, a), v in fusion_scores.items()},
     }}
     for system, scores in per_query.items():
@@ -126,15 +106,16 @@ def _fused_run(queries, bm25_run, head_scores, rerank_k, fusion, alpha) -> Run:
     return run
 
 
-def _two_fold(fusion_scores: dict, query_ids: list[str]) -> float:
-    """Tune on one half of the queries, score on the other, both ways: an unbiased fused nDCG@10."""
+def _two_fold(fusion_scores: dict, query_ids: list[str]) -> dict[str, float]:
+    """Tune on one half of the queries, score on the other, both ways: an unbiased fused nDCG@10 per query."""
     halves = [query_ids[0::2], query_ids[1::2]]
-    total, count = 0.0, 0
+    scores: dict[str, float] = {}
     for tune, test in ((halves[0], halves[1]), (halves[1], halves[0])):
+        if not tune:
+            continue
         best = max(fusion_scores, key=lambda key: np.mean([fusion_scores[key][q] for q in tune]))
-        total += sum(fusion_scores[best][q] for q in test)
-        count += len(test)
-    return total / count if count else 0.0
+        scores.update({q: fusion_scores[best][q] for q in test})
+    return scores
 
 
 def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_dir, training_config,
@@ -156,9 +137,13 @@ def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_d
     logger.info("%d training queries, %d dev queries%s", len(train_queries), len(dev_queries),
                 " (held out of the training data)" if same else "")
 
+    # The dev queries training evaluates on (early stopping, best checkpoint) are held out of the training
+    # queries too, so the queries the report is measured on never chose anything.
+    train_queries, train_dev_queries = split_queries(train_queries, recipe.train_eval_queries, recipe.seed + 1)
     train_index = InMemoryBM25(train.documents, k1=k1, b=b, analyzer=analyzer)
     train_texts = train.texts()
-    train_candidates = first_stage_run(train_index, train_queries, mining.depth)
+    train_candidates = first_stage_run(train_index, train_queries + train_dev_queries,
+                                       max(mining.depth, recipe.train_eval_depth))
     rows, stats = mine_hard_negatives(train_queries, train.qrels, train_candidates, train_texts, mining)
     dataset = save_mined(rows, stats, mining, out_dir / "mined")
     logger.info("mined %d rows: %s", len(rows), json.dumps(stats.summary()))
@@ -168,18 +153,20 @@ def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_d
                                                                                  analyzer=analyzer)
     eval_texts = train_texts if eval_index is train_index else evaluation.texts()
     dev_run = first_stage_run(eval_index, dev_queries, max(recipe.depth, recipe.rerank_k))
-    samples = dev_samples(dev_queries[: recipe.train_eval_queries], evaluation.qrels, dev_run, eval_texts,
-                          recipe.train_eval_depth)
+    samples = dev_samples(train_dev_queries, train.qrels, train_candidates, train_texts, recipe.train_eval_depth)
     training = train_cross_encoder(dataset, base_model, out_dir / "model", training_config, samples, resume=resume)
     train_s = time.perf_counter() - started - mining_s
 
-    reranker = CrossEncoder(str(out_dir / "model"), max_length=training_config.max_length)
+    reranker = CrossEncoder(str(out_dir / "model"))  # reads the max length and passages it was trained with
     evaluation_result = evaluate_reranker(reranker, dev_queries, evaluation.qrels, dev_run, eval_texts,
                                           recipe.rerank_k)
     fusion = evaluation_result["fusion"]
     reranked_alone = evaluation_result["measures"]["reranked"]["nDCG@10"]
+    if reranked_alone <= evaluation_result["measures"]["bm25"]["nDCG@10"]:
+        logger.warning("the reranker alone (nDCG@10 %.4f) is not better than BM25 (%.4f) on the evaluation queries",
+                       reranked_alone, evaluation_result["measures"]["bm25"]["nDCG@10"])
     if fusion["two_fold_cross_validated_nDCG@10"] > reranked_alone:
-        # the default that wins on dev: `esrerank evaluate --fusion auto` (the default) applies it
+        # what won on the evaluation split; `esrerank evaluate --fusion auto` applies it (the default is none)
         choice = {**fusion["best_on_dev"], "two_fold_cross_validated_nDCG@10": fusion["two_fold_cross_validated_nDCG@10"],
                   "reranked_alone_nDCG@10": reranked_alone}
         (out_dir / "model" / FUSION_FILE).write_text(json.dumps(choice, indent=2) + "\n")

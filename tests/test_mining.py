@@ -29,7 +29,8 @@ def _window(query, collection, candidates, config):
 @pytest.mark.parametrize("sampling", ["top", "random"])
 def test_negatives_come_only_from_the_window_and_never_are_positives(setup, sampling):
     collection, queries, candidates, texts = setup
-    config = MiningConfig(depth=80, range_min=5, range_max=40, num_negatives=7, sampling=sampling, seed=3)
+    config = MiningConfig(depth=80, range_min=5, range_max=40, num_negatives=7, num_random_negatives=0,
+                          sampling=sampling, seed=3)
     rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, show_progress=False)
     def positive_texts(query):
         return [texts[d] for d, g in collection.qrels[query.query_id].items() if g > 0]
@@ -71,7 +72,7 @@ def test_same_seed_same_dataset_other_seed_other_sample(setup, tmp_path):
 
 def test_stats_report_recall_and_skips(setup):
     collection, queries, candidates, texts = setup
-    config = MiningConfig(depth=10, range_max=10, num_negatives=9, output_format="n-tuple")
+    config = MiningConfig(depth=10, range_max=10, num_negatives=9, num_random_negatives=0, output_format="n-tuple")
     rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, show_progress=False)
     summary = stats.summary()
     found = sum(h.doc_id in collection.qrels[q.query_id] for q in queries for h in candidates[q.query_id][:10])
@@ -99,7 +100,8 @@ def test_teacher_filter_drops_negatives_scored_close_to_the_positive(setup, tiny
     teacher = CrossEncoder(str(tiny_cross_encoder), max_length=64, dtype="float32")
     margin = 0.001
     rows, stats = mine_hard_negatives(queries[:25], collection.qrels, candidates, texts,
-                                      MiningConfig(absolute_margin=margin, num_negatives=50), teacher,
+                                      MiningConfig(absolute_margin=margin, num_negatives=50, num_random_negatives=0),
+                                      teacher,
                                       show_progress=False)
     assert stats.removed_by_teacher > 0
     for row in rows:
@@ -117,3 +119,29 @@ def test_dev_split_is_disjoint_and_stable(setup):
     assert not {q.query_id for q in train} & {q.query_id for q in dev}
     assert split_queries(list(reversed(collection.queries)), 200, seed=12)[1] == \
         sorted(dev, key=lambda q: [x.query_id for x in reversed(collection.queries)].index(q.query_id))
+
+
+def test_random_negatives_are_extra_distinct_seeded_and_never_positives(setup):
+    collection, queries, candidates, texts = setup
+    config = MiningConfig(num_negatives=4, num_random_negatives=3, seed=5)
+    rows, _ = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, show_progress=False)
+    hard_only, _ = mine_hard_negatives(queries, collection.qrels, candidates, texts,
+                                       MiningConfig(num_negatives=4, num_random_negatives=0, seed=5), show_progress=False)
+    text_to_ids = {}
+    for doc_id, text in texts.items():
+        text_to_ids.setdefault(text, set()).add(doc_id)
+    top100 = {q.query_id: {h.doc_id for h in candidates[q.query_id]} for q in queries}
+    outside_top100 = 0
+    for row, hard in zip(rows, hard_only):
+        assert row["docs"][: len(hard["docs"])] == hard["docs"]  # the hard ones first, unchanged
+        extra = row["docs"][len(hard["docs"]):]
+        assert len(extra) == 3 and row["labels"][len(hard["docs"]):] == [0, 0, 0]
+        assert len(set(row["docs"])) == len(row["docs"])  # no document twice in a list
+        query = next(q for q in queries if q.text == row["query"])
+        positives = {d for d, g in collection.qrels[query.query_id].items() if g > 0}
+        assert all(not text_to_ids[t] & positives for t in extra)
+        outside_top100 += sum(not text_to_ids[t] & top100[query.query_id] for t in extra)
+    assert outside_top100 > 0.9 * 3 * len(rows)  # drawn from the whole corpus, not from the candidates
+    again, _ = mine_hard_negatives(list(reversed(queries)), collection.qrels, candidates, texts, config,
+                                   show_progress=False)
+    assert sorted(map(str, again)) == sorted(map(str, rows))

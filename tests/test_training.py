@@ -75,7 +75,7 @@ def test_recipe_end_to_end_on_a_tiny_model(small_beir, tiny_cross_encoder, tmp_p
                  "--depth", "30", "--num-negatives", "4", "--epochs", "1", "-q"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["mining"]["kept"] == 22 and report["training"]["steps"] == 6
+    assert report["mining"]["kept"] == 14 and report["training"]["steps"] == 4  # 30 - 8 evaluation - 8 dev
     assert len(json.loads((out / "dev_query_ids.json").read_text())) == 8
     measures = report["evaluation"]["measures"]
     assert set(measures) == {"bm25", "reranked"} and 0 <= measures["reranked"]["nDCG@10"] <= 1
@@ -109,3 +109,106 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, small_beir, tiny_cr
     longer = TrainingConfig(batch_size=2, eval_steps=2, max_length=32, epochs=2)
     second = train_cross_encoder(dataset, str(tiny_cross_encoder), tmp_path / "m", longer, resume=True)
     assert second.steps == 8  # went on from step 4 rather than starting over
+
+
+def _samples(scifact, count=12, depth=8):
+    from pipelines.mining import dev_samples
+    from pipelines.retrieve_rerank import first_stage_run
+    from retrieval.bm25 import InMemoryBM25
+    from retrieval.corpus import load_beir
+
+    collection = load_beir(scifact, "train")
+    queries = collection.queries[:60]
+    run = first_stage_run(InMemoryBM25(collection.documents), queries, depth)
+    samples = dev_samples(queries, collection.qrels, run, collection.texts(), depth)
+    complete = [s for s in samples if all(p in s["documents"] for p in s["positive"])][:count]
+    missing = [s for s in samples if not all(p in s["documents"] for p in s["positive"])][:count]
+    return complete, missing
+
+
+def test_dev_evaluation_equals_sentence_transformers_and_counts_missed_positives(scifact, tiny_cross_encoder):
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    from rerank.passages import PassageConfig
+    from rerank.training import _dev_evaluator_class
+
+    complete, missing = _samples(scifact)
+    assert len(complete) >= 8 and len(missing) >= 4
+    model = STCrossEncoder(str(tiny_cross_encoder), max_length=64, activation_fn=torch.nn.Identity())
+    ours = _dev_evaluator_class()(complete, 64, PassageConfig())
+    theirs = CrossEncoderRerankingEvaluator(complete, at_k=10, always_rerank_positives=False, name="dev",
+                                            write_csv=False)
+    assert ours(model)["dev_ndcg@10"] == pytest.approx(theirs(model)["dev_ndcg@10"], abs=1e-6)
+    # a positive the first stage missed counts in the ideal ranking (sentence-transformers leaves it out)
+    ours_missing = _dev_evaluator_class()(missing, 64, PassageConfig())(model)["dev_ndcg@10"]
+    theirs_missing = CrossEncoderRerankingEvaluator(missing, at_k=10, always_rerank_positives=False, name="dev",
+                                                    write_csv=False)(model)["dev_ndcg@10"]
+    assert ours_missing < theirs_missing
+
+
+@pytest.mark.slow
+def test_training_stops_early_saves_its_settings_log_and_curve(scifact, tiny_cross_encoder, tmp_path):
+    import datasets
+
+    from rerank.cross_encoder import CrossEncoder
+    from rerank.passages import RerankerSettings
+    from rerank.training import CURVE_FILE, LOG_FILE, train_cross_encoder
+
+    complete, _ = _samples(scifact, count=6, depth=5)
+    rows = [{"query": q, "docs": d, "labels": [int(x) for x in l.tolist()]}
+            for q, d, l in zip(BATCH_QUERIES * 8, BATCH_DOCS * 8, BATCH_LABELS * 8)]
+    dataset = datasets.Dataset.from_list(rows)
+    # lr 0: dev nDCG@10 never improves, so patience 2 stops after the third evaluation (step 3 of 8)
+    frozen = TrainingConfig(batch_size=2, eval_steps=1, max_length=160, epochs=1, lr=0.0, early_stopping_patience=2,
+                            passages="maxp", logging_steps=1)
+    result = train_cross_encoder(dataset, str(tiny_cross_encoder), tmp_path / "m", frozen, dev_samples=complete)
+    assert result.steps == 3
+    assert RerankerSettings.load(tmp_path / "m").max_length == 160
+    assert CrossEncoder(str(tmp_path / "m")).passages.mode == "maxp"
+    log = json.loads((tmp_path / "m" / LOG_FILE).read_text())
+    assert len([e for e in log if "eval_dev_ndcg@10" in e]) == 3
+    assert (tmp_path / "m" / CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    patient = TrainingConfig(**{**frozen.__dict__, "early_stopping_patience": None})
+    assert train_cross_encoder(dataset, str(tiny_cross_encoder), tmp_path / "n", patient, complete).steps == 8
+
+
+def test_best_windows_pick_the_window_sharing_most_query_words(tiny_cross_encoder):
+    import datasets
+    from transformers import AutoTokenizer
+
+    from rerank.training import best_windows
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_cross_encoder))
+    filler = " ".join(["the ship sailed on"] * 60)
+    doc = f"{filler} vitamin c deficiency causes scurvy in sailors {filler}"
+    config = TrainingConfig(max_length=200, passages="maxp")
+    rows = datasets.Dataset.from_list([{"query": "does vitamin c deficiency cause scurvy", "docs": [doc, "short"],
+                                        "labels": [1, 0]}])
+    picked = best_windows(rows, tokenizer, config)[0]
+    assert "vitamin c deficiency causes scurvy" in picked["docs"][0] and len(picked["docs"][0]) < len(doc) / 2
+    assert picked["docs"][1] == "short" and picked["labels"] == [1, 0]
+
+
+@pytest.mark.slow
+def test_mine_holds_out_a_dev_split_that_train_uses_by_default(small_beir, tiny_cross_encoder, tmp_path, caplog):
+    import logging
+
+    from pipelines.cli import main
+
+    mined = tmp_path / "mined"
+    assert main(["mine", "--data", str(small_beir), "--split", "test", "--out", str(mined), "--depth", "20",
+                 "--dev-depth", "10", "-q"]) == 0
+    dev = [json.loads(line) for line in (mined / "dev_samples.jsonl").read_text().splitlines()]
+    config = json.loads((mined / "mining_config.json").read_text())
+    assert len(dev) == 6 == len(config["dev_queries"])  # min(100, 30 // 5)
+    assert all(len(s["documents"]) == 10 and s["positive"] for s in dev)
+    import datasets
+
+    trained_on = set(datasets.load_from_disk(str(mined))["query"])
+    assert not trained_on & {s["query"] for s in dev}
+    with caplog.at_level(logging.INFO):
+        assert main(["train", "--dataset", str(mined), "--base-model", str(tiny_cross_encoder), "--out",
+                     str(tmp_path / "model"), "--max-length", "64", "--batch-size", "8", "--bf16", "false"]) == 0
+    assert "dev split: 6 queries held out by 'esrerank mine'" in caplog.text
+    log = json.loads((tmp_path / "model" / "training_log.json").read_text())
+    assert any("eval_dev_ndcg@10" in entry for entry in log)

@@ -1,0 +1,184 @@
+"""Training ablation on held-out SciFact queries: the user's three commands, one row per setting.
+
+The 809 SciFact training queries are split once (seeded hash of the ids): 200 **held-out** queries that
+no row trains or tunes on, and the rest, of which ``esrerank mine`` holds out its default dev split (100)
+for early stopping and for choosing the defaults. Each row runs, as a user would:
+
+    esrerank mine  --data D --split train --exclude-queries heldout_ids.json --out ROW/mined [row flags]
+    esrerank train --dataset ROW/mined --base-model B --out ROW/model [row flags]
+
+then reranks BM25's top 100 of the dev and the held-out queries with the model as saved (its own max
+length and passage handling), and reports nDCG@10 / RR@10 / AP with 95% bootstrap intervals, the paired
+t-test against BM25, the fused run (interpolation weight tuned on dev, applied to held-out), and the
+time of each step. Rows that mine alike share one mined folder (its time is counted in each row).
+
+    python benchmarks/train_ablation.py --base-model DIR --out /work/runs/ablation [--rows default,bce,...]
+
+Scale options (``--max-length``, ``--rerank-k``, ``--dev-queries``, ``--dev-depth``) shrink every row alike
+for slow machines; the defaults are the full protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.evaluation import bootstrap_ci, compare, mean_scores, per_query_scores  # noqa: E402
+from pipelines.mining import split_queries  # noqa: E402
+from pipelines.retrieve_rerank import first_stage_run, fuse, merge_head_and_tail  # noqa: E402
+from retrieval.bm25 import InMemoryBM25  # noqa: E402
+from retrieval.corpus import load_collection  # noqa: E402
+
+ROWS = {  # name → (extra mine flags, extra train flags)
+    "default": ([], []),
+    "bce": ([], ["--loss", "bce", "--batch-size", "40"]),  # 4 queries x 10 documents a step, as the default
+    "listnet": ([], ["--loss", "listnet"]),
+    "hard-only": (["--num-negatives", "9", "--num-random-negatives", "0"], []),
+    "teacher": (["--teacher", "{minilm}", "--teacher-type", "bi-encoder", "--relative-margin", "0.05"], []),
+    "maxp": ([], ["--passages", "maxp"]),
+    "len384": ([], ["--max-length", "384"]),
+    "lr1e-4": ([], ["--lr", "1e-4"]),
+    "lr2e-5": ([], ["--lr", "2e-5"]),
+    "2-epochs": ([], ["--epochs", "2"]),
+    "old-defaults": (["--num-negatives", "9", "--num-random-negatives", "0"],
+                     ["--epochs", "3", "--lr", "1e-4", "--batch-size", "8", "--early-stopping", "0"]),
+}
+MEASURES = ("nDCG@10", "RR@10", "AP")
+
+
+def run(command: list[str], log: Path) -> float:
+    started = time.perf_counter()
+    with open(log, "w") as handle:
+        subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT)
+    return time.perf_counter() - started
+
+
+def evaluate(model_dir: Path, queries, qrels, bm25_run, texts, rerank_k: int = 100) -> tuple[dict, dict, float]:
+    """Reranked head scores per query, per-query measures of BM25 and of the reranker alone, and seconds."""
+    from rerank.cross_encoder import CrossEncoder
+
+    reranker = CrossEncoder(str(model_dir))
+    started = time.perf_counter()
+    pairs, labels = [], []
+    for query in queries:
+        for hit in bm25_run[query.query_id][:rerank_k]:
+            pairs.append((query.text, texts[hit.doc_id]))
+            labels.append(query.query_id)
+    scores = reranker.predict(pairs, rankings=labels)
+    heads: dict[str, list[float]] = {}
+    for label, score in zip(labels, scores):
+        heads.setdefault(label, []).append(float(score))
+    return {q: np.array(s) for q, s in heads.items()}, reranker.__repr__(), time.perf_counter() - started
+
+
+def fused_run(queries, bm25_run, heads, alpha: float | None, rerank_k: int = 100):
+    out = {}
+    for query in queries:
+        hits = bm25_run[query.query_id]
+        head = hits[:rerank_k]
+        scores = heads[query.query_id] if alpha is None else fuse(head, heads[query.query_id], "interpolate", alpha)
+        out[query.query_id] = merge_head_and_tail(head, scores, hits[rerank_k:])
+    return out
+
+
+def summarize(per_query: dict, bm25_per_query: dict) -> dict:
+    means = mean_scores(per_query)
+    result = {m: means[m] for m in MEASURES}
+    result["nDCG@10_ci95"] = bootstrap_ci(list(per_query["nDCG@10"].values()))
+    result["p_vs_bm25"] = {c.measure: c.p_value for c in compare({m: bm25_per_query[m] for m in MEASURES},
+                                                                 {m: per_query[m] for m in MEASURES})}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/scifact-train"))
+    parser.add_argument("--base-model", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rows", default="default", help=f"comma-separated, of {', '.join(ROWS)}")
+    parser.add_argument("--heldout", type=int, default=200)
+    parser.add_argument("--rerank-k", type=int, default=100, help="BM25 candidates reranked per query (default 100)")
+    parser.add_argument("--max-length", type=int, default=None, help="train every row at this length")
+    parser.add_argument("--dev-queries", type=int, default=None, help="mine's dev split size (default: mine's)")
+    parser.add_argument("--dev-depth", type=int, default=None, help="mine's dev candidates (default: mine's)")
+    args = parser.parse_args()
+    scale_mine = ([] if args.dev_queries is None else ["--dev-queries", str(args.dev_queries)]) + \
+                 ([] if args.dev_depth is None else ["--dev-depth", str(args.dev_depth)])
+    scale_train = [] if args.max_length is None else ["--max-length", str(args.max_length)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    esrerank = str(Path(sys.executable).with_name("esrerank"))
+
+    collection = load_collection(args.data, "train")
+    rest, heldout = split_queries(collection.queries, args.heldout, seed=12)
+    heldout_ids = out / "heldout_ids.json"
+    heldout_ids.write_text(json.dumps([q.query_id for q in heldout]))
+    index = InMemoryBM25(collection.documents, k1=0.9, b=0.4, analyzer="english")
+    texts = collection.texts()
+    mined_times: dict[str, tuple[Path, float]] = {}
+
+    for name in args.rows.split(","):
+        mine_flags, train_flags = ROWS[name]
+        mine_flags = [f.replace("{minilm}", str(args.base_model)) for f in mine_flags] + scale_mine
+        train_flags = scale_train + train_flags  # a row's own --max-length comes last and wins
+        row = out / name
+        row.mkdir(exist_ok=True)
+        key = json.dumps(mine_flags)
+        if key not in mined_times:
+            mined = out / f"mined-{len(mined_times)}"
+            seconds = run([esrerank, "mine", "--data", args.data, "--split", "train", "--exclude-queries",
+                           str(heldout_ids), "--out", str(mined), "-q", *mine_flags], row / "mine.log")
+            mined_times[key] = (mined, seconds)
+        mined, mine_s = mined_times[key]
+        if not (row / "model" / "config.json").is_file():
+            train_s = run([esrerank, "train", "--dataset", str(mined), "--base-model", args.base_model,
+                           "--out", str(row / "model"), *train_flags], row / "train.log")
+        else:
+            train_s = json.loads((row / "model" / "esrerank_training.json").read_text())["result"]["seconds"]
+        dev_ids = set(json.loads((mined / "mining_config.json").read_text())["dev_queries"])
+        dev = [q for q in rest if q.query_id in dev_ids]
+        result = {"row": name, "mine_flags": mine_flags, "train_flags": train_flags, "rerank_k": args.rerank_k,
+                  "seconds": {"mine": mine_s, "train": train_s}}
+        splits = {"dev": dev, "heldout": heldout}
+        heads_by_split = {}
+        for split, queries in splits.items():
+            qrels = {q.query_id: collection.qrels[q.query_id] for q in queries}
+            bm25 = first_stage_run(index, queries, 1000)
+            heads, described, seconds = evaluate(row / "model", queries, qrels, bm25, texts, args.rerank_k)
+            heads_by_split[split] = (queries, qrels, bm25, heads)
+            bm25_pq = per_query_scores(bm25, qrels, MEASURES)
+            reranked_pq = per_query_scores(fused_run(queries, bm25, heads, None, args.rerank_k), qrels, MEASURES)
+            result[split] = {"queries": len(queries), "bm25": summarize(bm25_pq, bm25_pq),
+                             "reranked": summarize(reranked_pq, bm25_pq)}
+            result["seconds"][f"rerank_{split}"] = seconds
+            result["reranker"] = described
+        # fusion: the weight that is best on dev, applied unchanged to the held-out queries
+        queries, qrels, bm25, heads = heads_by_split["dev"]
+        alphas = [round(a, 2) for a in np.linspace(0.1, 0.9, 9)]
+        dev_fused = {a: np.mean(list(per_query_scores(fused_run(queries, bm25, heads, a, args.rerank_k), qrels,
+                                                      ["nDCG@10"])["nDCG@10"].values())) for a in alphas}
+        alpha = max(dev_fused, key=dev_fused.get)
+        queries, qrels, bm25, heads = heads_by_split["heldout"]
+        bm25_pq = per_query_scores(bm25, qrels, MEASURES)
+        fused_pq = per_query_scores(fused_run(queries, bm25, heads, alpha, args.rerank_k), qrels, MEASURES)
+        result["heldout"]["fused"] = {**summarize(fused_pq, bm25_pq), "alpha_tuned_on_dev": alpha}
+        (row / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        h, d = result["heldout"], result["dev"]
+        print(f"{name:<13} dev {d['reranked']['nDCG@10']:.4f} (BM25 {d['bm25']['nDCG@10']:.4f}) | held-out "
+              f"reranked {h['reranked']['nDCG@10']:.4f} [{h['reranked']['nDCG@10_ci95'][0]:.3f}, "
+              f"{h['reranked']['nDCG@10_ci95'][1]:.3f}] p={h['reranked']['p_vs_bm25']['nDCG@10']:.2g} "
+              f"fused {h['fused']['nDCG@10']:.4f} (alpha {alpha}) BM25 {h['bm25']['nDCG@10']:.4f} | "
+              f"mine {mine_s:.0f} s train {train_s:.0f} s rerank {result['seconds']['rerank_heldout']:.0f} s",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
