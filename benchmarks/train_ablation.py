@@ -98,10 +98,34 @@ def summarize(per_query: dict, bm25_per_query: dict) -> dict:
     return result
 
 
+def table(out: Path) -> str:
+    """A markdown table of every row measured so far under ``out``."""
+    lines = ["| row | dev nDCG@10 (BM25) | held-out nDCG@10 [95% CI] | p vs BM25 | RR@10 | AP | fused (α from dev) "
+             "| mine s | train s | steps | rerank held-out s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(out.glob("*/result.json"), key=lambda p: p.stat().st_mtime):
+        r = json.loads(path.read_text())
+        h, d = r["heldout"], r["dev"]
+        low, high = h["reranked"]["nDCG@10_ci95"]
+        training = json.loads((path.parent / "model" / "esrerank_training.json").read_text())["result"]
+        lines.append(
+            f"| {r['row']} | {d['reranked']['nDCG@10']:.4f} ({d['bm25']['nDCG@10']:.4f}) | "
+            f"{h['reranked']['nDCG@10']:.4f} [{low:.3f}, {high:.3f}] | {h['reranked']['p_vs_bm25']['nDCG@10']:.2g} | "
+            f"{h['reranked']['RR@10']:.4f} | {h['reranked']['AP']:.4f} | {h['fused']['nDCG@10']:.4f} "
+            f"(α {h['fused']['alpha_tuned_on_dev']}) | {r['seconds']['mine']:.0f} | {r['seconds']['train']:.0f} | "
+            f"{training['steps']} | {r['seconds']['rerank_heldout']:.0f} |")
+    first = next(iter(sorted(out.glob("*/result.json"))), None)
+    if first is not None:
+        h = json.loads(first.read_text())["heldout"]["bm25"]
+        lines.append(f"| BM25 | | {h['nDCG@10']:.4f} [{h['nDCG@10_ci95'][0]:.3f}, {h['nDCG@10_ci95'][1]:.3f}] | | "
+                     f"{h['RR@10']:.4f} | {h['AP']:.4f} | | | | | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/scifact-train"))
-    parser.add_argument("--base-model", required=True)
+    parser.add_argument("--base-model", help="the model every row starts from (needed unless --table-only)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", default="default", help=f"comma-separated, of {', '.join(ROWS)}")
     parser.add_argument("--heldout", type=int, default=200)
@@ -109,7 +133,13 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=None, help="train every row at this length")
     parser.add_argument("--dev-queries", type=int, default=None, help="mine's dev split size (default: mine's)")
     parser.add_argument("--dev-depth", type=int, default=None, help="mine's dev candidates (default: mine's)")
+    parser.add_argument("--table-only", action="store_true", help="print the table of the rows already measured")
     args = parser.parse_args()
+    if args.table_only:
+        print(table(Path(args.out)))
+        return
+    if not args.base_model:
+        parser.error("--base-model is required")
     scale_mine = ([] if args.dev_queries is None else ["--dev-queries", str(args.dev_queries)]) + \
                  ([] if args.dev_depth is None else ["--dev-depth", str(args.dev_depth)])
     scale_train = [] if args.max_length is None else ["--max-length", str(args.max_length)]
@@ -178,6 +208,7 @@ def main() -> None:
               f"fused {h['fused']['nDCG@10']:.4f} (alpha {alpha}) BM25 {h['bm25']['nDCG@10']:.4f} | "
               f"mine {mine_s:.0f} s train {train_s:.0f} s rerank {result['seconds']['rerank_heldout']:.0f} s",
               flush=True)
+    print(table(out))
 
 
 if __name__ == "__main__":

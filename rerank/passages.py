@@ -25,14 +25,15 @@ PASSAGE_MODES = ("first", "maxp")
 class PassageConfig:
     """mode: ``first`` (default: one window, the start of the document, cut at ``max_length`` as in
     sentence-transformers) or ``maxp`` (every window scored, the best one counts). query_budget: tokens
-    kept for the query when cutting windows (default 64; longer queries are truncated as usual).
-    overlap: tokens shared by neighbouring windows (default 64, about two sentences of an abstract).
+    kept for the query when cutting windows (default 32: MS MARCO queries average ~10 tokens, SciFact
+    claims ~20; a longer query takes its tokens from the window's end, as ``longest_first`` truncates).
+    overlap: tokens shared by neighbouring windows (default 32, about one sentence of an abstract).
     max_windows: windows kept per document (default 8; the rest of a very long document is dropped, so a
     single document cannot cost more than 8 pairs)."""
 
     mode: str = "first"
-    query_budget: int = 64
-    overlap: int = 64
+    query_budget: int = 32
+    overlap: int = 32
     max_windows: int = 8
 
     def __post_init__(self):

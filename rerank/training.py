@@ -29,6 +29,7 @@ from .training_config import DEV_METRIC, LAMBDA_SCHEMES, LOSSES, TrainingConfig 
 logger = logging.getLogger(__name__)
 
 CURVE_FILE = "training_curve.png"
+FIRST_STAGE_METRIC = "eval_dev_first_stage_ndcg@10"
 LOG_FILE = "training_log.json"
 
 def make_loss(model, config: TrainingConfig):
@@ -123,10 +124,14 @@ def _dev_evaluator_class():
                 raw = model.predict(pairs, batch_size=64, show_progress_bar=False, convert_to_tensor=True)
             scores = best_of_windows(raw.float().cpu().numpy(), owner, len(doc_ids))
             run: dict[str, dict[str, float]] = {}
-            for (qid, did), score in zip(doc_ids, scores):
+            first_stage: dict[str, dict[str, float]] = {}  # the candidates' own order, for reference
+            for position, ((qid, did), score) in enumerate(zip(doc_ids, scores)):
                 run.setdefault(qid, {})[did] = max(float(score), run.get(qid, {}).get(did, -np.inf))
-            value = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, run)[ir_measures.nDCG @ 10]
-            metrics = {f"{self.name}_ndcg@10": float(value)}
+                first_stage.setdefault(qid, {}).setdefault(did, float(-position))
+            ndcg = ir_measures.nDCG @ 10
+            metrics = {f"{self.name}_ndcg@10": float(ir_measures.calc_aggregate([ndcg], qrels, run)[ndcg]),
+                       f"{self.name}_first_stage_ndcg@10": float(ir_measures.calc_aggregate([ndcg], qrels,
+                                                                                            first_stage)[ndcg])}
             self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
             return metrics
 
@@ -277,8 +282,13 @@ def plot_training_curve(log_history: list[dict], path, title: str = "") -> Path 
         dev_axis.plot(*zip(*dev), color="tab:red", marker="o", label="dev nDCG@10")
         best_step, best = max(dev, key=lambda point: point[1])
         dev_axis.axvline(best_step, color="tab:red", linestyle=":", linewidth=1)
-        dev_axis.annotate(f"best {best:.3f}", (best_step, best), textcoords="offset points", xytext=(4, -12),
+        dev_axis.annotate(f"best {best:.3f}", (best_step, best), textcoords="offset points", xytext=(-58, 4),
                           color="tab:red", fontsize=8)
+        first_stage = [e[FIRST_STAGE_METRIC] for e in log_history if FIRST_STAGE_METRIC in e]
+        if first_stage:
+            dev_axis.axhline(first_stage[-1], color="gray", linestyle="--", linewidth=1)
+            dev_axis.annotate(f"first stage (BM25) {first_stage[-1]:.3f}", (dev[0][0], first_stage[-1]),
+                              textcoords="offset points", xytext=(0, 4), color="gray", fontsize=8)
         dev_axis.set_ylabel("dev nDCG@10 (first-stage candidates reranked)", color="tab:red")
     loss_axis.set_title(title, fontsize=9)
     figure.tight_layout()

@@ -67,16 +67,16 @@ def test_a_model_is_read_with_the_settings_it_was_trained_with(tiny_cross_encode
     model = tmp_path / "model"
     shutil.copytree(tiny_cross_encoder, model)
     assert CrossEncoder(str(model)).max_length == 512  # nothing saved: the BERT limit, first window
-    RerankerSettings(max_length=192, passages=PassageConfig(mode="maxp", overlap=32)).save(model)
+    RerankerSettings(max_length=192, passages=PassageConfig(mode="maxp", overlap=48)).save(model)
     loaded = CrossEncoder(str(model))
-    assert loaded.max_length == 192 and loaded.passages == PassageConfig(mode="maxp", overlap=32)
+    assert loaded.max_length == 192 and loaded.passages == PassageConfig(mode="maxp", overlap=48)
     overridden = CrossEncoder(str(model), max_length=128, passages="first")
     assert overridden.max_length == 128 and overridden.passages.mode == "first"
-    assert RerankerSettings.load(model) == RerankerSettings(192, PassageConfig(mode="maxp", overlap=32))
+    assert RerankerSettings.load(model) == RerankerSettings(192, PassageConfig(mode="maxp", overlap=48))
 
 
 def test_windows_need_room_beside_the_query(tiny_cross_encoder):
     with pytest.raises(ValueError, match="leaves .* tokens for a window"):
-        CrossEncoder(str(tiny_cross_encoder), max_length=100, passages="maxp")  # 100 - 64 - 3 < overlap 64
+        CrossEncoder(str(tiny_cross_encoder), max_length=60, passages="maxp")  # 60 - 32 - 3 < overlap 32
     with pytest.raises(ValueError, match="passage mode"):
         PassageConfig(mode="all")
