@@ -67,7 +67,7 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, small_beir, problem, 
     assert err.startswith("esrerank: error: ")
 
 
-def test_fusion_auto_applies_what_the_recipe_recorded(tmp_path, small_beir, tiny_cross_encoder):
+def test_fusion_is_off_by_default_and_auto_applies_what_the_recipe_recorded(tmp_path, small_beir, tiny_cross_encoder):
     import shutil
 
     model = tmp_path / "model"
@@ -77,8 +77,9 @@ def test_fusion_auto_applies_what_the_recipe_recorded(tmp_path, small_beir, tiny
     assert main([*common, str(tmp_path / "plain.json")]) == 0  # no record: reranker scores alone
     assert main([*common, str(tmp_path / "none.json"), "--fusion", "none"]) == 0
     (model / "esrerank_fusion.json").write_text(json.dumps({"fusion": "interpolate", "alpha": 0.3}))
-    assert main([*common, str(tmp_path / "auto.json")]) == 0
+    assert main([*common, str(tmp_path / "default.json")]) == 0  # a record alone does not turn fusion on
+    assert main([*common, str(tmp_path / "auto.json"), "--fusion", "auto"]) == 0
     assert main([*common, str(tmp_path / "explicit.json"), "--fusion", "interpolate", "--alpha", "0.3"]) == 0
     read = lambda name: json.loads((tmp_path / name).read_text())["reranked"]
-    assert read("plain.json") == read("none.json")
+    assert read("plain.json") == read("none.json") == read("default.json")
     assert read("auto.json") == read("explicit.json") != read("plain.json")
