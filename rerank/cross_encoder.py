@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .device import detect_device, resolve_dtype
 from .errors import ModelError
 from .onnx_runtime import RUNTIMES, OnnxModel
-from .passages import PassageConfig, RerankerSettings, best_of_windows, split_windows
+from .passages import PassageConfig, RerankerSettings, best_of_windows, window_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -193,13 +193,9 @@ class CrossEncoder:
         return self._predict_pairs(pairs, rankings)
 
     def _predict_windows(self, pairs: list[tuple[str, str]], rankings: Sequence | None) -> np.ndarray:
-        config = self.passages
-        windows = split_windows(self.tokenizer, [d for _, d in pairs], config.window_tokens(self.max_length),
-                                config.overlap, config.max_windows)
-        owners = np.repeat(np.arange(len(pairs)), [len(w) for w in windows])
-        window_pairs = [(pairs[i][0], text) for i, texts in enumerate(windows) for text in texts]
+        windows, owners = window_pairs(self.tokenizer, pairs, self.max_length, self.passages)
         labels = [rankings[i] for i in owners] if rankings is not None else None
-        return best_of_windows(self._predict_pairs(window_pairs, labels), owners, len(pairs))
+        return best_of_windows(self._predict_pairs(windows, labels), owners, len(pairs))
 
     def _predict_pairs(self, pairs: list[tuple[str, str]], rankings: Sequence | None) -> np.ndarray:
         # Pairs are tokenized in chunks; with tokenize_ahead the next chunk is tokenized in a thread (the

@@ -68,6 +68,16 @@ def split_windows(tokenizer, texts: Sequence[str], window: int, overlap: int, ma
     return windows
 
 
+def window_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
+                 config: PassageConfig) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """(query, window) pairs for every window of every pair's document, and the index of the pair each
+    came from (for ``best_of_windows``)."""
+    windows = split_windows(tokenizer, [d for _, d in pairs], config.window_tokens(max_length), config.overlap,
+                            config.max_windows)
+    owners = np.repeat(np.arange(len(pairs)), [len(w) for w in windows])
+    return [(pairs[i][0], text) for i, texts in enumerate(windows) for text in texts], owners
+
+
 def best_of_windows(scores: np.ndarray, owners: np.ndarray, count: int) -> np.ndarray:
     """The highest window score of each of ``count`` documents (``owners[i]``: document of window i)."""
     best = np.full(count, -np.inf, dtype=np.float32)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .device import cpu_has_fast_bf16
-from .passages import PassageConfig, RerankerSettings, best_of_windows, split_windows
+from .passages import PassageConfig, RerankerSettings, best_of_windows, split_windows, window_pairs
 from .training_config import DEV_METRIC, LAMBDA_SCHEMES, LOSSES, TrainingConfig  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -115,11 +115,7 @@ def _dev_evaluator_class():
                     pairs.append((sample["query"], doc))
             owner = np.arange(len(pairs))
             if self.passages.mode == "maxp":
-                windows = split_windows(model.tokenizer, [d for _, d in pairs],
-                                        self.passages.window_tokens(self.max_length), self.passages.overlap,
-                                        self.passages.max_windows)
-                owner = np.repeat(owner, [len(w) for w in windows])
-                pairs = [(pairs[i][0], text) for i, texts in enumerate(windows) for text in texts]
+                pairs, owner = window_pairs(model.tokenizer, pairs, self.max_length, self.passages)
             with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 raw = model.predict(pairs, batch_size=64, show_progress_bar=False, convert_to_tensor=True)
             scores = best_of_windows(raw.float().cpu().numpy(), owner, len(doc_ids))

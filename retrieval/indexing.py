@@ -273,7 +273,9 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
                     checkpoint(force=True)
                 except EngineError as exc:
                     logger.warning("could not record the checkpoint (%s); a re-run resends more documents", exc)
-    except IndexingAborted as exc:
+    except (IndexingAborted, EngineError) as exc:
+        # An engine error can also come from recording a checkpoint (the server died between two bulk
+        # requests); what was acknowledged is recorded either way, so a re-run resumes.
         raise IndexingAborted(f"{exc}. {acked_docs} documents are acknowledged in {index}; "
                               "re-run the same command to resume") from None
     finally:
