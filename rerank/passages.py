@@ -56,7 +56,8 @@ def split_windows(tokenizer, texts: Sequence[str], window: int, overlap: int, ma
     that fits is one window, itself. Windows are substrings of the text (cut at token boundaries), so
     they go through the ordinary tokenization with the query afterwards."""
     encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True,
-                        return_attention_mask=False, return_token_type_ids=False)
+                        return_attention_mask=False, return_token_type_ids=False,
+                        verbose=False)  # longer than max_length is the point here, not a warning
     stride = window - overlap
     windows = []
     for text, offsets in zip(texts, encoded["offset_mapping"]):
