@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.evaluation import bootstrap_ci, compare, mean_scores, per_query_scores  # noqa: E402
 from pipelines.mining import split_queries  # noqa: E402
-from pipelines.retrieve_rerank import first_stage_run, fuse, merge_head_and_tail  # noqa: E402
+from pipelines.recipe import fused_run, reranker_head_scores  # noqa: E402
+from pipelines.retrieve_rerank import first_stage_run  # noqa: E402
 from retrieval.bm25 import InMemoryBM25  # noqa: E402
 from retrieval.corpus import load_collection  # noqa: E402
 
@@ -61,32 +62,19 @@ def run(command: list[str], log: Path) -> float:
     return time.perf_counter() - started
 
 
-def evaluate(model_dir: Path, queries, qrels, bm25_run, texts, rerank_k: int = 100) -> tuple[dict, dict, float]:
-    """Reranked head scores per query, per-query measures of BM25 and of the reranker alone, and seconds."""
+def evaluate(model_dir: Path, queries, bm25_run, texts, rerank_k: int) -> tuple[dict, str, float]:
+    """The model's head scores per query (as saved: its own max length and passage handling), and seconds."""
     from rerank.cross_encoder import CrossEncoder
 
     reranker = CrossEncoder(str(model_dir))
     started = time.perf_counter()
-    pairs, labels = [], []
-    for query in queries:
-        for hit in bm25_run[query.query_id][:rerank_k]:
-            pairs.append((query.text, texts[hit.doc_id]))
-            labels.append(query.query_id)
-    scores = reranker.predict(pairs, rankings=labels)
-    heads: dict[str, list[float]] = {}
-    for label, score in zip(labels, scores):
-        heads.setdefault(label, []).append(float(score))
-    return {q: np.array(s) for q, s in heads.items()}, reranker.__repr__(), time.perf_counter() - started
+    heads = reranker_head_scores(reranker, queries, bm25_run, texts, rerank_k)
+    return heads, repr(reranker), time.perf_counter() - started
 
 
-def fused_run(queries, bm25_run, heads, alpha: float | None, rerank_k: int = 100):
-    out = {}
-    for query in queries:
-        hits = bm25_run[query.query_id]
-        head = hits[:rerank_k]
-        scores = heads[query.query_id] if alpha is None else fuse(head, heads[query.query_id], "interpolate", alpha)
-        out[query.query_id] = merge_head_and_tail(head, scores, hits[rerank_k:])
-    return out
+def reranked_run(queries, bm25_run, heads, alpha: float | None, rerank_k: int):
+    """The reranker alone (``alpha=None``) or interpolated with BM25 at weight ``alpha``."""
+    return fused_run(queries, bm25_run, heads, rerank_k, None if alpha is None else "interpolate", alpha)
 
 
 def summarize(per_query: dict, bm25_per_query: dict) -> dict:
@@ -182,10 +170,10 @@ def main() -> None:
         for split, queries in splits.items():
             qrels = {q.query_id: collection.qrels[q.query_id] for q in queries}
             bm25 = first_stage_run(index, queries, 1000)
-            heads, described, seconds = evaluate(row / "model", queries, qrels, bm25, texts, args.rerank_k)
+            heads, described, seconds = evaluate(row / "model", queries, bm25, texts, args.rerank_k)
             heads_by_split[split] = (queries, qrels, bm25, heads)
             bm25_pq = per_query_scores(bm25, qrels, MEASURES)
-            reranked_pq = per_query_scores(fused_run(queries, bm25, heads, None, args.rerank_k), qrels, MEASURES)
+            reranked_pq = per_query_scores(reranked_run(queries, bm25, heads, None, args.rerank_k), qrels, MEASURES)
             result[split] = {"queries": len(queries), "bm25": summarize(bm25_pq, bm25_pq),
                              "reranked": summarize(reranked_pq, bm25_pq)}
             result["seconds"][f"rerank_{split}"] = seconds
@@ -193,12 +181,12 @@ def main() -> None:
         # fusion: the weight that is best on dev, applied unchanged to the held-out queries
         queries, qrels, bm25, heads = heads_by_split["dev"]
         alphas = [round(a, 2) for a in np.linspace(0.1, 0.9, 9)]
-        dev_fused = {a: np.mean(list(per_query_scores(fused_run(queries, bm25, heads, a, args.rerank_k), qrels,
+        dev_fused = {a: np.mean(list(per_query_scores(reranked_run(queries, bm25, heads, a, args.rerank_k), qrels,
                                                       ["nDCG@10"])["nDCG@10"].values())) for a in alphas}
         alpha = max(dev_fused, key=dev_fused.get)
         queries, qrels, bm25, heads = heads_by_split["heldout"]
         bm25_pq = per_query_scores(bm25, qrels, MEASURES)
-        fused_pq = per_query_scores(fused_run(queries, bm25, heads, alpha, args.rerank_k), qrels, MEASURES)
+        fused_pq = per_query_scores(reranked_run(queries, bm25, heads, alpha, args.rerank_k), qrels, MEASURES)
         result["heldout"]["fused"] = {**summarize(fused_pq, bm25_pq), "alpha_tuned_on_dev": alpha}
         (row / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         h, d = result["heldout"], result["dev"]

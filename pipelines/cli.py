@@ -327,26 +327,14 @@ def run_train(args) -> int:
         samples = dev_samples(queries, evaluation.qrels, first_stage_run(index, queries, args.eval_depth), texts,
                               args.eval_depth)
     elif (dataset_dir / DEV_SAMPLES_FILE).is_file():
-        samples = _read_dev_samples(dataset_dir / DEV_SAMPLES_FILE)
+        from .mining import load_dev_samples
+
+        samples = load_dev_samples(dataset_dir / DEV_SAMPLES_FILE)
         logger.info("dev split: %d queries held out by 'esrerank mine' (%s)", len(samples), dataset_dir / DEV_SAMPLES_FILE)
     result = train_cross_encoder(dataset, args.base_model, args.out, _training_config(args), samples, resume=args.resume)
     print(f"trained {result.steps} steps in {result.seconds:.0f} s; best dev nDCG@10 "
           f"{result.best_dev_ndcg10 if result.best_dev_ndcg10 is not None else 'n/a'}; model saved to {result.out_dir}")
     return 0
-
-
-def _read_dev_samples(path: Path) -> list[dict]:
-    samples = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                sample = json.loads(line)
-            except ValueError as exc:
-                raise DataError(path, f"not JSON ({exc})", line=number) from None
-            if not isinstance(sample, dict) or not {"query", "positive", "documents"} <= set(sample):
-                raise DataError(path, "a dev sample needs query, positive and documents", line=number)
-            samples.append(sample)
-    return samples
 
 
 def run_recipe(args) -> int:

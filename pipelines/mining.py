@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rerank.training_config import DEV_SAMPLES_FILE
-from retrieval.records import Hit, Query
+from retrieval.records import DataError, Hit, Query
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ FORMATS = ("labeled-list", "labeled-pair", "triplet", "n-tuple")
 @dataclass(frozen=True)
 class MiningConfig:
     """depth: candidates per query from the first stage (default 100). range_min/range_max: the window
-    of negatives after positives are removed (default 0/100). num_negatives: per query (default 9).
+    of negatives after positives are removed (default 0/100). num_negatives: hard ones per query (default 6).
     sampling: ``top`` (the first in the window, default) or ``random`` (seeded sample from the window).
     num_random_negatives: easy negatives per query drawn at random from the whole corpus (default 3).
     absolute_margin / relative_margin: teacher filter; a negative is dropped when its teacher score is
@@ -160,11 +160,12 @@ def mine_hard_negatives(queries: Sequence[Query], qrels: Mapping[str, Mapping[st
 def _random_negatives(corpus_ids: list[str], excluded: set[str], count: int, rng: random.Random) -> list[str]:
     """``count`` distinct corpus documents not in ``excluded`` (fewer only when the corpus is that small)."""
     count = min(count, len(corpus_ids) - len(excluded))
+    excluded = set(excluded)  # the chosen join it; the caller's set stays as it was
     chosen: list[str] = []
     while len(chosen) < count:  # rejection sampling: the excluded few are rarely drawn from a real corpus
         doc_id = corpus_ids[rng.randrange(len(corpus_ids))]
         if doc_id not in excluded:
-            excluded = excluded | {doc_id}
+            excluded.add(doc_id)
             chosen.append(doc_id)
     return chosen
 
@@ -211,6 +212,22 @@ def save_dev_samples(samples: list[dict], out_dir) -> Path:
         for sample in samples:
             handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
     return path
+
+
+def load_dev_samples(path) -> list[dict]:
+    """The dev samples ``save_dev_samples`` wrote; a line that is not one names the file and line."""
+    path = Path(path)
+    samples = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                sample = json.loads(line)
+            except ValueError as exc:
+                raise DataError(path, f"not JSON ({exc})", line=number) from None
+            if not isinstance(sample, dict) or not {"query", "positive", "documents"} <= set(sample):
+                raise DataError(path, "a dev sample needs query, positive and documents", line=number)
+            samples.append(sample)
+    return samples
 
 
 def save_mined(rows: list[dict], stats: MiningStats, config: MiningConfig, out_dir, extra: dict | None = None):

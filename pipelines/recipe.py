@@ -21,7 +21,7 @@ from retrieval.corpus import Collection
 from retrieval.records import Query
 
 from .evaluation import bootstrap_ci, compare, mean_scores, per_query_scores
-from .mining import MiningConfig, dev_samples, mine_hard_negatives, save_mined, split_queries  # noqa: F401
+from .mining import MiningConfig, dev_samples, mine_hard_negatives, save_mined, split_queries
 from .retrieve_rerank import first_stage_run, fuse, merge_head_and_tail
 from .runs import Run
 
@@ -54,15 +54,15 @@ def evaluate_reranker(reranker, queries: Sequence[Query], qrels, bm25_run: Run, 
     """BM25 vs reranked (and fused) nDCG@10 etc. on ``queries``, with 95% bootstrap intervals, paired
     t-tests, and the interpolation weight tuned by 2-fold cross-validation over the queries."""
     qrels = {q.query_id: qrels[q.query_id] for q in queries if q.query_id in qrels}  # means over these queries
-    head_scores = _reranker_head_scores(reranker, queries, bm25_run, texts, rerank_k)
+    head_scores = reranker_head_scores(reranker, queries, bm25_run, texts, rerank_k)
     bm25_per_query = per_query_scores(bm25_run, qrels)
-    runs = {"reranked": _fused_run(queries, bm25_run, head_scores, rerank_k, None, 1.0)}
+    runs = {"reranked": fused_run(queries, bm25_run, head_scores, rerank_k, None, 1.0)}
     per_query = {"bm25": bm25_per_query, "reranked": per_query_scores(runs["reranked"], qrels)}
     alphas = [round(a, 2) for a in np.linspace(0.1, 1.0, 10)]
     fusion_scores = {}
     for fusion in ("interpolate", "rrf"):
         for alpha in alphas:
-            run = _fused_run(queries, bm25_run, head_scores, rerank_k, fusion, alpha)
+            run = fused_run(queries, bm25_run, head_scores, rerank_k, fusion, alpha)
             fusion_scores[(fusion, alpha)] = per_query_scores(run, qrels, ["nDCG@10"])["nDCG@10"]
     best_fusion = max(fusion_scores, key=lambda key: np.mean(list(fusion_scores[key].values())))
     cross_validated = _two_fold(fusion_scores, [q.query_id for q in queries])
@@ -83,7 +83,9 @@ def evaluate_reranker(reranker, queries: Sequence[Query], qrels, bm25_run: Run, 
     return result
 
 
-def _reranker_head_scores(reranker, queries, bm25_run, texts, rerank_k) -> dict[str, np.ndarray]:
+def reranker_head_scores(reranker, queries, bm25_run, texts, rerank_k) -> dict[str, np.ndarray]:
+    """The reranker's scores of each query's first-stage top ``rerank_k``, in first-stage order, scored
+    in one call."""
     pairs, owners = [], []
     for query in queries:
         for hit in bm25_run.get(query.query_id, [])[:rerank_k]:
@@ -96,7 +98,9 @@ def _reranker_head_scores(reranker, queries, bm25_run, texts, rerank_k) -> dict[
     return {q: np.array(s) for q, s in by_query.items()}
 
 
-def _fused_run(queries, bm25_run, head_scores, rerank_k, fusion, alpha) -> Run:
+def fused_run(queries, bm25_run, head_scores, rerank_k, fusion, alpha) -> Run:
+    """The run of the reranked heads (scores ``fuse``d with the first stage's; ``fusion=None``: the
+    reranker's alone), each followed by its first-stage tail."""
     run = {}
     for query in queries:
         hits = list(bm25_run.get(query.query_id, []))

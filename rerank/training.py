@@ -97,37 +97,45 @@ def _dev_evaluator_class():
 
         def __init__(self, samples: Sequence[dict], max_length: int, passages: PassageConfig, bf16: bool = False,
                      name: str = "dev"):
+            import ir_measures
+
             super().__init__()
-            self.samples, self.max_length, self.passages, self.name = list(samples), max_length, passages, name
+            self.max_length, self.passages, self.name = max_length, passages, name
             self.bf16 = bf16  # score under bf16 autocast, as training runs: ~3x faster on AMX CPUs
             self.primary_metric = f"{name}_ndcg@10"
+            # What does not change between evaluations is built once: the pairs, the judgments and the
+            # first stage's own nDCG@10 (the line the curve compares against).
+            self.pairs, self.qrels, self.doc_ids = [], {}, []
+            for qi, sample in enumerate(samples):
+                positives = list(sample["positive"])
+                self.qrels[str(qi)] = {f"p{j}": 1 for j in range(len(positives))}
+                for di, doc in enumerate(sample["documents"]):
+                    # judged by text: a positive's id is its place among the positives
+                    self.doc_ids.append((str(qi), f"p{positives.index(doc)}" if doc in positives else f"n{di}"))
+                    self.pairs.append((sample["query"], doc))
+            first_stage: dict[str, dict[str, float]] = {}
+            for position, (qid, did) in enumerate(self.doc_ids):
+                first_stage.setdefault(qid, {}).setdefault(did, float(-position))
+            self.ndcg = ir_measures.nDCG @ 10
+            self.first_stage_ndcg = float(ir_measures.calc_aggregate([self.ndcg], self.qrels, first_stage)[self.ndcg])
+            self._windows = None  # (window pairs, owner of each), cut on the first call with the model's tokenizer
 
         def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
             import ir_measures
 
-            pairs, qrels, doc_ids = [], {}, []
-            for qi, sample in enumerate(self.samples):
-                positives = list(sample["positive"])
-                qrels[str(qi)] = {f"p{j}": 1 for j in range(len(positives))}
-                for di, doc in enumerate(sample["documents"]):
-                    # judged by text: a positive's id is its place among the positives
-                    doc_ids.append((str(qi), f"p{positives.index(doc)}" if doc in positives else f"n{di}"))
-                    pairs.append((sample["query"], doc))
-            owner = np.arange(len(pairs))
+            pairs, owner = self.pairs, np.arange(len(self.pairs))
             if self.passages.mode == "maxp":
-                pairs, owner = window_pairs(model.tokenizer, pairs, self.max_length, self.passages)
+                if self._windows is None:
+                    self._windows = window_pairs(model.tokenizer, self.pairs, self.max_length, self.passages)
+                pairs, owner = self._windows
             with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 raw = model.predict(pairs, batch_size=64, show_progress_bar=False, convert_to_tensor=True)
-            scores = best_of_windows(raw.float().cpu().numpy(), owner, len(doc_ids))
+            scores = best_of_windows(raw.float().cpu().numpy(), owner, len(self.doc_ids))
             run: dict[str, dict[str, float]] = {}
-            first_stage: dict[str, dict[str, float]] = {}  # the candidates' own order, for reference
-            for position, ((qid, did), score) in enumerate(zip(doc_ids, scores)):
+            for (qid, did), score in zip(self.doc_ids, scores):
                 run.setdefault(qid, {})[did] = max(float(score), run.get(qid, {}).get(did, -np.inf))
-                first_stage.setdefault(qid, {}).setdefault(did, float(-position))
-            ndcg = ir_measures.nDCG @ 10
-            metrics = {f"{self.name}_ndcg@10": float(ir_measures.calc_aggregate([ndcg], qrels, run)[ndcg]),
-                       f"{self.name}_first_stage_ndcg@10": float(ir_measures.calc_aggregate([ndcg], qrels,
-                                                                                            first_stage)[ndcg])}
+            metrics = {f"{self.name}_ndcg@10": float(ir_measures.calc_aggregate([self.ndcg], self.qrels, run)[self.ndcg]),
+                       f"{self.name}_first_stage_ndcg@10": self.first_stage_ndcg}
             self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
             return metrics
 
