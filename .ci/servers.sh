@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Real Elasticsearch and OpenSearch servers for the tests, from Maven Central (cached in ~/.m2).
 #
-#   bash .ci/servers.sh start [elasticsearch|opensearch|all] [--port N] [--dir DIR] [--keep-data]
-#   bash .ci/servers.sh stop  [elasticsearch|opensearch|all] [--dir DIR]
+#   bash .ci/servers.sh start [elasticsearch|opensearch|opensearch-ml|all] [--port N] [--dir DIR] [--keep-data]
+#   bash .ci/servers.sh stop  [elasticsearch|opensearch|opensearch-ml|all] [--dir DIR]
 #   bash .ci/servers.sh status
 #
-# Defaults: Elasticsearch on 127.0.0.1:9200, OpenSearch on 127.0.0.1:9201, data/logs/pid under
-# /tmp/esrerank-servers/<engine>. The servers refuse to run as root, so they run as the system user
-# 'esrerank' (created if missing). They bundle no JDK: the newest JDK >= 21 under /usr/lib/jvm is used.
+# Defaults: Elasticsearch 8.19.21 on 127.0.0.1:9200, OpenSearch 3.6.0 on 127.0.0.1:9201 (the BM25 tests),
+# OpenSearch 2.19.1 with ML Commons and neural-search on 127.0.0.1:9202 (reranking inside the engine:
+# the newest release whose ML plugin is on Maven Central); data/logs/pid under /tmp/esrerank-servers/<name>.
+# The servers refuse to run as root, so they run as the system user 'esrerank' (created if missing). They
+# bundle no JDK: 8.19/3.6 run on the newest JDK >= 21 under /usr/lib/jvm; 2.19.1 needs the Java security
+# manager, gone from Java 24 on, so it runs on the newest JDK from 17 to 23.
 set -euo pipefail
 
 ES_VERSION=8.19.21   # newest org.elasticsearch.distribution.integ-test-zip on Maven Central
 OS_VERSION=3.6.0     # newest org.opensearch.distribution.integ-test-zip on Maven Central
+OS_ML_VERSION=2.19.1 # newest OpenSearch whose opensearch-ml-plugin zip is on Maven Central
 DIST_ROOT="${ESRERANK_SERVER_ROOT:-$HOME/.cache/esrerank-ci/servers}"
 RUN_ROOT="${ESRERANK_SERVER_RUN:-/tmp/esrerank-servers}"
 HEALTH_TIMEOUT_S="${ESRERANK_SERVER_TIMEOUT:-180}"
@@ -19,17 +23,70 @@ SERVER_USER=esrerank
 
 log() { echo "[servers] $*" >&2; }
 
-find_java() {
-    local best="" best_major=0 java major
+find_java() {  # newest JDK under /usr/lib/jvm with min <= major <= max
+    local min=$1 max=$2 best="" best_major=0 java major
     for java in /usr/lib/jvm/*/bin/java; do
         [ -x "$java" ] || continue
         major=$("$java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
-        if [ -n "$major" ] && [ "$major" -ge 21 ] && [ "$major" -gt "$best_major" ]; then
+        if [ -n "$major" ] && [ "$major" -ge "$min" ] && [ "$major" -le "$max" ] && [ "$major" -gt "$best_major" ]; then
             best="${java%/bin/java}"; best_major=$major
         fi
     done
-    [ -n "$best" ] || { log "no JDK >= 21 under /usr/lib/jvm (OpenSearch 3 needs one): apt-get install openjdk-21-jdk-headless"; exit 1; }
+    [ -n "$best" ] || { log "no JDK from $min to $max under /usr/lib/jvm: apt-get install openjdk-$min-jdk-headless"; exit 1; }
     echo "$best"
+}
+
+maven_file() {  # group:artifact:version[:type] -> path in ~/.m2 (downloaded once)
+    local group artifact version type path
+    IFS=: read -r group artifact version type <<<"$1"
+    type=${type:-jar}
+    path="$HOME/.m2/repository/${group//.//}/$artifact/$version/$artifact-$version.$type"
+    if [ ! -f "$path" ]; then
+        log "downloading $1 from Maven Central"
+        mvn -q dependency:get -Dartifact="$1" -Dtransitive=false >&2
+    fi
+    echo "$path"
+}
+
+module_descriptor() {  # name classname extended-plugins -> plugin-descriptor.properties text
+    printf 'description=%s\nversion=%s\nname=%s\nclassname=%s\njava.version=11\nopensearch.version=%s\n' \
+        "$1 module (assembled by esrerank from Maven Central jars)" "$OS_ML_VERSION" "$1" "$2" "$OS_ML_VERSION"
+    printf 'custom.foldername=\nextended.plugins=%s\nhas.native.controller=false\n' "$3"
+}
+
+ml_distribution() {  # OpenSearch 2.19.1 + painless/analysis-common modules + ML Commons, k-NN, neural-search
+    local folder="$DIST_ROOT/opensearch-ml-$OS_ML_VERSION" java zip jar plugin
+    if [ ! -f "$folder/.esrerank-ready" ]; then
+        java=$(find_java 17 23)
+        zip=$(maven_file "org.opensearch.distribution.integ-test-zip:opensearch:$OS_ML_VERSION:zip")
+        rm -rf "$folder.tmp" "$folder" && mkdir -p "$folder.tmp"
+        unzip -q "$zip" -d "$folder.tmp"
+        mv "$folder.tmp/opensearch-$OS_ML_VERSION" "$folder" && rm -rf "$folder.tmp"
+        # The integ-test zip has only transport-netty4. k-NN extends lang-painless, and the english
+        # analyzer lives in analysis-common: both are assembled from their jars on Maven Central.
+        mkdir -p "$folder/modules/lang-painless" "$folder/modules/analysis-common"
+        for jar in org.opensearch.plugin:lang-painless:$OS_ML_VERSION \
+                   org.opensearch.plugin:opensearch-scripting-painless-spi:$OS_ML_VERSION \
+                   org.antlr:antlr4-runtime:4.13.1 org.ow2.asm:asm:9.7 org.ow2.asm:asm-analysis:9.7 \
+                   org.ow2.asm:asm-commons:9.7 org.ow2.asm:asm-tree:9.7 org.ow2.asm:asm-util:9.7; do
+            cp "$(maven_file "$jar")" "$folder/modules/lang-painless/"
+        done
+        module_descriptor lang-painless org.opensearch.painless.PainlessPlugin "" \
+            >"$folder/modules/lang-painless/plugin-descriptor.properties"
+        printf 'grant {\n  permission java.lang.RuntimePermission "createClassLoader";\n  permission java.lang.RuntimePermission "getClassLoader";\n};\n' \
+            >"$folder/modules/lang-painless/plugin-security.policy"
+        cp "$(maven_file "org.opensearch.plugin:analysis-common:$OS_ML_VERSION")" "$folder/modules/analysis-common/"
+        module_descriptor analysis-common org.opensearch.analysis.common.CommonAnalysisPlugin lang-painless \
+            >"$folder/modules/analysis-common/plugin-descriptor.properties"
+        # dependency order: ml extends job-scheduler, neural-search extends k-NN
+        for plugin in opensearch-job-scheduler opensearch-ml-plugin opensearch-knn neural-search; do
+            zip=$(maven_file "org.opensearch.plugin:$plugin:$OS_ML_VERSION.0:zip")
+            log "installing $plugin into $folder"
+            OPENSEARCH_JAVA_HOME=$java "$folder/bin/opensearch-plugin" install --batch "file://$zip" >&2
+        done
+        touch "$folder/.esrerank-ready"
+    fi
+    echo "$folder"
 }
 
 distribution() {  # engine -> unpacked folder (downloaded and unzipped once)
@@ -48,45 +105,62 @@ distribution() {  # engine -> unpacked folder (downloaded and unzipped once)
         unzip -q "$zip" -d "$folder.tmp"
         mv "$folder.tmp/$engine-$version" "$folder" && rm -rf "$folder.tmp"
     fi
-    # the server user must read the distribution inside root's home
-    local path="$folder"
-    while [ "$path" != "/" ]; do chmod o+rx "$path" 2>/dev/null || true; path=$(dirname "$path"); done
-    chmod -R o+rX "$folder"
     echo "$folder"
 }
 
+readable() {  # the server user must read a distribution inside root's home
+    local path=$1
+    while [ "$path" != "/" ]; do chmod o+rx "$path" 2>/dev/null || true; path=$(dirname "$path"); done
+    chmod -R o+rX "$1"
+}
+
 start_one() {
-    local engine=$1 port=$2 dir=$3 home java prefix
+    local name=$1 port=$2 dir=$3 engine=$1 home java prefix heap=512m
     if curl -sf "http://127.0.0.1:$port/_cluster/health" >/dev/null 2>&1; then
-        log "$engine already answers on port $port"; return 0
+        log "$name already answers on port $port"; return 0
     fi
-    home=$(distribution "$engine")
-    java=$(find_java)
+    if [ "$name" = opensearch-ml ]; then
+        engine=opensearch; home=$(ml_distribution); java=$(find_java 17 23); heap=1g
+    else
+        home=$(distribution "$engine"); java=$(find_java 21 99)
+    fi
+    readable "$home"
     id "$SERVER_USER" >/dev/null 2>&1 || useradd --system --shell /usr/sbin/nologin "$SERVER_USER"
     if [ "$keep_data" = 1 ]; then rm -rf "$dir/config"; else rm -rf "$dir/data" "$dir/logs" "$dir/config"; fi
     mkdir -p "$dir/data" "$dir/logs"
     cp -r "$home/config" "$dir/config"
     # jvm.options writes GC logs relative to the working directory; point them at our logs folder
     sed -i "s#=logs/#=$dir/logs/#g; s#file=logs/#file=$dir/logs/#g" "$dir/config/jvm.options"
+    if [ "$name" = opensearch-ml ]; then
+        # ML Commons on a single test node: run models on data nodes, and call a reranking service on
+        # loopback (a private address, refused unless allowed; only these URLs are trusted).
+        cat >>"$dir/config/opensearch.yml" <<'YAML'
+plugins.ml_commons.only_run_on_ml_node: false
+plugins.ml_commons.connector.private_ip_enabled: true
+plugins.ml_commons.trusted_connector_endpoints_regex: ["^https?://(127\\.0\\.0\\.1|localhost)(:[0-9]+)?/.*$"]
+plugins.ml_commons.native_memory_threshold: 100
+plugins.ml_commons.jvm_heap_memory_threshold: 100
+YAML
+    fi
     chown -R "$SERVER_USER" "$dir"
     if [ "$engine" = elasticsearch ]; then prefix=ES; else prefix=OPENSEARCH; fi
-    log "starting $engine on 127.0.0.1:$port (java $java, data $dir)"
-    (cd "$dir" && runuser -u "$SERVER_USER" -- env "${prefix}_JAVA_HOME=$java" "${prefix}_JAVA_OPTS=-Xms512m -Xmx512m" \
+    log "starting $name on 127.0.0.1:$port (java $java, data $dir)"
+    (cd "$dir" && runuser -u "$SERVER_USER" -- env "${prefix}_JAVA_HOME=$java" "${prefix}_JAVA_OPTS=-Xms$heap -Xmx$heap" \
         "${prefix}_PATH_CONF=$dir/config" "$home/bin/$engine" -d -p "$dir/pid" \
         -E discovery.type=single-node -E network.host=127.0.0.1 -E http.port="$port" \
         -E transport.port="$((port + 100))" -E path.data="$dir/data" -E path.logs="$dir/logs" \
         $([ "$engine" = elasticsearch ] && echo "-E xpack.security.enabled=false") >"$dir/stdout.log" 2>&1) || {
-        log "$engine failed to start:"; tail -30 "$dir/stdout.log" >&2; exit 1; }
+        log "$name failed to start:"; tail -30 "$dir/stdout.log" >&2; exit 1; }
     local waited=0
     until curl -sf "http://127.0.0.1:$port/_cluster/health?wait_for_status=yellow&timeout=5s" >/dev/null 2>&1; do
         sleep 2; waited=$((waited + 2))
         if [ "$waited" -ge "$HEALTH_TIMEOUT_S" ]; then
-            log "$engine not healthy after ${HEALTH_TIMEOUT_S}s; last log lines:"
+            log "$name not healthy after ${HEALTH_TIMEOUT_S}s; last log lines:"
             tail -30 "$dir/logs/"*.log "$dir/stdout.log" >&2 2>/dev/null || true
             exit 1
         fi
     done
-    log "$engine healthy on port $port after ${waited}s (pid $(cat "$dir/pid"))"
+    log "$name healthy on port $port after ${waited}s (pid $(cat "$dir/pid"))"
 }
 
 stop_one() {
@@ -113,15 +187,20 @@ while [ $# -gt 0 ]; do
         *) log "unknown option $1"; exit 2 ;;
     esac
 done
-engines=(elasticsearch opensearch)
+engines=(elasticsearch opensearch opensearch-ml)
 [ "$target" = all ] || engines=("$target")
 
 for engine in "${engines[@]}"; do
-    default_port=9200; [ "$engine" = opensearch ] && default_port=9201
+    case $engine in
+        elasticsearch) default_port=9200 ;;
+        opensearch) default_port=9201 ;;
+        opensearch-ml) default_port=9202 ;;
+        *) log "unknown server $engine (elasticsearch, opensearch, opensearch-ml or all)"; exit 2 ;;
+    esac
     case $action in
         start) start_one "$engine" "${port:-$default_port}" "${dir:-$RUN_ROOT/$engine}" ;;
         stop) stop_one "$engine" "${dir:-$RUN_ROOT/$engine}" ;;
         status) curl -s "http://127.0.0.1:${port:-$default_port}/_cluster/health" || echo "$engine: not running" ;;
-        *) log "usage: $0 start|stop|status [elasticsearch|opensearch|all] [--port N] [--dir DIR]"; exit 2 ;;
+        *) log "usage: $0 start|stop|status [elasticsearch|opensearch|opensearch-ml|all] [--port N] [--dir DIR]"; exit 2 ;;
     esac
 done
