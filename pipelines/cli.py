@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 
 from rerank.errors import ModelError
+from retrieval.engines import EngineError
 from retrieval.records import DataError
+
+from .engine_rerank import RegistrationError
 
 logger = logging.getLogger("esrerank")
 
@@ -31,6 +34,13 @@ def _add_retriever_args(parser: argparse.ArgumentParser) -> None:
                         help="first stage: in-memory BM25 (default) or a real engine")
     parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200 for elasticsearch, :9201 for opensearch)")
     parser.add_argument("--index", help="engine index or alias (as built by 'esrerank index')")
+
+
+def _add_search_pipeline_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--search-pipeline", metavar="NAME",
+                        help="rerank inside OpenSearch through this search pipeline (made by 'esrerank register "
+                             "opensearch') instead of on this machine; needs --retriever opensearch, and --model "
+                             "is not used")
 
 
 def _engine_url(args) -> str:
@@ -86,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--rerank-k", type=int, default=100, help="candidates reranked per query (default 100)")
     _add_first_stage_args(evaluate)
     _add_retriever_args(evaluate)
+    _add_search_pipeline_arg(evaluate)
     evaluate.add_argument("--candidates", help="rerank this first-stage TREC run instead of retrieving")
     evaluate.add_argument("--fusion", choices=["auto", "none", "interpolate", "rrf"], default="none",
                           help="combine BM25 and reranker scores: none (default: the reranker alone), interpolate, "
@@ -101,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retriever_args(search)
     _add_first_stage_args(search)
     _add_reranker_args(search, "none")
+    _add_search_pipeline_arg(search)
     search.add_argument("-k", "--k", type=int, default=10, help="results per query (default 10)")
     search.add_argument("--rerank-k", type=int, default=100, help="candidates reranked per query (default 100)")
     search.set_defaults(handler=run_search)
@@ -200,8 +212,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-docs", type=int, default=1000, help="documents per request (default 1,000)")
     serve.add_argument("--max-wait-ms", type=float, default=5.0,
                        help="longest a request waits for others to batch with (default 5; 0 turns batching off)")
+    serve.add_argument("--api-key-file", help="file holding the API key requests must send as 'Authorization: "
+                                              "Bearer <key>' (default: $ESRERANK_API_KEY, else no key). Never "
+                                              "on the command line, where other users of the machine see it")
     _add_model_run_args(serve)
     serve.set_defaults(handler=run_serve)
+
+    register = commands.add_parser("register", parents=[common],
+                                   help="make the engine call 'esrerank serve' itself (rerank inside the engine)")
+    register.add_argument("engine", choices=["opensearch", "elasticsearch"])
+    register.add_argument("--url", help="engine URL (default http://127.0.0.1:9200, or :9201 for opensearch)")
+    register.add_argument("--service-url", required=True,
+                          help="where the engine reaches 'esrerank serve', e.g. http://reranker:8080")
+    register.add_argument("--name", default="esrerank",
+                          help="connector, model and search pipeline name (OpenSearch) or inference endpoint id "
+                               "(Elasticsearch); default esrerank")
+    register.add_argument("--rerank-fields", default="text",
+                          help="comma-separated _source fields sent to the reranker (OpenSearch joins several with "
+                               "no separator; default text)")
+    register.add_argument("--api-key-file", help="the service's API key, for the engine to send "
+                                                 "(default: $ESRERANK_API_KEY, else none)")
+    register.add_argument("--timeout-s", type=int, default=30,
+                          help="OpenSearch's connect and read timeout for the service (default 30)")
+    register.add_argument("--fallback-to-bm25", action="store_true",
+                          help="OpenSearch: when the service fails, return the BM25 order instead of an error")
+    register.set_defaults(handler=run_register)
     return parser
 
 
@@ -396,6 +431,43 @@ def _first_stage(args, documents=None):
     return engine, f"{args.retriever} {engine.url}/{args.index} ({described})"
 
 
+def _reranker(args):
+    """The cross-encoder --model names, the engine's search pipeline, or None (BM25 only)."""
+    if args.search_pipeline:
+        from retrieval.engines import connect
+
+        from .retrieve_rerank import EngineReranker
+
+        if args.retriever != "opensearch" or not args.index:
+            raise DataError("--search-pipeline", "reranking inside the engine needs --retriever opensearch --index NAME")
+        logger.info("reranking inside OpenSearch through search pipeline %s (--model is not used)", args.search_pipeline)
+        return EngineReranker(connect("opensearch", _engine_url(args), args.index, search_pipeline=args.search_pipeline))
+    if args.model.lower() == "none":
+        return None
+    return _cross_encoder(args)
+
+
+def run_register(args) -> int:
+    from retrieval.engines import rest_client
+
+    from .engine_rerank import register_elasticsearch, register_opensearch
+
+    api_key = read_api_key(args.api_key_file)
+    url = args.url or ("http://127.0.0.1:9201" if args.engine == "opensearch" else "http://127.0.0.1:9200")
+    rest = rest_client(args.engine, url)
+    if args.engine == "opensearch":
+        fields = [field.strip() for field in args.rerank_fields.split(",") if field.strip()]
+        if not fields:
+            raise DataError("--rerank-fields", "name at least one _source field")
+        registration = register_opensearch(rest, args.service_url, args.name, fields, api_key=api_key,
+                                           timeout_s=args.timeout_s, ignore_failure=args.fallback_to_bm25)
+        print(registration.as_json())
+    else:
+        answer = register_elasticsearch(rest, args.service_url, args.name, api_key=api_key)
+        print(json.dumps({"inference_id": answer.get("inference_id", args.name), "task_type": answer.get("task_type")}))
+    return 0
+
+
 def run_evaluate(args) -> int:
     from retrieval.corpus import load_collection
 
@@ -404,9 +476,7 @@ def run_evaluate(args) -> int:
     from .runs import read_trec_run, write_trec_run
 
     started = time.perf_counter()
-    reranker = None
-    if args.model.lower() != "none":  # load first: a bad model should fail before minutes of retrieval
-        reranker = _cross_encoder(args)
+    reranker = _reranker(args)  # first: a bad model should fail before minutes of retrieval
     collection = load_collection(args.data, args.split)
     wanted = _query_ids(args.query_ids)
     if wanted is not None:
@@ -480,9 +550,7 @@ def run_search(args) -> int:
             raise DataError("--data", "the in-memory retriever needs --data DIR")
         documents = load_collection(args.data, split=_any_split(args.data)).documents
     retriever, source = _first_stage(args, documents)
-    reranker = None
-    if args.model.lower() != "none":
-        reranker = _cross_encoder(args)
+    reranker = _reranker(args)
     pipeline = RetrieveRerank(retriever, reranker, retrieve_k=max(args.k, args.rerank_k if reranker else args.k),
                               rerank_k=args.rerank_k)
     queries = [Query(str(i), text) for i, text in enumerate(args.queries, start=1)]
@@ -545,15 +613,32 @@ def run_index(args) -> int:
     return 0
 
 
+def read_api_key(path: str | None, environment_variable: str = "ESRERANK_API_KEY") -> str | None:
+    """The API key from a file (its first line) or else the environment; None when neither has one."""
+    import os
+
+    if path:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise DataError(path, f"cannot read the API key file: {exc.strerror}") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise DataError(path, "the API key file is empty")
+        return key
+    return os.environ.get(environment_variable, "").strip() or None
+
+
 def run_serve(args) -> int:
     from rerank.service import RerankService, ServiceLimits
 
+    api_key = read_api_key(args.api_key_file)
     model = _cross_encoder(args)
     service = RerankService(model, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
                             max_wait_ms=args.max_wait_ms, limits=ServiceLimits(max_docs=args.max_docs),
-                            model_name=args.model)
-    print(f"esrerank serving {args.model} on {service.url} (POST /v1/rerank, POST /rerank, GET /health, GET /metrics)",
-          flush=True)
+                            model_name=args.model, api_key=api_key)
+    print(f"esrerank serving {args.model} on {service.url} (POST /v1/rerank, POST /rerank, GET /health, GET /metrics; "
+          f"{'API key required' if api_key else 'no API key'})", flush=True)
     try:
         service.serve_forever()
     except KeyboardInterrupt:
@@ -567,12 +652,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("elastic_transport", "opensearch", "urllib3", "httpx"):  # one line per HTTP request
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.ERROR)  # esrerank reports what failed
     try:
         return args.handler(args)
     except (DataError, ModelError) as error:
         print(f"esrerank: error: {error}", file=sys.stderr)
         return 2
+    except (RegistrationError, EngineError) as error:  # the engine refused, or is not there
+        print(f"esrerank: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("esrerank: interrupted", file=sys.stderr)
         return 130

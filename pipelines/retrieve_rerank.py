@@ -25,6 +25,43 @@ class Reranker(Protocol):
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray: ...
 
 
+class EngineReranker:
+    """Reranking done inside the engine: each query's head is searched again through a search pipeline
+    that reranks it (OpenSearch's ``rerank`` processor calling ``esrerank serve``; see
+    ``esrerank register opensearch``), and its scores replace the cross-encoder's in :class:`RetrieveRerank`.
+
+    Args:
+        searcher: the same index as the first stage, searched through the pipeline, e.g.
+            ``OpenSearchBM25(url, index, search_pipeline="esrerank")``. The engine reranks every hit a
+            search returns, so the window is the head's length.
+    """
+
+    def __init__(self, searcher):
+        if not getattr(searcher, "search_pipeline", None):
+            raise ValueError("EngineReranker needs a searcher with a search_pipeline")
+        self.searcher = searcher
+
+    def score_heads(self, queries: Sequence[Query], heads: Sequence[Sequence[Hit]]) -> list[np.ndarray]:
+        """The engine's scores for each head's documents, in the head's order."""
+        depth = max((len(head) for head in heads), default=0)
+        if depth == 0:
+            return [np.zeros(0) for _ in heads]
+        answers = self.searcher.search_many([q.text for q in queries], depth)
+        scores = []
+        for query, head, answer in zip(queries, heads, answers):
+            by_id = {hit.doc_id: hit.score for hit in answer}
+            missing = [hit.doc_id for hit in head if hit.doc_id not in by_id]
+            if missing or len(answer) != len(head):
+                raise ValueError(f"query {query.query_id}: the engine's reranked window differs from the first "
+                                 f"stage's top {len(head)} (e.g. {missing[:1] or 'its length'}); the first stage "
+                                 "must be the same index, searched the same way")
+            scores.append(np.array([by_id[hit.doc_id] for hit in head], dtype=np.float32))
+        return scores
+
+    def __repr__(self) -> str:
+        return f"EngineReranker({self.searcher.url}/{self.searcher.index}, pipeline {self.searcher.search_pipeline})"
+
+
 class RetrieveRerank:
     """First stage top ``retrieve_k``, of which the top ``rerank_k`` are rescored by ``reranker``.
 
@@ -34,8 +71,8 @@ class RetrieveRerank:
     Args:
         retriever: anything with ``search_many(queries, k)``; also ``fetch_texts(doc_ids)`` unless
             ``texts`` is given.
-        reranker: anything with ``predict(pairs)``, e.g. ``rerank.CrossEncoder``; ``None`` returns the
-            first stage unchanged.
+        reranker: anything with ``predict(pairs)``, e.g. ``rerank.CrossEncoder``, or an
+            :class:`EngineReranker` (the engine reranks); ``None`` returns the first stage unchanged.
         retrieve_k: candidates per query from the first stage. Default 1000.
         rerank_k: candidates per query the reranker rescores. Default 100, the usual trade-off.
         texts: doc id → text for the reranker, when the retriever cannot fetch texts itself.
@@ -88,19 +125,23 @@ class RetrieveRerank:
             batch = queries[start:start + self.queries_per_batch]
             candidates = [list(first_stage.get(q.query_id, []))[: self.retrieve_k] for q in batch]
             heads = [hits[: self.rerank_k] for hits in candidates]
-            doc_ids = [hit.doc_id for hits in heads for hit in hits]
-            texts = self._texts(doc_ids)
-            pairs, offset = [], 0
-            for q, hits in zip(batch, heads):
-                pairs.extend((q.text, texts[offset + i]) for i in range(len(hits)))
-                offset += len(hits)
-            scores = self.reranker.predict(pairs) if pairs else np.zeros(0)
-            offset = 0
-            for q, hits, all_hits in zip(batch, heads, candidates):
-                head_scores = fuse(hits, scores[offset: offset + len(hits)], self.fusion, self.alpha)
-                offset += len(hits)
+            for q, hits, all_hits, scores in zip(batch, heads, candidates, self._head_scores(batch, heads)):
+                head_scores = fuse(hits, scores, self.fusion, self.alpha)
                 reranked[q.query_id] = merge_head_and_tail(hits, head_scores, all_hits[len(hits):])
         return reranked
+
+    def _head_scores(self, queries: Sequence[Query], heads: list[list[Hit]]) -> list[np.ndarray]:
+        if isinstance(self.reranker, EngineReranker):
+            return self.reranker.score_heads(queries, heads)
+        doc_ids = [hit.doc_id for hits in heads for hit in hits]
+        texts = self._texts(doc_ids)
+        pairs, offset = [], 0
+        for q, hits in zip(queries, heads):
+            pairs.extend((q.text, texts[offset + i]) for i in range(len(hits)))
+            offset += len(hits)
+        scores = self.reranker.predict(pairs) if pairs else np.zeros(0)
+        split_at = np.cumsum([len(hits) for hits in heads])[:-1]
+        return np.split(np.asarray(scores), split_at)
 
     def _texts(self, doc_ids: list[str]) -> list[str]:
         if self.texts is not None:

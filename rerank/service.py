@@ -2,10 +2,18 @@
 
 - ``POST /v1/rerank`` (Cohere/Jina style): ``{"query", "documents", "top_n", "return_documents"}`` →
   ``{"results": [{"index", "relevance_score"[, "document": {"text"}]}]}``, best first; scores are
-  probabilities (sigmoid of the logit), as those clients expect.
+  probabilities (sigmoid of the logit), as those clients expect. ``"raw_scores": true`` (an esrerank
+  extension, as in TEI) returns the logits instead.
 - ``POST /rerank`` (Text-Embeddings-Inference style): ``{"query", "texts", "raw_scores", "truncate"}`` →
   ``[{"index", "score"[, "text"]}]``, best first; ``raw_scores`` returns logits.
-- ``GET /health``, ``GET /metrics`` (Prometheus text format).
+- ``GET /health`` (never needs a key: load balancers probe it), ``GET /metrics`` (Prometheus text format).
+
+With an API key, every route but ``/health`` answers 401 unless the request carries
+``Authorization: Bearer <key>``.
+
+Scores are written with at most 15 significant digits (:func:`json_score`): the engines' JSON parsers
+read a decimal of 17 digits (what Python writes for most doubles) as a BigDecimal, and ML Commons' Cohere
+post-processing then fails with a ClassCastException; 15 digits keep every float32 logit exact.
 
 Requests from concurrent clients are batched together: one worker thread owns the model and takes
 queued requests until their pairs fill a token budget or the oldest has waited ``max_wait_ms``, then
@@ -17,6 +25,7 @@ in the model, and it needs no further dependency.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import queue
@@ -151,6 +160,12 @@ def _estimate_tokens(pairs) -> int:
     return sum(len(q) + len(d) for q, d in pairs) // 4 + 1
 
 
+def json_score(value) -> float:
+    """A score as a JSON number every engine reads as a double: at most 15 significant digits, always
+    with a decimal point or exponent (``json`` writes ``1.0``, not ``1``, for a float)."""
+    return float(f"{float(value):.15g}")
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
@@ -180,11 +195,15 @@ def handle_cohere(body: dict, batcher: DynamicBatcher, limits: ServiceLimits) ->
     top_n = body.get("top_n", len(documents))
     if not isinstance(top_n, int) or top_n < 0:
         raise RequestError(422, "'top_n' must be a non-negative integer")
-    scores = _sigmoid(batcher.score([(query, d) for d in documents])) if documents else np.zeros(0)
+    raw_scores = body.get("raw_scores", False)
+    if not isinstance(raw_scores, bool):
+        raise RequestError(422, "'raw_scores' must be true or false")
+    raw = batcher.score([(query, d) for d in documents]) if documents else np.zeros(0)
+    scores = raw.astype(np.float64) if raw_scores else _sigmoid(raw)
     order = np.argsort(-scores, kind="stable")[:top_n]
     results = []
     for i in order:
-        entry = {"index": int(i), "relevance_score": float(scores[i])}
+        entry = {"index": int(i), "relevance_score": json_score(scores[i])}
         if body.get("return_documents"):
             entry["document"] = {"text": documents[i]}
         results.append(entry)
@@ -199,7 +218,7 @@ def handle_tei(body: dict, batcher: DynamicBatcher, limits: ServiceLimits) -> li
     order = np.argsort(-scores, kind="stable")
     results = []
     for i in order:
-        entry = {"index": int(i), "score": float(scores[i])}
+        entry = {"index": int(i), "score": json_score(scores[i])}
         if body.get("return_text"):
             entry["text"] = texts[i]
         results.append(entry)
@@ -209,7 +228,9 @@ def handle_tei(body: dict, batcher: DynamicBatcher, limits: ServiceLimits) -> li
 ROUTES = {"/v1/rerank": handle_cohere, "/rerank": handle_tei}
 
 
-def make_handler(batcher: DynamicBatcher, limits: ServiceLimits, model_name: str):
+def make_handler(batcher: DynamicBatcher, limits: ServiceLimits, model_name: str, api_key: str | None = None):
+    expected_authorization = f"Bearer {api_key}".encode() if api_key else None
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, so load tests measure the service, not TCP set-up
 
@@ -219,14 +240,29 @@ def make_handler(batcher: DynamicBatcher, limits: ServiceLimits, model_name: str
         def _send(self, status: int, payload, content_type: str = "application/json") -> None:
             data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
             self.send_response(status)
+            if status == 401:
+                self.send_header("WWW-Authenticate", 'Bearer realm="esrerank"')
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
+        def _authorized(self) -> bool:
+            if expected_authorization is None:
+                return True
+            given = (self.headers.get("Authorization") or "").strip().encode()
+            return hmac.compare_digest(given, expected_authorization)  # constant time: no key guessing by timing
+
+        def _unauthorized(self) -> None:
+            message = ("missing Authorization header; send 'Authorization: Bearer <key>'"
+                       if not self.headers.get("Authorization") else "wrong API key")
+            self._send(401, {"error": {"type": "unauthorized", "message": message}})
+
         def do_GET(self):  # noqa: N802 - the base class's name
             if self.path == "/health":
                 self._send(200, {"status": "ok", "model": model_name})
+            elif not self._authorized():
+                self._unauthorized()
             elif self.path == "/metrics":
                 self._send(200, batcher.metrics.render(batcher.queue.qsize()), "text/plain; version=0.0.4")
             else:
@@ -236,6 +272,11 @@ def make_handler(batcher: DynamicBatcher, limits: ServiceLimits, model_name: str
             started = time.perf_counter()
             status = 200
             try:
+                if not self._authorized():
+                    status = 401
+                    self.close_connection = True  # the body is not read: the connection cannot be reused
+                    self._unauthorized()
+                    return
                 handler = ROUTES.get(self.path)
                 if handler is None:
                     raise RequestError(404, f"no route {self.path}; use /v1/rerank or /rerank")
@@ -266,12 +307,19 @@ def make_handler(batcher: DynamicBatcher, limits: ServiceLimits, model_name: str
 
 class RerankService:
     """The HTTP service around one model. ``start()`` serves in a background thread (tests, benchmarks);
-    ``serve_forever()`` blocks (the CLI)."""
+    ``serve_forever()`` blocks (the CLI).
+
+    api_key: when set, requests need ``Authorization: Bearer <api_key>`` (all routes but ``/health``).
+        Default None: no key, for a service only loopback or a private network reaches."""
 
     def __init__(self, model, host: str = "127.0.0.1", port: int = 8080, max_batch_tokens: int = 65_536,
-                 max_wait_ms: float = 5.0, limits: ServiceLimits = ServiceLimits(), model_name: str = ""):
+                 max_wait_ms: float = 5.0, limits: ServiceLimits | None = None, model_name: str = "",
+                 api_key: str | None = None):
+        if api_key is not None and (not api_key.strip() or api_key != api_key.strip()):
+            raise ValueError("the API key is empty or has surrounding whitespace")
         self.batcher = DynamicBatcher(model, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms)
-        self.server = ThreadingHTTPServer((host, port), make_handler(self.batcher, limits, model_name))
+        self.server = ThreadingHTTPServer((host, port), make_handler(self.batcher, limits or ServiceLimits(), model_name,
+                                                                  api_key))
         self.server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -134,16 +134,22 @@ class SearchEngineBM25:
         msearch_batch: queries per ``_msearch`` request. Default 64: large enough to amortize the
             round trip, small enough to keep responses of 1,000 hits each moderate.
         request_timeout: seconds per request. Default 120 (bulk loads and force merges are slow).
+        search_pipeline: an OpenSearch search pipeline every search goes through (e.g. one that reranks
+            the hits inside the engine, made by ``esrerank register opensearch``); the query text goes
+            with it in ``ext.rerank.query_context``. Default None.
     """
 
     engine = "engine"
     _adapter = None
 
     def __init__(self, url: str = "http://127.0.0.1:9200", index: str = "esrerank", msearch_batch: int = 64,
-                 request_timeout: float = 120.0):
+                 request_timeout: float = 120.0, search_pipeline: str | None = None):
+        if search_pipeline is not None and self.engine != "opensearch":
+            raise ValueError("search pipelines are OpenSearch's; Elasticsearch reranks through a retriever")
         self.url = url
         self.index = index
         self.msearch_batch = msearch_batch
+        self.search_pipeline = search_pipeline
         self.rest = self._adapter(url, request_timeout)
         self._meta: dict | None = None
 
@@ -175,6 +181,8 @@ class SearchEngineBM25:
             raise TypeError("search_many takes a list of query strings; use search() for one query")
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        if self.search_pipeline:
+            return self._search_through_pipeline(queries, k)
         results: list[list[Hit]] = []
         for start in range(0, len(queries), self.msearch_batch):
             batch = queries[start:start + self.msearch_batch]
@@ -184,16 +192,35 @@ class SearchEngineBM25:
                     raise ValueError(f"query {start + len(lines) // 2} is empty or not a string: {query!r}")
                 lines.append({})
                 lines.append(self._query_body(query, k))
-            response = self.rest.request("POST", f"/{self.index}/_msearch", body=ndjson(lines))
+            response = self.rest.request("POST", f"/{self.index}/_msearch", body=ndjson(lines),
+                                         params=self._search_params())
             for item in response["responses"]:
                 if "error" in item:
                     raise EngineError(item.get("status", 500), _reason(item))
                 results.append(self._hits(item))
         return results
 
+    def _search_through_pipeline(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        # _msearch takes no search_pipeline (OpenSearch 2.19: neither as a parameter nor in its header
+        # lines), so each query is its own _search, a few in flight at once: the engine waits on the
+        # reranking service, and the service batches concurrent requests together.
+        from concurrent.futures import ThreadPoolExecutor
+
+        for number, query in enumerate(queries):
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError(f"query {number} is empty or not a string: {query!r}")
+        with ThreadPoolExecutor(max_workers=self.pipeline_concurrency) as pool:
+            return list(pool.map(lambda query: self.search_one_request(query, k), queries))
+
+    pipeline_concurrency = 4
+
     def search_one_request(self, query: str, k: int = 10) -> list[Hit]:
         """One ``_search`` request (the per-query baseline the benchmark compares ``_msearch`` with)."""
-        return self._hits(self.rest.request("POST", f"/{self.index}/_search", body=self._query_body(query, k)))
+        return self._hits(self.rest.request("POST", f"/{self.index}/_search", body=self._query_body(query, k),
+                                            params=self._search_params()))
+
+    def _search_params(self) -> dict | None:
+        return {"search_pipeline": self.search_pipeline} if self.search_pipeline else None
 
     score_scale = 1.0
 
@@ -203,8 +230,14 @@ class SearchEngineBM25:
                 for rank, h in enumerate(response["hits"]["hits"], start=1)]
 
     def _query_body(self, query: str, k: int) -> dict:
-        return {"query": {"match": {FIELD: {"query": self._query_text(query)}}}, "size": k,
+        body = {"query": {"match": {FIELD: {"query": self._query_text(query)}}}, "size": k,
                 "_source": False, "track_total_hits": False}
+        if self.search_pipeline:
+            # the reranker reads the documents' fields from _source and the query as the user wrote it
+            body["_source"] = True
+            body["track_total_hits"] = True  # the rerank processor reads the total (2.19.1: NPE without it)
+            body["ext"] = {"rerank": {"query_context": {"query_text": query}}}
+        return body
 
     def fetch_texts(self, doc_ids: Sequence[str]) -> list[str]:
         """Title and text of each document (joined as the index field is), for the reranker."""
@@ -329,6 +362,16 @@ class OpenSearchBM25(SearchEngineBM25):
 
 
 ENGINES = {"elasticsearch": ElasticsearchBM25, "opensearch": OpenSearchBM25}
+_ADAPTERS = {"elasticsearch": _ElasticsearchRest, "opensearch": _OpenSearchRest}
+
+
+def rest_client(engine: str, url: str, request_timeout: float = 120.0):
+    """The engine's REST adapter alone: ``request(method, path, body=None, params=None)`` returning the
+    parsed answer and raising :class:`EngineError` (for cluster-level APIs: ML Commons, pipelines)."""
+    try:
+        return _ADAPTERS[engine](url, request_timeout)
+    except KeyError:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {sorted(_ADAPTERS)}") from None
 
 
 def connect(engine: str, url: str, index: str, **kwargs) -> SearchEngineBM25:
