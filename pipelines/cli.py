@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      parents=[common])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    evaluate = commands.add_parser("evaluate", parents=[common],
+    evaluate = commands.add_parser("evaluate", parents=[common], allow_abbrev=False,
                                    help="BM25 vs reranked effectiveness on a test collection")
     evaluate.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or HF id")
     evaluate.add_argument("--split", default="test", help="qrels split (default test)")
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output-json", help="write the measures as JSON here")
     evaluate.set_defaults(handler=run_evaluate)
 
-    search = commands.add_parser("search", parents=[common], help="retrieve (and rerank) for ad-hoc queries")
+    search = commands.add_parser("search", parents=[common], allow_abbrev=False, help="retrieve (and rerank) for ad-hoc queries")
     search.add_argument("queries", nargs="+", metavar="QUERY", help="query text (several allowed)")
     search.add_argument("--data", help="BEIR folder for the in-memory retriever")
     _add_retriever_args(search)
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--rerank-k", type=int, default=100, help="candidates reranked per query (default 100)")
     search.set_defaults(handler=run_search)
 
-    index = commands.add_parser("index", parents=[common], help="bulk-load a corpus into Elasticsearch/OpenSearch")
+    index = commands.add_parser("index", parents=[common], allow_abbrev=False, help="bulk-load a corpus into Elasticsearch/OpenSearch")
     index.add_argument("--data", required=True,
                        help="BEIR folder, MS MARCO collection.tsv, or 'msmarco-passage' (HF datasets copy)")
     index.add_argument("--engine", choices=["elasticsearch", "opensearch"], default="elasticsearch")
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--keep-old", action="store_true", help="keep the index the alias pointed to before")
     index.set_defaults(handler=run_index)
 
-    mine = commands.add_parser("mine", parents=[common], help="hard negatives from the first stage, for training")
+    mine = commands.add_parser("mine", parents=[common], allow_abbrev=False, help="hard negatives from the first stage, for training")
     mine.add_argument("--data", required=True, help="BEIR folder with the training queries and qrels")
     mine.add_argument("--split", default="train", help="qrels split (default train)")
     mine.add_argument("--out", required=True, help="output folder (a HF datasets dataset, stats.json)")
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="first-stage candidates per dev query reranked during training (default 30)")
     mine.set_defaults(handler=run_mine)
 
-    train = commands.add_parser("train", parents=[common], help="train a cross-encoder on mined data")
+    train = commands.add_parser("train", parents=[common], allow_abbrev=False, help="train a cross-encoder on mined data")
     train.add_argument("--dataset", required=True, help="folder written by 'esrerank mine' (labeled-list)")
     train.add_argument("--base-model", required=True, help="hub id or local folder; a base encoder gets a new head")
     train.add_argument("--out", required=True, help="where the trained model goes")
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     train.set_defaults(handler=run_train)
 
-    recipe = commands.add_parser("recipe", parents=[common], help="mine, train and evaluate in one command")
+    recipe = commands.add_parser("recipe", parents=[common], allow_abbrev=False, help="mine, train and evaluate in one command")
     recipe.add_argument("--train-data", required=True)
     recipe.add_argument("--train-split", default="train")
     recipe.add_argument("--eval-data", required=True)
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--resume", action="store_true")
     recipe.set_defaults(handler=run_recipe)
 
-    serve = commands.add_parser("serve", parents=[common], help="rerank over HTTP (Cohere/Jina and TEI APIs)")
+    serve = commands.add_parser("serve", parents=[common], allow_abbrev=False, help="rerank over HTTP (Cohere/Jina and TEI APIs)")
     serve.add_argument("--model", default=DEFAULT_MODEL, help=f"cross-encoder hub id or folder (default {DEFAULT_MODEL})")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_run_args(serve)
     serve.set_defaults(handler=run_serve)
 
-    register = commands.add_parser("register", parents=[common],
+    register = commands.add_parser("register", parents=[common], allow_abbrev=False,
                                    help="make the engine call 'esrerank serve' itself (rerank inside the engine)")
     register.add_argument("engine", choices=["opensearch", "elasticsearch"])
     register.add_argument("--url", help="engine URL (default http://127.0.0.1:9200, or :9201 for opensearch)")

@@ -145,7 +145,7 @@ def _search_ml(rest, kind: str, query: dict) -> list[dict]:
     except EngineError as exc:
         if exc.status == 404 and "index_not_found" in str(exc):
             return []
-        raise
+        raise explain(f"looking for existing {kind}", exc) from None
     return response.get("hits", {}).get("hits", [])
 
 
@@ -161,6 +161,21 @@ def _wait_for_task(rest, task_id: str, what: str, timeout_s: float) -> dict:
         if time.monotonic() > deadline:
             raise RegistrationError(f"{what}: task {task_id} still {state} after {timeout_s:.0f} s")
         time.sleep(0.5)
+
+
+def _wait_until_deployed(rest, model_id: str, timeout_s: float) -> None:
+    # the deploy task completes before the model's own record says DEPLOYED; a search through the
+    # pipeline (or a re-run of the registration) in between would see it deploying
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = rest.request("GET", f"/_plugins/_ml/models/{model_id}").get("model_state")
+        if state == "DEPLOYED":
+            return
+        if state == "DEPLOY_FAILED":
+            raise RegistrationError(f"deploying the model: model {model_id} failed to deploy; see the engine's log")
+        if time.monotonic() > deadline:
+            raise RegistrationError(f"deploying the model: model {model_id} still {state} after {timeout_s:.0f} s")
+        time.sleep(0.2)
 
 
 def register_opensearch(rest, service_url: str, name: str = "esrerank", rerank_fields: Sequence[str] = ("text",),
@@ -199,8 +214,9 @@ def register_opensearch(rest, service_url: str, name: str = "esrerank", rerank_f
               if hit["_source"].get("connector_id") == connector_id]
     models.sort(key=lambda hit: hit["_source"].get("model_state") != "DEPLOYED")  # a deployed one first
     if models:
-        model_id, state = models[0]["_id"], models[0]["_source"].get("model_state")
-        if state != "DEPLOYED":
+        model_id = models[0]["_id"]
+        state = rest.request("GET", f"/_plugins/_ml/models/{model_id}").get("model_state")  # search lags; GET is current
+        if state not in ("DEPLOYED", "DEPLOYING"):
             try:
                 task_id = rest.request("POST", f"/_plugins/_ml/models/{model_id}/_deploy")["task_id"]
             except EngineError as exc:
@@ -217,6 +233,7 @@ def register_opensearch(rest, service_url: str, name: str = "esrerank", rerank_f
         task = _wait_for_task(rest, answer["task_id"], "registering and deploying the model", deploy_timeout_s)
         model_id = answer.get("model_id") or task["model_id"]
         created.append("model")
+    _wait_until_deployed(rest, model_id, deploy_timeout_s)
 
     pipeline = opensearch_pipeline_body(model_id, rerank_fields, ignore_failure)
     try:

@@ -29,6 +29,7 @@ import hmac
 import json
 import logging
 import queue
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -305,6 +306,19 @@ def make_handler(batcher: DynamicBatcher, limits: ServiceLimits, model_name: str
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # A client that gave up (an engine's read timeout, a closed load-test client) is not a fault of
+        # the service: one log line, not the standard library's traceback on stderr.
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            logger.info("client %s went away before the answer was sent (%s)", client_address[0], type(error).__name__)
+        else:
+            super().handle_error(request, client_address)
+
+
 class RerankService:
     """The HTTP service around one model. ``start()`` serves in a background thread (tests, benchmarks);
     ``serve_forever()`` blocks (the CLI).
@@ -318,9 +332,8 @@ class RerankService:
         if api_key is not None and (not api_key.strip() or api_key != api_key.strip()):
             raise ValueError("the API key is empty or has surrounding whitespace")
         self.batcher = DynamicBatcher(model, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms)
-        self.server = ThreadingHTTPServer((host, port), make_handler(self.batcher, limits or ServiceLimits(), model_name,
-                                                                  api_key))
-        self.server.daemon_threads = True
+        self.server = _Server((host, port), make_handler(self.batcher, limits or ServiceLimits(), model_name,
+                                                      api_key))
         self._thread: threading.Thread | None = None
 
     @property

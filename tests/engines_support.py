@@ -10,6 +10,8 @@ import pytest
 URLS = {
     "elasticsearch": os.environ.get("ESRERANK_ES_URL", "http://127.0.0.1:9200"),
     "opensearch": os.environ.get("ESRERANK_OS_URL", "http://127.0.0.1:9201"),
+    # OpenSearch 2.19.1 with ML Commons and neural-search: reranking inside the engine
+    "opensearch-ml": os.environ.get("ESRERANK_OS_ML_URL", "http://127.0.0.1:9202"),
 }
 
 

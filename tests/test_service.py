@@ -117,20 +117,88 @@ def test_elasticsearch_custom_endpoint_request_is_answered_as_its_parser_reads(s
     indices, scores = _json_path_list(answer, parser["reranked_index"]), _json_path_list(answer, parser["relevance_score"])
     expected = model.predict([(query, d) for d in docs])
     assert sorted(indices) == [0, 1, 2]
-    assert scores == pytest.approx((1 / (1 + np.exp(-expected[indices]))).tolist(), abs=1e-6)
+    assert scores == pytest.approx(expected[indices].tolist(), rel=1e-6)  # the logits: "raw_scores": true
 
 
-def test_opensearch_cohere_connector_request_is_answered_as_its_post_process_reads(service):
-    # ML Commons' connector.pre_process.cohere.rerank supplies query, documents (a JSON array) and top_n;
-    # connector.post_process.cohere.rerank reads results[*].index and results[*].relevance_score.
+def test_docker_registration_files_are_what_esrerank_register_sends():
+    # docker/*.json are for users who register with curl; they must not drift from the code.
+    from pipelines.engine_rerank import elasticsearch_endpoint_body, opensearch_connector_body
+
+    key = "REPLACE_WITH_THE_SERVICE_API_KEY"
+    assert json.loads((DOCKER / "opensearch-connector.json").read_text()) == opensearch_connector_body(
+        "esrerank", "http://reranker:8080", key)
+    assert json.loads((DOCKER / "elasticsearch-inference-endpoint.json").read_text()) == elasticsearch_endpoint_body(
+        "http://reranker:8080", key)
+
+
+def test_raw_scores_on_the_cohere_route_are_the_logits(service):
     running, model = service
-    action = json.loads((DOCKER / "opensearch-connector.json").read_text())["actions"][0]
-    assert action["pre_process_function"] == "connector.pre_process.cohere.rerank"
-    query, docs = "what is bm25", ["BM25 is a ranking function", "bananas", "ranking with bm25 and tf idf"]
-    body = (action["request_body"].replace("${parameters.documents}", json.dumps(docs))
-            .replace("${parameters.query}", query).replace("${parameters.top_n}", str(len(docs))))
-    status, answer = request(running, "POST", urlsplit(action["url"]).path, raw=body.encode())
-    assert status == 200 and len(answer["results"]) == len(docs)
-    by_index = {r["index"]: r["relevance_score"] for r in answer["results"]}
-    expected = 1 / (1 + np.exp(-model.predict([(query, d) for d in docs])))
-    assert [by_index[i] for i in range(len(docs))] == pytest.approx(expected.tolist(), abs=1e-6)
+    docs = ["bm25 ranks documents", "bananas"]
+    expected = model.predict([("what is bm25", d) for d in docs])
+    status, body = request(running, "POST", "/v1/rerank", {"query": "what is bm25", "documents": docs, "raw_scores": True})
+    assert status == 200
+    assert {r["index"]: r["relevance_score"] for r in body["results"]} == {i: pytest.approx(float(expected[i]), rel=1e-6)
+                                                                          for i in range(2)}
+    assert request(running, "POST", "/v1/rerank", {"query": "q", "documents": ["d"], "raw_scores": "yes"})[0] == 422
+
+
+@pytest.mark.parametrize("value", [0.45869871725178923, 1.0, 1, 0.000012345678901234567, float(np.float32(0.1)),
+                                   float(np.float32(-7.3)), 0.9999999999999999])
+def test_scores_are_written_with_at_most_15_significant_digits_and_a_decimal_point(value):
+    from rerank.service import json_score
+
+    text = json.dumps(json_score(value))
+    mantissa = text.split("e")[0].lstrip("-").replace(".", "").lstrip("0")
+    assert len(mantissa) <= 15 and ("." in text or "e" in text), text
+    assert json_score(value) == pytest.approx(value, rel=1e-14)
+    if value == float(np.float32(value)):  # a float32 logit comes back as the same float32
+        assert np.float32(json.loads(text)) == np.float32(value)
+
+
+def test_api_key_guards_every_route_but_health(tiny_cross_encoder):
+    model = CrossEncoder(str(tiny_cross_encoder), max_length=64, dtype="float32")
+    running = RerankService(model, port=0, api_key="s3cret").start()
+    try:
+        host, port = running.server.server_address[:2]
+
+        def call(method, path, authorization=None, body=None):
+            connection = http.client.HTTPConnection(host, port, timeout=30)
+            headers = {"Content-Type": "application/json"}
+            if authorization:
+                headers["Authorization"] = authorization
+            connection.request(method, path, body=json.dumps(body) if body else None, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+            connection.close()
+            return response.status, response.getheader("WWW-Authenticate"), payload
+
+        body = {"query": "q", "documents": ["d"]}
+        assert call("POST", "/v1/rerank", None, body)[:2] == (401, 'Bearer realm="esrerank"')
+        assert b"missing Authorization" in call("POST", "/v1/rerank", None, body)[2]
+        assert b"wrong API key" in call("POST", "/rerank", "Bearer nope", {"query": "q", "texts": ["d"]})[2]
+        assert call("POST", "/v1/rerank", "s3cret", body)[0] == 401  # the scheme is part of it
+        assert call("GET", "/metrics")[0] == 401
+        assert call("POST", "/v1/rerank", "Bearer s3cret", body)[0] == 200
+        assert call("GET", "/metrics", "Bearer s3cret")[0] == 200
+        assert call("GET", "/health")[0] == 200
+    finally:
+        running.close()
+    with pytest.raises(ValueError, match="whitespace"):
+        RerankService(model, port=0, api_key=" padded ")
+
+
+def test_api_key_comes_from_a_file_or_the_environment_never_an_argument(tmp_path, monkeypatch):
+    from pipelines.cli import build_parser, read_api_key
+    from retrieval.records import DataError
+
+    (tmp_path / "key").write_text("from-file\n")
+    monkeypatch.setenv("ESRERANK_API_KEY", "from-env")
+    assert read_api_key(str(tmp_path / "key")) == "from-file"
+    assert read_api_key(None) == "from-env"
+    monkeypatch.delenv("ESRERANK_API_KEY")
+    assert read_api_key(None) is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(DataError, match="empty"):
+        read_api_key(str(tmp_path / "empty"))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--api-key", "visible-in-ps"])
