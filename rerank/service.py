@@ -11,9 +11,10 @@
 With an API key, every route but ``/health`` answers 401 unless the request carries
 ``Authorization: Bearer <key>``.
 
-Scores are written with at most 15 significant digits (:func:`json_score`): the engines' JSON parsers
-read a decimal of 17 digits (what Python writes for most doubles) as a BigDecimal, and ML Commons' Cohere
-post-processing then fails with a ClassCastException; 15 digits keep every float32 logit exact.
+Each score is written as a number of at most 18 characters (:func:`json_score`): ML Commons reads the
+service's answer with json-smart, which turns longer decimals (what Python writes for most doubles, e.g.
+``0.45869871725178923`` or ``-3.4000000953674316``) into BigDecimals, and its Cohere post-processing then
+fails with a ClassCastException. 18 characters still carry every float32 logit exactly.
 
 Requests from concurrent clients are batched together: one worker thread owns the model and takes
 queued requests until their pairs fill a token budget or the oldest has waited ``max_wait_ms``, then
@@ -162,9 +163,21 @@ def _estimate_tokens(pairs) -> int:
 
 
 def json_score(value) -> float:
-    """A score as a JSON number every engine reads as a double: at most 15 significant digits, always
-    with a decimal point or exponent (``json`` writes ``1.0``, not ``1``, for a float)."""
-    return float(f"{float(value):.15g}")
+    """A score as a JSON number every engine reads as a double: the most precise decimal whose text has
+    at most 18 characters (sign, point and exponent included), always with a point or an exponent
+    (``json`` writes ``1.0``, not ``1``, for a float). json-smart, the parser behind ML Commons'
+    JSONPath, reads a longer decimal as a BigDecimal and an integer as an Integer; the Cohere
+    post-processing then fails casting it to Double. A float32 logit needs 9 significant digits, so
+    it comes back as the same float32."""
+    value = float(value)
+    for digits in range(17, 0, -1):
+        candidate = float(f"{value:.{digits}g}")
+        if len(repr(candidate)) <= MAX_NUMBER_CHARS:
+            return candidate
+    return candidate
+
+
+MAX_NUMBER_CHARS = 18  # json-smart's JSONParserBase.extractFloat: longer texts become BigDecimal
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
