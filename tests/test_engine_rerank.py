@@ -69,7 +69,7 @@ def test_register_creates_once_and_a_rerun_changes_nothing(engine_url, service, 
 
 
 def test_engine_reranked_top10_equals_client_side_for_every_query(engine_url, vaswani_index, vaswani_collection,
-                                                                  model, registration):
+                                                                  model, registration, capsys):
     queries = vaswani_collection.queries
     bm25 = OpenSearchBM25(engine_url, vaswani_index)
     first_stage = first_stage_run(bm25, queries, 100)
@@ -85,7 +85,8 @@ def test_engine_reranked_top10_equals_client_side_for_every_query(engine_url, va
         assert [h.score for h in engine_top] == pytest.approx([h.score for h in client_top], rel=1e-6)
     client_ndcg = mean_scores(per_query_scores(client, vaswani_collection.qrels))["nDCG@10"]
     engine_ndcg = mean_scores(per_query_scores(in_engine, vaswani_collection.qrels))["nDCG@10"]
-    print(f"vaswani nDCG@10, window {WINDOW}: client-side {client_ndcg:.4f}, inside OpenSearch {engine_ndcg:.4f}")
+    with capsys.disabled():  # shown in CI's log
+        print(f"\nvaswani nDCG@10, window {WINDOW}: client-side {client_ndcg:.4f}, inside OpenSearch {engine_ndcg:.4f}")
     assert engine_ndcg == pytest.approx(client_ndcg, abs=1e-12)
 
 
@@ -138,7 +139,7 @@ def _search_seconds(searcher, query="measurement of dielectric constant"):
     return time.perf_counter() - started, None
 
 
-def test_service_stopped_slow_or_failing_gives_a_clear_error_never_a_hang(engine_url, vaswani_index):
+def test_service_stopped_slow_or_failing_gives_a_clear_error_never_a_hang(engine_url, vaswani_index, capsys):
     rest = rest_client("opensearch", engine_url)
     outcomes = {}
     stopped = register_opensearch(rest, f"http://127.0.0.1:{_free_port()}", name="esrerank-test-stopped", timeout_s=2)
@@ -152,7 +153,8 @@ def test_service_stopped_slow_or_failing_gives_a_clear_error_never_a_hang(engine
         finally:
             running.close()
     for name, (seconds, error) in outcomes.items():
-        print(f"service {name}: the engine answered in {seconds:.2f} s: {error}")
+        with capsys.disabled():
+            print(f"\nservice {name}: the engine answered in {seconds:.2f} s: {error}")
         assert error is not None, name
         assert seconds < 7.5, name  # the connector's 2 s timeouts, not the slow service's 8 s
     assert "500" in str(outcomes["5xx"][1]) and "out of memory" in str(outcomes["5xx"][1])
