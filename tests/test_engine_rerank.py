@@ -202,3 +202,32 @@ def test_cli_register_prints_one_json_line_and_errors_in_one_line(engine_url, se
     error = capsys.readouterr().err.strip()
     assert error.startswith("esrerank: error: looking for existing connectors: the ML Commons plugin (opensearch-ml) "
                             "is not installed") and "\n" not in error
+
+
+def test_cli_evaluate_and_search_through_the_pipeline_equal_client_side(engine_url, vaswani, vaswani_index,
+                                                                       tiny_cross_encoder, registration, tmp_path,
+                                                                       capsys):
+    import json
+
+    from pipelines.cli import main
+
+    common = ["--data", str(vaswani), "--retriever", "opensearch", "--url", engine_url, "--index", vaswani_index,
+              "--retrieve-k", "100", "--rerank-k", "10", "-q"]
+    assert main(["evaluate", *common, "--search-pipeline", registration.pipeline,
+                 "--output-json", str(tmp_path / "engine.json")]) == 0
+    assert main(["evaluate", *common, "--model", str(tiny_cross_encoder), "--max-length", "128", "--dtype", "float32",
+                 "--output-json", str(tmp_path / "client.json")]) == 0
+    engine, client = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("engine", "client"))
+    assert engine == client
+    capsys.readouterr()
+    assert main(["search", "dielectric constant of liquids", "--retriever", "opensearch", "--url", engine_url,
+                 "--index", vaswani_index, "--search-pipeline", registration.pipeline, "-k", "5", "--rerank-k", "10",
+                 "-q"]) == 0
+    engine_lines = capsys.readouterr().out.splitlines()
+    assert main(["search", "dielectric constant of liquids", "--retriever", "opensearch", "--url", engine_url,
+                 "--index", vaswani_index, "--model", str(tiny_cross_encoder), "--max-length", "128", "--dtype",
+                 "float32", "-k", "5", "--rerank-k", "10", "-q"]) == 0
+    client_lines = capsys.readouterr().out.splitlines()
+    assert len(engine_lines) == 6 and engine_lines == client_lines
+    assert main(["evaluate", "--data", str(vaswani), "--search-pipeline", registration.pipeline, "-q"]) == 2
+    assert "needs --retriever opensearch" in capsys.readouterr().err
