@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.evaluation import bootstrap_ci, compare, mean_scores, per_query_scores  # noqa: E402
 from pipelines.mining import split_queries  # noqa: E402
-from pipelines.recipe import fused_run, reranker_head_scores  # noqa: E402
+from pipelines.fusion import fused_run  # noqa: E402
+from pipelines.retrieve_rerank import RetrieveRerank  # noqa: E402
 from pipelines.retrieve_rerank import first_stage_run  # noqa: E402
 from retrieval.bm25 import InMemoryBM25  # noqa: E402
 from retrieval.corpus import load_collection  # noqa: E402
@@ -68,7 +69,8 @@ def evaluate(model_dir: Path, queries, bm25_run, texts, rerank_k: int) -> tuple[
 
     reranker = CrossEncoder(str(model_dir))
     started = time.perf_counter()
-    heads = reranker_head_scores(reranker, queries, bm25_run, texts, rerank_k)
+    heads = RetrieveRerank(None, reranker, retrieve_k=rerank_k, rerank_k=rerank_k, texts=texts).head_scores(
+        queries, bm25_run)
     return heads, repr(reranker), time.perf_counter() - started
 
 

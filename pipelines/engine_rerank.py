@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from retrieval.engines import EngineError
+from retrieval.errors import EsrerankError
 
 logger = logging.getLogger(__name__)
 
 NO_KEY = "no-key"  # ML Commons refuses a connector without a credential; this one is never checked
 
 
-class RegistrationError(RuntimeError):
+class RegistrationError(EsrerankError):
     """The engine refused a registration step; the message names the setting or plugin to fix."""
 
 

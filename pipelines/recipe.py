@@ -22,22 +22,11 @@ from retrieval.records import Query
 
 from .evaluation import bootstrap_ci, compare, mean_scores, per_query_scores
 from .mining import MiningConfig, dev_samples, mine_hard_negatives, save_mined, split_queries
-from .retrieve_rerank import first_stage_run, fuse, merge_head_and_tail
+from .fusion import FUSION_FILE, fused_run
+from .retrieve_rerank import RetrieveRerank, first_stage_run
 from .runs import Run
 
 logger = logging.getLogger(__name__)
-
-FUSION_FILE = "esrerank_fusion.json"  # the fusion a trained model's dev split preferred
-
-
-def recorded_fusion(model_dir) -> tuple[str | None, float]:
-    """The fusion (and weight) the recipe recorded beside a trained model; (None, 1.0) when none."""
-    path = Path(model_dir) / FUSION_FILE
-    if not path.is_file():
-        return None, 1.0
-    choice = json.loads(path.read_text())
-    return choice["fusion"], float(choice["alpha"])
-
 
 @dataclass(frozen=True)
 class RecipeConfig:
@@ -54,7 +43,8 @@ def evaluate_reranker(reranker, queries: Sequence[Query], qrels, bm25_run: Run, 
     """BM25 vs reranked (and fused) nDCG@10 etc. on ``queries``, with 95% bootstrap intervals, paired
     t-tests, and the interpolation weight tuned by 2-fold cross-validation over the queries."""
     qrels = {q.query_id: qrels[q.query_id] for q in queries if q.query_id in qrels}  # means over these queries
-    head_scores = reranker_head_scores(reranker, queries, bm25_run, texts, rerank_k)
+    head_scores = RetrieveRerank(None, reranker, retrieve_k=max(rerank_k, 1), rerank_k=rerank_k,
+                                 texts=texts).head_scores(queries, bm25_run)
     bm25_per_query = per_query_scores(bm25_run, qrels)
     runs = {"reranked": fused_run(queries, bm25_run, head_scores, rerank_k, None, 1.0)}
     per_query = {"bm25": bm25_per_query, "reranked": per_query_scores(runs["reranked"], qrels)}
@@ -81,33 +71,6 @@ def evaluate_reranker(reranker, queries: Sequence[Query], qrels, bm25_run: Run, 
     for comparison in compare(per_query["bm25"], per_query["reranked"]):
         result["significance"][comparison.measure] = comparison.p_value
     return result
-
-
-def reranker_head_scores(reranker, queries, bm25_run, texts, rerank_k) -> dict[str, np.ndarray]:
-    """The reranker's scores of each query's first-stage top ``rerank_k``, in first-stage order, scored
-    in one call."""
-    pairs, owners = [], []
-    for query in queries:
-        for hit in bm25_run.get(query.query_id, [])[:rerank_k]:
-            pairs.append((query.text, texts[hit.doc_id]))
-            owners.append(query.query_id)
-    scores = reranker.predict(pairs)
-    by_query: dict[str, list[float]] = {}
-    for owner, score in zip(owners, scores):
-        by_query.setdefault(owner, []).append(float(score))
-    return {q: np.array(s) for q, s in by_query.items()}
-
-
-def fused_run(queries, bm25_run, head_scores, rerank_k, fusion, alpha) -> Run:
-    """The run of the reranked heads (scores ``fuse``d with the first stage's; ``fusion=None``: the
-    reranker's alone), each followed by its first-stage tail."""
-    run = {}
-    for query in queries:
-        hits = list(bm25_run.get(query.query_id, []))
-        head = hits[:rerank_k]
-        scores = fuse(head, head_scores.get(query.query_id, np.zeros(0)), fusion, alpha)
-        run[query.query_id] = merge_head_and_tail(head, scores, hits[rerank_k:])
-    return run
 
 
 def _two_fold(fusion_scores: dict, query_ids: list[str]) -> dict[str, float]:

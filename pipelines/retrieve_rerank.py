@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from retrieval.records import Hit, Query
 
+from .fusion import fused_run
 from .runs import Run
 
 logger = logging.getLogger(__name__)
@@ -117,18 +118,23 @@ class RetrieveRerank:
         """Rerank a given first-stage run (e.g. official top-1000 files); queries it lacks get no hits."""
         if self.reranker is None or self.rerank_k == 0:
             return {q.query_id: list(first_stage.get(q.query_id, []))[: self.retrieve_k] for q in queries}
+        clipped = {q.query_id: list(first_stage.get(q.query_id, []))[: self.retrieve_k] for q in queries}
+        return fused_run(queries, clipped, self.head_scores(queries, clipped, show_progress), self.rerank_k,
+                         self.fusion, self.alpha)
+
+    def head_scores(self, queries: Sequence[Query], first_stage: Run,
+                    show_progress: bool | None = None) -> dict[str, np.ndarray]:
+        """The reranker's scores of each query's first-stage top ``rerank_k``, in first-stage order:
+        ``queries_per_batch`` queries' candidates per reranker call, so its batches are full."""
         if show_progress is None:
             show_progress = len(queries) > 50
-        reranked: Run = {}
+        scores: dict[str, np.ndarray] = {}
         for start in tqdm(range(0, len(queries), self.queries_per_batch), desc="reranking queries",
                           unit="batch", disable=not show_progress):
             batch = queries[start:start + self.queries_per_batch]
-            candidates = [list(first_stage.get(q.query_id, []))[: self.retrieve_k] for q in batch]
-            heads = [hits[: self.rerank_k] for hits in candidates]
-            for q, hits, all_hits, scores in zip(batch, heads, candidates, self._head_scores(batch, heads)):
-                head_scores = fuse(hits, scores, self.fusion, self.alpha)
-                reranked[q.query_id] = merge_head_and_tail(hits, head_scores, all_hits[len(hits):])
-        return reranked
+            heads = [list(first_stage.get(q.query_id, []))[: self.rerank_k] for q in batch]
+            scores.update(zip((q.query_id for q in batch), self._head_scores(batch, heads)))
+        return scores
 
     def _head_scores(self, queries: Sequence[Query], heads: list[list[Hit]]) -> list[np.ndarray]:
         if isinstance(self.reranker, EngineReranker):
@@ -155,30 +161,3 @@ class RetrieveRerank:
 def first_stage_run(retriever: Retriever, queries: Sequence[Query], k: int) -> Run:
     """The retriever's top ``k`` for each query, keyed by query id."""
     return dict(zip((q.query_id for q in queries), retriever.search_many([q.text for q in queries], k)))
-
-
-RRF_K = 60  # the constant of Cormack et al. (2009)
-
-
-def fuse(first_stage: Sequence[Hit], reranker_scores: np.ndarray, fusion: str | None, alpha: float) -> np.ndarray:
-    """Combine first-stage and reranker scores of one query's reranked head."""
-    if fusion is None or len(reranker_scores) == 0:
-        return reranker_scores
-    if fusion == "interpolate":
-        def normalized(values):
-            values = np.asarray(values, dtype=np.float64)
-            spread = values.max() - values.min()
-            return (values - values.min()) / spread if spread > 0 else np.zeros_like(values)
-        return alpha * normalized(reranker_scores) + (1 - alpha) * normalized([h.score for h in first_stage])
-    reranker_rank = np.empty(len(reranker_scores))
-    reranker_rank[np.argsort(-reranker_scores, kind="stable")] = np.arange(1, len(reranker_scores) + 1)
-    first_rank = np.arange(1, len(first_stage) + 1)
-    return alpha / (RRF_K + reranker_rank) + (1 - alpha) / (RRF_K + first_rank)
-
-
-def merge_head_and_tail(head: Sequence[Hit], head_scores: np.ndarray, tail: Sequence[Hit]) -> list[Hit]:
-    order = np.argsort(-head_scores, kind="stable")  # ties keep first-stage order
-    merged = [Hit(head[i].doc_id, float(head_scores[i]), rank) for rank, i in enumerate(order, start=1)]
-    floor = float(head_scores.min()) if len(head_scores) else 0.0
-    merged += [Hit(hit.doc_id, floor - offset, len(merged) + offset) for offset, hit in enumerate(tail, start=1)]
-    return merged

@@ -45,6 +45,9 @@ def _check_sequence_classifier(model: str, trust_remote_code: bool):
     local = Path(model).expanduser()
     if local.exists() and not (local / "config.json").is_file():
         raise ModelError(f"{local}: not a transformers model folder (no config.json)")
+    if not local.exists() and (model.startswith(("/", "./", "../", "~")) or model.count("/") > 1):
+        # a hub id is 'name' or 'owner/name': anything else was meant as a folder
+        raise ModelError(f"{model}: no such model folder (nor a hub id, which is 'name' or 'owner/name')")
     try:
         config = AutoConfig.from_pretrained(str(local) if local.exists() else model,
                                             trust_remote_code=trust_remote_code)

@@ -40,10 +40,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from .errors import InputError, ServiceError
+
 logger = logging.getLogger(__name__)
 
 
-class RequestError(ValueError):
+class RequestError(InputError):
+    """A request the service answers with a 4xx status."""
+
     def __init__(self, status: int, message: str):
         self.status = status
         super().__init__(message)
@@ -343,10 +347,14 @@ class RerankService:
                  max_wait_ms: float = 5.0, limits: ServiceLimits | None = None, model_name: str = "",
                  api_key: str | None = None):
         if api_key is not None and (not api_key.strip() or api_key != api_key.strip()):
-            raise ValueError("the API key is empty or has surrounding whitespace")
+            raise ServiceError("the API key is empty or has surrounding whitespace")
         self.batcher = DynamicBatcher(model, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms)
-        self.server = _Server((host, port), make_handler(self.batcher, limits or ServiceLimits(), model_name,
-                                                      api_key))
+        try:
+            self.server = _Server((host, port), make_handler(self.batcher, limits or ServiceLimits(), model_name,
+                                                             api_key))
+        except OSError as exc:
+            self.batcher.close()
+            raise ServiceError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self._thread: threading.Thread | None = None
 
     @property

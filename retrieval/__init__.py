@@ -1,9 +1,20 @@
-"""First stage: BM25 engines, analyzers, corpus readers and indexing."""
+"""First stage: BM25 engines, analyzers, corpus readers and indexing.
 
-from .analysis import english_analyzer, get_analyzer, standard_analyzer
-from .bm25 import InMemoryBM25, TopKArrays
-from .corpus import Collection, load_beir, load_collection, read_qrels
-from .records import DataError, Document, Hit, Query
+Names are imported on first use, so that importing one small module (``retrieval.errors``, which
+``rerank`` shares) does not pay for numpy, scipy and numba.
+"""
 
-__all__ = ["InMemoryBM25", "TopKArrays", "Collection", "DataError", "Document", "Hit", "Query", "english_analyzer",
-           "get_analyzer", "load_beir", "load_collection", "read_qrels", "standard_analyzer"]
+from importlib import import_module
+
+_LAZY = {"english_analyzer": "analysis", "get_analyzer": "analysis", "standard_analyzer": "analysis",
+         "InMemoryBM25": "bm25", "TopKArrays": "bm25", "Collection": "corpus", "load_beir": "corpus",
+         "load_collection": "corpus", "read_qrels": "corpus", "DataError": "records", "Document": "records",
+         "Hit": "records", "Query": "records", "EsrerankError": "errors", "InputError": "errors"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'retrieval' has no attribute {name!r}")

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 from .analysis import get_analyzer
+from .errors import EsrerankError
+from .records import DataError
 from .records import Hit
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ FIELD = "contents"  # the indexed field: title and text joined, as the in-memory
 SIMILARITY = "esrerank_bm25"
 
 
-class EngineError(RuntimeError):
+class EngineError(EsrerankError, RuntimeError):
     """The server answered with an error; ``status`` is its HTTP status."""
 
     def __init__(self, status: int, message: str):
@@ -41,7 +43,30 @@ class EngineUnavailable(EngineError):
     """No answer from the server (refused, reset, timed out)."""
 
     def __init__(self, url: str, cause: str):
-        super().__init__(0, f"cannot reach {url}: {cause}")
+        super().__init__(0, f"cannot reach {url}: {_short_cause(cause)}")
+
+
+def _short_cause(cause: str) -> str:
+    # the clients nest urllib3's whole exception chain in the message; its errno text is what matters
+    for marker in ("[Errno", "timed out", "Connection refused"):
+        if marker in cause:
+            start = cause.index(marker)
+            return cause[start:].split(")")[0].strip(" '\"")
+    return " ".join(cause.split())[:200]
+
+
+def check_url(url: str) -> str:
+    """The URL of a server, refused early unless it is http(s)://host[:port][/path]."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DataError(url, "not a server URL: give http(s)://HOST:PORT, e.g. http://127.0.0.1:9200")
+    try:
+        parts.port
+    except ValueError:
+        raise DataError(url, "the port is not a number") from None
+    return url
 
 
 # --- REST adapters ------------------------------------------------------------------------------------
@@ -53,7 +78,7 @@ class _ElasticsearchRest:
         import elasticsearch
 
         self._errors = elasticsearch
-        self.url = url
+        self.url = check_url(url)
         self.client = elasticsearch.Elasticsearch(url, request_timeout=request_timeout, max_retries=0,
                                                   retry_on_timeout=False)
 
@@ -78,7 +103,7 @@ class _OpenSearchRest:
         import opensearchpy
 
         self._errors = opensearchpy
-        self.url = url
+        self.url = check_url(url)
         self.client = opensearchpy.OpenSearch([url], timeout=request_timeout, max_retries=0, retry_on_timeout=False,
                                               pool_maxsize=16)  # parallel bulk workers share the client
 
@@ -97,7 +122,9 @@ def _reason(body: Any) -> str:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         error = body["error"]
         return f"{error.get('type')}: {error.get('reason')}"
-    return str(body)[:500] if body else ""
+    if isinstance(body, str) and body.lstrip().startswith("<"):
+        return "the answer is HTML, not JSON: is this URL an Elasticsearch/OpenSearch server?"
+    return " ".join(str(body).split())[:500] if body else ""
 
 
 def ndjson(lines: Iterable[dict]) -> str:

@@ -31,13 +31,14 @@ from tqdm.auto import tqdm
 from .analysis import get_analyzer
 from .engines import FIELD, EngineError, EngineUnavailable, IndexSettings, SearchEngineBM25, ndjson
 from .records import Document
+from .errors import EsrerankError
 
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
 
 
-class IndexingAborted(RuntimeError):
+class IndexingAborted(EsrerankError, RuntimeError):
     """The load stopped (server gone, interrupted); what was acknowledged is recorded for a re-run."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class Document:
@@ -35,7 +37,7 @@ class Hit(NamedTuple):
     rank: int
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad input data. The message names the file, the line (when there is one) and the problem."""
 
     def __init__(self, path, problem: str, line: int | None = None):

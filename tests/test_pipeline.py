@@ -97,7 +97,7 @@ def test_trec_run_round_trip_and_errors(tmp_path):
 
 
 def test_fusion_interpolates_normalized_scores_and_rrf_ranks():
-    from pipelines.retrieve_rerank import RRF_K, fuse
+    from pipelines.fusion import RRF_K, fuse
 
     head = [Hit("a", 10.0, 1), Hit("b", 6.0, 2), Hit("c", 2.0, 3)]
     reranker = np.array([0.0, 5.0, 10.0])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rerank.cross_encoder import CrossEncoder
+from rerank.errors import ServiceError
 from rerank.service import RerankService, ServiceLimits
 
 
@@ -184,12 +185,13 @@ def test_api_key_guards_every_route_but_health(tiny_cross_encoder):
         assert call("GET", "/health")[0] == 200
     finally:
         running.close()
-    with pytest.raises(ValueError, match="whitespace"):
+    with pytest.raises(ServiceError, match="whitespace"):
         RerankService(model, port=0, api_key=" padded ")
 
 
 def test_api_key_comes_from_a_file_or_the_environment_never_an_argument(tmp_path, monkeypatch):
-    from pipelines.cli import build_parser, read_api_key
+    from pipelines.cli import build_parser
+    from pipelines.cli.options import read_api_key
     from retrieval.records import DataError
 
     (tmp_path / "key").write_text("from-file\n")

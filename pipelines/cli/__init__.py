@@ -1,0 +1,54 @@
+"""The ``esrerank`` command line: a thin layer over the Python API, one module per subcommand.
+
+Each subcommand module has ``add_parser(commands, common)`` and ``run(args)``: ``run`` turns flags into a
+library call and prints. Anything a user can cause ends in one ``esrerank: error: …`` line: every
+esrerank error derives from :class:`retrieval.errors.EsrerankError` and is caught here, once; exit
+status 2 for bad input (as argparse's own errors), 1 for a run that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from retrieval.errors import EsrerankError
+
+from . import evaluate, index, mine, recipe, register, search, serve, train
+
+COMMANDS = (evaluate, search, index, mine, train, recipe, serve, register)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (argparse prints the whole usage first) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    parser = Parser(prog="esrerank", description="BM25 retrieval + cross-encoder reranking.",
+                                     parents=[common], allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(commands, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("elastic_transport", "opensearch", "urllib3", "httpx"):  # one line per HTTP request
+        logging.getLogger(noisy).setLevel(logging.ERROR)  # esrerank reports what failed
+    try:
+        return args.handler(args)
+    except EsrerankError as error:  # anything a user can cause: one line, 2 for bad input, 1 for a failed run
+        print(f"esrerank: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return error.exit_status
+    except KeyboardInterrupt:
+        print("esrerank: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,84 @@
+"""``esrerank evaluate``: BM25 vs reranked effectiveness on a test collection."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rerank import DEFAULT_MODEL
+from retrieval.records import DataError
+
+from .options import add_first_stage_args, add_reranker_args, add_retriever_args, add_search_pipeline_arg, first_stage_from, fraction, logger, non_negative_int, positive_int, read_query_ids, reranker_from
+
+def add_parser(commands, common) -> None:
+    parser = commands.add_parser("evaluate", parents=[common], allow_abbrev=False,
+                                   help="BM25 vs reranked effectiveness on a test collection")
+    parser.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or HF id")
+    parser.add_argument("--split", default="test", help="qrels split (default test)")
+    parser.add_argument("--query-ids", help="JSON list of query ids to evaluate (e.g. a recipe's dev_query_ids.json)")
+    add_reranker_args(parser, DEFAULT_MODEL)
+    parser.add_argument("--retrieve-k", type=positive_int, default=1000, help="first-stage depth (default 1000)")
+    parser.add_argument("--rerank-k", type=non_negative_int, default=100, help="candidates reranked per query (default 100)")
+    add_first_stage_args(parser)
+    add_retriever_args(parser)
+    add_search_pipeline_arg(parser)
+    parser.add_argument("--candidates", help="rerank this first-stage TREC run instead of retrieving")
+    parser.add_argument("--fusion", choices=["auto", "none", "interpolate", "rrf"], default="none",
+                          help="combine BM25 and reranker scores: none (default: the reranker alone), interpolate, "
+                               "rrf, or auto: what 'esrerank recipe' found best for this model (recorded beside it)")
+    parser.add_argument("--alpha", type=fraction, default=None, help="reranker weight in fusion (default 0.5)")
+    parser.add_argument("--save-run", help="write the final run (reranked, or BM25 with --model none) here")
+    parser.add_argument("--output-json", help="write the measures as JSON here")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from retrieval.corpus import load_collection
+
+    from ..evaluation import format_single, format_table
+    from ..experiment import evaluate, select_queries
+    from ..runs import read_trec_run, write_trec_run
+
+    started = time.perf_counter()
+    reranker = reranker_from(args)  # first: a bad model should fail before minutes of retrieval
+    collection = select_queries(load_collection(args.data, args.split), read_query_ids(args.query_ids),
+                                args.query_ids or "query ids")
+    logger.info("%s: %d documents, %d judged queries (split %s)", collection.name, len(collection.documents),
+                len(collection.queries), args.split)
+    retriever, candidates = None, None
+    if args.candidates:
+        candidates, source = read_trec_run(args.candidates, depth=args.retrieve_k), f"candidates from {args.candidates}"
+    else:
+        retriever, source = first_stage_from(args, collection.documents)
+    logger.info("first stage: %s", source)
+    fusion, alpha = args.fusion, args.alpha if args.alpha is not None else 0.5
+    if reranker is not None:
+        logger.info("reranker: %r, top %d of %d", reranker, args.rerank_k, args.retrieve_k)
+        if fusion == "auto":
+            from ..fusion import recorded_fusion
+
+            fusion, recorded_alpha = recorded_fusion(args.model)
+            alpha = args.alpha if args.alpha is not None else recorded_alpha
+            if fusion:
+                logger.info("fusion %s with alpha %.2f, as recorded for this model on its dev split", fusion, alpha)
+    try:
+        result = evaluate(collection, retriever, reranker, retrieve_k=args.retrieve_k, rerank_k=args.rerank_k,
+                          candidates=candidates, fusion=None if fusion in (None, "none") else fusion, alpha=alpha,
+                          show_progress=not args.quiet)
+    except DataError as error:
+        if error.path == "candidates":  # name the file the user gave
+            raise DataError(args.candidates, error.problem) from None
+        raise
+
+    print(f"{collection.name} ({args.split}, {len(collection.queries)} queries); first stage: {source}")
+    print(format_table(result.comparisons) if reranker is not None else format_single(result.measures["bm25"]))
+    if args.save_run:
+        write_trec_run(result.final, args.save_run, tag="reranked" if reranker is not None else "bm25")
+        logger.info("run written to %s", args.save_run)
+    if args.output_json:
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_json).write_text(json.dumps(result.measures, indent=2) + "\n", encoding="utf-8")
+        logger.info("measures written to %s", args.output_json)
+    logger.info("done in %.1f s", time.perf_counter() - started)
+    return 0

@@ -1,0 +1,73 @@
+"""``esrerank mine``: hard negatives from the first stage, for training."""
+
+from __future__ import annotations
+
+import json
+
+from .options import add_first_stage_args, add_retriever_args, first_stage_from, fraction, non_negative_int, positive_float, positive_int, read_query_ids, teacher_from
+
+def add_parser(commands, common) -> None:
+    parser = commands.add_parser("mine", parents=[common], allow_abbrev=False, help="hard negatives from the first stage, for training")
+    parser.add_argument("--data", required=True, help="BEIR folder with the training queries and qrels")
+    parser.add_argument("--split", default="train", help="qrels split (default train)")
+    parser.add_argument("--out", required=True, help="output folder (a HF datasets dataset, stats.json)")
+    add_retriever_args(parser)
+    add_first_stage_args(parser)
+    parser.add_argument("--depth", type=positive_int, default=100, help="candidates per query (default 100)")
+    parser.add_argument("--range-min", type=non_negative_int, default=0, help="first window position, positives removed (default 0)")
+    parser.add_argument("--range-max", type=positive_int, default=100, help="end of the window, exclusive (default 100)")
+    parser.add_argument("--num-negatives", type=non_negative_int, default=6, help="hard negatives per query (default 6)")
+    parser.add_argument("--num-random-negatives", type=non_negative_int, default=3,
+                      help="easy negatives per query, drawn at random from the corpus (default 3)")
+    parser.add_argument("--sampling", choices=["top", "random"], default="top")
+    parser.add_argument("--teacher", help="model that filters likely false negatives: a cross-encoder, or a "
+                                        "sentence-transformers bi-encoder (cosine similarity)")
+    parser.add_argument("--teacher-type", choices=["auto", "cross-encoder", "bi-encoder"], default="auto",
+                      help="auto (default): a one-label sequence classifier is a cross-encoder, else a bi-encoder")
+    margin = parser.add_mutually_exclusive_group()
+    margin.add_argument("--absolute-margin", type=positive_float, help="drop negatives scoring above positive - X")
+    margin.add_argument("--relative-margin", type=fraction, help="drop negatives scoring above positive x (1 - X)")
+    parser.add_argument("--format", choices=["labeled-list", "triplet", "n-tuple", "labeled-pair"], default="labeled-list")
+    parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--exclude-queries", help="JSON list of query ids to leave out (e.g. a test split)")
+    parser.add_argument("--dev-queries", type=non_negative_int, default=None,
+                      help="queries held out of training as the dev split 'esrerank train' evaluates on, stops "
+                           "early on and picks its checkpoint by (default: min(100, a fifth of the queries); 0: none)")
+    parser.add_argument("--dev-depth", type=positive_int, default=30,
+                      help="first-stage candidates per dev query reranked during training (default 30)")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from retrieval.corpus import load_collection
+
+    from ..mining import MiningConfig, dev_samples, mine_hard_negatives, save_dev_samples, save_mined, split_queries
+    from ..retrieve_rerank import first_stage_run
+
+    collection = load_collection(args.data, args.split)
+    excluded = read_query_ids(args.exclude_queries) or set()
+    queries = [q for q in collection.queries if q.query_id not in excluded]
+    config = MiningConfig(depth=args.depth, range_min=args.range_min, range_max=args.range_max,
+                          num_negatives=args.num_negatives, num_random_negatives=args.num_random_negatives,
+                          sampling=args.sampling, absolute_margin=args.absolute_margin,
+                          relative_margin=args.relative_margin, output_format=args.format, seed=args.seed)
+    teacher = teacher_from(args.teacher, args.teacher_type) if args.teacher else None
+    dev_size = min(100, len(queries) // 5) if args.dev_queries is None else args.dev_queries
+    dev_queries: list = []
+    if dev_size:
+        queries, dev_queries = split_queries(queries, dev_size, args.seed)
+    retriever, source = first_stage_from(args, collection.documents)
+    candidates = first_stage_run(retriever, queries + dev_queries, max(config.depth, args.dev_depth))
+    texts = collection.texts()
+    rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, teacher,
+                                      show_progress=not args.quiet)
+    save_mined(rows, stats, config, args.out, extra={"first_stage": source, "data": str(args.data),
+                                                     "dev_queries": [q.query_id for q in dev_queries]})
+    summary = stats.summary()
+    print(f"mined {summary['rows']} rows from {summary['kept']} of {summary['queries']} queries into {args.out}")
+    if dev_queries:
+        samples = dev_samples(dev_queries, collection.qrels, candidates, texts, args.dev_depth)
+        path = save_dev_samples(samples, args.out)
+        print(f"held out {len(samples)} dev queries (top {args.dev_depth} candidates each) in {path}")
+    print(json.dumps(summary, indent=2))
+    return 0

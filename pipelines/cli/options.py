@@ -1,0 +1,242 @@
+"""What several subcommands share: option groups, checked option types, and turning flags into objects."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+from retrieval.records import DataError
+
+logger = logging.getLogger("esrerank")
+
+
+def positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text}")
+    return value
+
+
+def max_length_tokens(text: str) -> int:
+    value = _int(text)
+    if value < 8:  # the query budget, separators and a few document tokens need room
+        raise argparse.ArgumentTypeError(f"must be at least 8 tokens, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def add_first_stage_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--k1", type=float, default=0.9, help="BM25 k1 (default 0.9, Anserini's MS MARCO setting)")
+    parser.add_argument("--b", type=float, default=0.4, help="BM25 b (default 0.4, Anserini's MS MARCO setting)")
+    parser.add_argument("--analyzer", choices=["english", "standard"], default="english",
+                        help="Elasticsearch analyzer to reproduce (default english)")
+
+
+def add_retriever_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--retriever", choices=["memory", "elasticsearch", "opensearch"], default="memory",
+                        help="first stage: in-memory BM25 (default) or a real engine")
+    parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200 for elasticsearch, :9201 for opensearch)")
+    parser.add_argument("--index", help="engine index or alias (as built by 'esrerank index')")
+
+
+def add_search_pipeline_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--search-pipeline", metavar="NAME",
+                        help="rerank inside OpenSearch through this search pipeline (made by 'esrerank register "
+                             "opensearch') instead of on this machine; needs --retriever opensearch, and --model "
+                             "is not used")
+
+
+def engine_url(args) -> str:
+    return args.url or ("http://127.0.0.1:9201" if args.retriever == "opensearch" or
+                        getattr(args, "engine", None) == "opensearch" else "http://127.0.0.1:9200")
+
+
+def add_reranker_args(parser: argparse.ArgumentParser, default_model: str) -> None:
+    parser.add_argument("--model", default=default_model,
+                        help=f"cross-encoder hub id or local folder, or 'none' for BM25 only (default {default_model})")
+    add_model_run_args(parser)
+
+
+def add_model_run_args(parser: argparse.ArgumentParser) -> None:
+    """How the cross-encoder runs: the same options for evaluate, search and serve."""
+    parser.add_argument("--max-length", type=max_length_tokens, default=None,
+                        help="tokens per (query, passage) pair (default: what the model was trained with, "
+                             "saved beside it by 'esrerank train', else 512)")
+    parser.add_argument("--passages", choices=["first", "maxp"], default=None,
+                        help="long documents: their start (first) or their best overlapping window (maxp); "
+                             "default: the model's saved setting, else first")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="number type of the reranker (default auto: bf16 where the hardware is fast at it)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: first available)")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                        help="torch (default), or ONNX Runtime on CPU in float32 or int8 (the onnx extra)")
+
+
+def cross_encoder_from(args):
+    """The cross-encoder the options of ``add_model_run_args`` describe."""
+    from rerank.cross_encoder import CrossEncoder
+
+    return CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype,
+                        runtime=args.runtime, passages=args.passages)
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    from rerank.training_config import LAMBDA_SCHEMES, LOSSES, TRAIN_PASSAGES, TrainingConfig
+
+    defaults = TrainingConfig()
+    parser.add_argument("--loss", choices=LOSSES, default=defaults.loss, help=f"(default {defaults.loss})")
+    parser.add_argument("--lambda-scheme", choices=LAMBDA_SCHEMES, default=defaults.lambda_scheme)
+    parser.add_argument("--epochs", type=positive_float, default=defaults.epochs, help=f"(default {defaults.epochs:g})")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
+                        help=f"queries per step; pairs per step with --loss bce (default {defaults.batch_size})")
+    parser.add_argument("--mini-batch-size", type=positive_int, default=defaults.mini_batch_size)
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr, help=f"(default {defaults.lr:g})")
+    parser.add_argument("--max-length", type=max_length_tokens, default=defaults.max_length,
+                        help=f"tokens per pair, saved with the model (default {defaults.max_length})")
+    parser.add_argument("--passages", choices=TRAIN_PASSAGES, default=defaults.passages,
+                        help="long documents: train on their start (first), or on their window sharing most words "
+                             f"with the query and rerank by best window (maxp) (default {defaults.passages})")
+    parser.add_argument("--eval-steps", type=positive_int, default=None, help="dev evaluations every N steps (default 4 an epoch)")
+    parser.add_argument("--early-stopping", type=non_negative_int, default=defaults.early_stopping_patience, metavar="N",
+                        help="stop after N dev evaluations without improvement; 0: never "
+                             f"(default {defaults.early_stopping_patience})")
+    parser.add_argument("--bf16", choices=["auto", "true", "false"], default=defaults.bf16)
+    parser.add_argument("--train-seed", type=int, default=defaults.seed)
+
+
+def training_config_from(args):
+    from rerank.training_config import TrainingConfig
+
+    return TrainingConfig(loss=args.loss, lambda_scheme=args.lambda_scheme, epochs=args.epochs,
+                          batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, lr=args.lr,
+                          max_length=args.max_length, passages=args.passages, eval_steps=args.eval_steps,
+                          early_stopping_patience=args.early_stopping or None, bf16=args.bf16, seed=args.train_seed)
+
+
+def read_query_ids(path: str | None) -> set[str] | None:
+    if not path:
+        return None
+    try:
+        return set(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"expected a JSON list of query ids ({exc})") from None
+
+
+def first_stage_from(args, documents=None):
+    """The retriever the flags name, and a line describing it."""
+    if args.retriever == "memory":
+        from retrieval.bm25 import InMemoryBM25
+
+        if documents is None:
+            raise DataError("--data", "the in-memory retriever needs --data DIR")
+        index = InMemoryBM25(documents, k1=args.k1, b=args.b, analyzer=args.analyzer)
+        return index, f"in-memory BM25 (k1={args.k1}, b={args.b}, analyzer={args.analyzer})"
+    from retrieval.engines import connect
+
+    if not args.index:
+        raise DataError("--index", f"--retriever {args.retriever} needs --index NAME")
+    engine = connect(args.retriever, engine_url(args), args.index)
+    meta = engine.meta
+    if meta and (meta.get("k1"), meta.get("b"), meta.get("analyzer")) != (args.k1, args.b, args.analyzer):
+        logger.warning("index %s was built with k1=%s, b=%s, analyzer=%s; those apply, not the flags", args.index,
+                       meta.get("k1"), meta.get("b"), meta.get("analyzer"))
+    described = (f"k1={meta.get('k1')}, b={meta.get('b')}, analyzer={meta.get('analyzer')}, "
+                 f"{meta.get('analysis')} analysis" if meta else "an index esrerank did not build")
+    return engine, f"{args.retriever} {engine.url}/{args.index} ({described})"
+
+
+def reranker_from(args):
+    """The cross-encoder --model names, the engine's search pipeline, or None (BM25 only)."""
+    if args.search_pipeline:
+        from retrieval.engines import connect
+
+        from ..retrieve_rerank import EngineReranker
+
+        if args.retriever != "opensearch" or not args.index:
+            raise DataError("--search-pipeline", "reranking inside the engine needs --retriever opensearch --index NAME")
+        logger.info("reranking inside OpenSearch through search pipeline %s (--model is not used)", args.search_pipeline)
+        return EngineReranker(connect("opensearch", engine_url(args), args.index, search_pipeline=args.search_pipeline))
+    if args.model.lower() == "none":
+        return None
+    return cross_encoder_from(args)
+
+
+def any_split(folder: str) -> str:
+    splits = sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
+    return "test" if "test" in splits or not splits else splits[0]
+
+
+def read_api_key(path: str | None, environment_variable: str = "ESRERANK_API_KEY") -> str | None:
+    """The API key from a file (its first line) or else the environment; None when neither has one."""
+    if path:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise DataError(path, f"cannot read the API key file: {exc.strerror}") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise DataError(path, "the API key file is empty")
+        return key
+    return os.environ.get(environment_variable, "").strip() or None
+
+
+def teacher_from(model: str, kind: str):
+    """The false-negative filter: a cross-encoder, or a bi-encoder scoring by cosine similarity."""
+    from rerank.cross_encoder import CrossEncoder
+    from rerank.errors import ModelError
+
+    if kind == "cross-encoder":
+        return CrossEncoder(model)
+    if kind == "auto":
+        try:
+            return CrossEncoder(model)
+        except ModelError as error:
+            if "not a sequence-classification model" not in str(error):
+                raise
+    from rerank.bi_encoder import BiEncoder
+
+    return BiEncoder(model)

@@ -1,0 +1,66 @@
+"""``esrerank recipe``: mine, train and evaluate in one command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .options import add_first_stage_args, add_training_args, non_negative_int, positive_int, training_config_from
+
+def add_parser(commands, common) -> None:
+    parser = commands.add_parser("recipe", parents=[common], allow_abbrev=False, help="mine, train and evaluate in one command")
+    parser.add_argument("--train-data", required=True)
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--eval-data", required=True)
+    parser.add_argument("--eval-split", default=None, help="default: --train-split when the data is the same")
+    parser.add_argument("--base-model", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--dev-queries", type=positive_int, default=200,
+                        help="evaluation queries held out of training when train and eval data are the same "
+                             "(default 200)")
+    parser.add_argument("--num-negatives", type=non_negative_int, default=6, help="hard negatives per query (default 6)")
+    parser.add_argument("--num-random-negatives", type=non_negative_int, default=3,
+                        help="easy negatives per query, at random from the corpus (default 3)")
+    parser.add_argument("--depth", type=positive_int, default=100)
+    parser.add_argument("--train-eval-queries", type=non_negative_int, default=100,
+                        help="dev queries held out of the training queries for training's evaluations (default 100)")
+    parser.add_argument("--train-eval-depth", type=positive_int, default=30)
+    add_training_args(parser)
+    add_first_stage_args(parser)
+    parser.add_argument("--resume", action="store_true")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from retrieval.corpus import load_collection
+
+    from ..mining import MiningConfig
+    from ..recipe import RecipeConfig
+    from ..recipe import run_recipe as recipe
+
+    train = load_collection(args.train_data, args.train_split)
+    same_data = Path(args.train_data).resolve() == Path(args.eval_data).resolve()
+    eval_split = args.eval_split or (args.train_split if same_data else "test")
+    evaluation = train if same_data and eval_split == args.train_split else load_collection(args.eval_data, eval_split)
+    report = recipe(train, evaluation, args.base_model, args.out, training_config_from(args),
+                    RecipeConfig(dev_queries=args.dev_queries, depth=args.depth,
+                                 train_eval_queries=args.train_eval_queries, train_eval_depth=args.train_eval_depth),
+                    MiningConfig(depth=args.depth, range_max=args.depth, num_negatives=args.num_negatives,
+                                 num_random_negatives=args.num_random_negatives),
+                    k1=args.k1, b=args.b, analyzer=args.analyzer, resume=args.resume)
+    result = report["evaluation"]
+    bm25, reranked = result["measures"]["bm25"], result["measures"]["reranked"]
+    print(f"evaluation queries: {result['queries']}; time: {report['seconds']['total']:.0f} s")
+    print(f"{'measure':<9} {'BM25':>9} {'reranked':>9} {'p (paired t)':>13}")
+    for measure in ("nDCG@10", "RR@10", "R@100", "AP"):
+        print(f"{measure:<9} {bm25[measure]:>9.4f} {reranked[measure]:>9.4f} {result['significance'][measure]:>13.4g}")
+    fusion = result["fusion"]
+    for name, value, (low, high) in (
+            ("BM25", bm25["nDCG@10"], bm25["nDCG@10_ci95"]),
+            ("reranker alone", reranked["nDCG@10"], reranked["nDCG@10_ci95"]),
+            ("fused (weight by 2-fold CV)", fusion["two_fold_cross_validated_nDCG@10"],
+             fusion["two_fold_cross_validated_nDCG@10_ci95"])):
+        print(f"nDCG@10 {name:<28} {value:.4f}  95% CI [{low:.4f}, {high:.4f}]")
+    print(f"best fusion on these queries: {json.dumps(fusion['best_on_dev'])}")
+    print(f"report: {Path(args.out) / 'report.json'}")
+    return 0

@@ -1,0 +1,98 @@
+"""One evaluation run as a library call: what ``esrerank evaluate`` does, reachable from Python with the
+same defaults (as PyTerrier's ``Experiment`` is for its users)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Collection as Container
+from typing import Mapping
+
+from retrieval.corpus import Collection
+from retrieval.records import DataError, Hit
+
+from .evaluation import Comparison, compare, mean_scores, per_query_scores
+from .retrieve_rerank import Reranker, Retriever, RetrieveRerank, first_stage_run
+from .runs import Run
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationResult:
+    """measures: ``{"bm25": {measure: mean}, "reranked": {…}}`` (``reranked`` only with a reranker).
+    per_query: the same, measure → query id → value. comparisons: per measure, both means and the
+    paired t-test p-value. first_stage and final: the runs, keyed by query id."""
+
+    measures: dict[str, dict[str, float]]
+    per_query: dict[str, dict[str, dict[str, float]]]
+    first_stage: Run
+    final: Run
+    comparisons: list[Comparison] = field(default_factory=list)
+
+
+def select_queries(collection: Collection, query_ids: Container[str] | None, source: str = "query ids") -> Collection:
+    """The collection restricted to ``query_ids`` (all when None); unknown ids are an error."""
+    if query_ids is None:
+        return collection
+    unknown = set(query_ids) - {q.query_id for q in collection.queries}
+    if unknown:
+        raise DataError(source, f"{len(unknown)} query ids are not judged queries of the split "
+                                f"(e.g. {sorted(unknown)[0]!r})")
+    collection.queries = [q for q in collection.queries if q.query_id in query_ids]
+    collection.qrels = {q: judged for q, judged in collection.qrels.items() if q in query_ids}
+    return collection
+
+
+def evaluate(collection: Collection, retriever: Retriever | None = None, reranker: Reranker | None = None, *,
+             retrieve_k: int = 1000, rerank_k: int = 100, candidates: Mapping[str, list[Hit]] | None = None,
+             fusion: str | None = None, alpha: float = 0.5, show_progress: bool = False) -> EvaluationResult:
+    """BM25 (or the given candidates) vs reranked, on a judged collection.
+
+    Args:
+        collection: documents, judged queries and qrels (``retrieval.load_collection``).
+        retriever: the first stage (``InMemoryBM25``, ``OpenSearchBM25``, …). Default None: an in-memory
+            BM25 index of the collection with the defaults (k1 0.9, b 0.4, english analyzer).
+        reranker: a cross-encoder (``predict(pairs)``), an ``EngineReranker``, or None (first stage only).
+        retrieve_k: first-stage depth. Default 1000.
+        rerank_k: candidates reranked per query. Default 100.
+        candidates: a first-stage run to rerank instead of retrieving (e.g. official top-1000 files);
+            every doc id must be in the collection.
+        fusion, alpha: as :class:`RetrieveRerank` (default: the reranker's scores alone).
+        show_progress: a progress bar over reranked query batches. Default False.
+
+    Returns:
+        An :class:`EvaluationResult`.
+
+    Example::
+
+        from retrieval import load_collection
+        from rerank import CrossEncoder
+        from pipelines.experiment import evaluate
+
+        result = evaluate(load_collection("../shared/data/vaswani", "test"), reranker=CrossEncoder("path/to/model"))
+        print(result.measures["bm25"]["nDCG@10"], result.measures["reranked"]["nDCG@10"])
+    """
+    texts = collection.texts()
+    if candidates is not None:
+        unknown = {hit.doc_id for hits in candidates.values() for hit in hits if hit.doc_id not in texts}
+        if unknown:
+            raise DataError("candidates", f"{len(unknown)} candidate doc ids are not in the corpus "
+                                          f"(e.g. {sorted(unknown)[0]!r})")
+        first_stage = {q.query_id: list(candidates.get(q.query_id, []))[:retrieve_k] for q in collection.queries}
+    else:
+        if retriever is None:
+            from retrieval.bm25 import InMemoryBM25
+
+            retriever = InMemoryBM25(collection.documents)
+        first_stage = first_stage_run(retriever, collection.queries, retrieve_k)
+    per_query = {"bm25": per_query_scores(first_stage, collection.qrels)}
+    final, comparisons = first_stage, []
+    if reranker is not None:
+        pipeline = RetrieveRerank(None, reranker, retrieve_k=retrieve_k, rerank_k=rerank_k, texts=texts,
+                                  fusion=fusion, alpha=alpha)
+        final = pipeline.rerank_run(collection.queries, first_stage, show_progress=show_progress)
+        per_query["reranked"] = per_query_scores(final, collection.qrels)
+        comparisons = compare(per_query["bm25"], per_query["reranked"])
+    return EvaluationResult({name: mean_scores(scores) for name, scores in per_query.items()}, per_query,
+                            first_stage, final, comparisons)
