@@ -243,3 +243,59 @@ def save_mined(rows: list[dict], stats: MiningStats, config: MiningConfig, out_d
     (out_dir / "stats.json").write_text(json.dumps(stats.summary(), indent=2) + "\n")
     (out_dir / "mining_config.json").write_text(json.dumps({**asdict(config), **(extra or {})}, indent=2) + "\n")
     return dataset
+
+
+@dataclass
+class MiningReport:
+    """What :func:`mine_collection` wrote: the training rows' summary, and the held-out dev queries."""
+
+    out_dir: Path
+    summary: dict
+    dev_queries: list[str]
+    dev_samples_path: Path | None
+
+
+def default_dev_size(queries: int) -> int:
+    """Dev queries held out by default: a fifth of the queries, at most 100."""
+    return min(100, queries // 5)
+
+
+def mine_collection(collection, retriever, out_dir, config: MiningConfig | None = None, teacher=None,
+                    dev_queries: int | None = None, dev_depth: int = 30, exclude: set[str] | None = None,
+                    first_stage_description: str = "", show_progress: bool = False) -> MiningReport:
+    """What ``esrerank mine`` does: hold out a dev split, mine hard negatives for the other queries from
+    ``retriever``'s candidates, save the rows and the dev split's candidates under ``out_dir``.
+
+    Args:
+        collection: the training collection (``retrieval.load_collection(data, "train")``).
+        retriever: the first stage (e.g. ``InMemoryBM25(collection.documents)``).
+        out_dir: where the HF dataset, ``stats.json`` and ``dev_samples.jsonl`` go.
+        config: mining settings. Default ``MiningConfig()``.
+        teacher: a model whose scores filter likely false negatives (see ``MiningConfig`` margins).
+        dev_queries: queries held out as the dev split ``esrerank train`` evaluates on. Default None:
+            ``default_dev_size`` (a fifth, at most 100); 0: none.
+        dev_depth: first-stage candidates kept per dev query. Default 30.
+        exclude: query ids to leave out entirely (e.g. a test split).
+
+    Returns:
+        A :class:`MiningReport`.
+    """
+    config = config or MiningConfig()
+    queries = [q for q in collection.queries if q.query_id not in (exclude or set())]
+    dev_size = default_dev_size(len(queries)) if dev_queries is None else dev_queries
+    held_out: list[Query] = []
+    if dev_size:
+        queries, held_out = split_queries(queries, dev_size, config.seed)
+    from .retrieve_rerank import first_stage_run
+
+    candidates = first_stage_run(retriever, queries + held_out, max(config.depth, dev_depth))
+    texts = collection.texts()
+    rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, teacher,
+                                      show_progress=show_progress)
+    save_mined(rows, stats, config, out_dir, extra={"first_stage": first_stage_description,
+                                                    "data": collection.name,
+                                                    "dev_queries": [q.query_id for q in held_out]})
+    samples_path = None
+    if held_out:
+        samples_path = save_dev_samples(dev_samples(held_out, collection.qrels, candidates, texts, dev_depth), out_dir)
+    return MiningReport(Path(out_dir), stats.summary(), [q.query_id for q in held_out], samples_path)

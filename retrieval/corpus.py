@@ -265,3 +265,33 @@ def load_collection(source: str, split: str = "test") -> Collection:
     if "/" not in source:
         raise DataError(source, "not a local folder, nor a HF dataset id of the form 'owner/name'")
     return load_hf_beir(source, split)
+
+
+@dataclass
+class CorpusSource:
+    """A corpus to stream into an engine: the documents (read lazily, malformed lines skipped into
+    ``skipped``), how many lines it has (for progress), and an id that changes when the file does (so a
+    resumed load knows it is the same corpus)."""
+
+    documents: Iterator[Document]
+    total: int
+    corpus_id: str
+    skipped: SkippedLines
+
+
+def open_corpus(data: str) -> CorpusSource:
+    """A BEIR folder, a ``corpus.jsonl``, an MS MARCO ``collection.tsv``, or ``msmarco-passage`` (the HF
+    datasets copy, streamed; needs network), as ``esrerank index`` reads them."""
+    skipped = SkippedLines()
+    if data == "msmarco-passage":
+        return CorpusSource(iter_hf_msmarco_passages(), 8_841_823, "hf:Tevatron/msmarco-passage-corpus", skipped)
+    source = Path(data)
+    path = source / "corpus.jsonl" if source.is_dir() else source
+    if not path.is_file():
+        raise DataError(path, "corpus not found (give a BEIR folder, a collection.tsv or 'msmarco-passage')")
+    reader = iter_msmarco_collection if path.suffix == ".tsv" else iter_beir_corpus
+    with open(path, "rb") as handle:
+        total = sum(1 for line in handle if line.strip())
+    stat = path.stat()
+    return CorpusSource(reader(path, on_error="skip", skipped=skipped), total,
+                        f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}", skipped)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrieval.records import DataError
 
 from .options import add_first_stage_args, engine_url, non_negative_int, positive_int
 
@@ -32,40 +31,28 @@ def add_parser(commands, common) -> None:
 
 
 def run(args) -> int:
-    from retrieval.corpus import SkippedLines, iter_beir_corpus, iter_hf_msmarco_passages, iter_msmarco_collection
+    from retrieval.corpus import open_corpus
     from retrieval.engines import IndexSettings, connect
     from retrieval.indexing import Backoff, DeadLetters, build_index
 
-    source = Path(args.data)
-    skipped = SkippedLines()
-    if args.data == "msmarco-passage":
-        documents, total, corpus_id = iter_hf_msmarco_passages(), 8_841_823, "hf:Tevatron/msmarco-passage-corpus"
-    else:
-        path = source / "corpus.jsonl" if source.is_dir() else source
-        if not path.is_file():
-            raise DataError(path, "corpus not found (give a BEIR folder, a collection.tsv or 'msmarco-passage')")
-        reader = iter_msmarco_collection if path.suffix == ".tsv" else iter_beir_corpus
-        documents = reader(path, on_error="skip", skipped=skipped)
-        with open(path, "rb") as handle:
-            total = sum(1 for line in handle if line.strip())
-        stat = path.stat()
-        corpus_id = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    corpus = open_corpus(args.data)
     dead_letter = Path(args.dead_letter or f"{args.index}.dead-letter.jsonl")
     engine = connect(args.engine, engine_url(args), args.index)
     settings = IndexSettings(k1=args.k1, b=args.b, analyzer=args.analyzer, analysis=args.analysis,
                              shards=args.shards, replicas=args.replicas)
     try:
-        report = build_index(engine, documents, args.index, corpus_id, settings, batch_docs=args.batch_docs,
-                             workers=args.workers, dead_letter=dead_letter, backoff=Backoff(args.max_retries),
-                             total=total, force_merge=not args.no_force_merge, keep_old=args.keep_old,
-                             show_progress=not args.quiet)
+        report = build_index(engine, corpus.documents, args.index, corpus.corpus_id, settings,
+                             batch_docs=args.batch_docs, workers=args.workers, dead_letter=dead_letter,
+                             backoff=Backoff(args.max_retries), total=corpus.total, force_merge=not args.no_force_merge,
+                             keep_old=args.keep_old, show_progress=not args.quiet)
     finally:
         letters = DeadLetters(dead_letter)
-        for path, line, problem in skipped.entries:
+        for path, line, problem in corpus.skipped.entries:
             letters.write({"file": path, "line": line, "problem": problem})
+    skipped = len(corpus.skipped)
     print(f"indexed {report.indexed} documents into {report.index} (alias {report.alias}) in {report.seconds:.1f} s "
           f"({report.docs_per_second:.0f} docs/s); resumed after {report.resumed_after}; "
-          f"{report.failed} failed, {len(skipped)} malformed lines skipped; {report.count_in_index} in the index")
-    if report.failed or len(skipped):
+          f"{report.failed} failed, {skipped} malformed lines skipped; {report.count_in_index} in the index")
+    if report.failed or skipped:
         print(f"see {dead_letter} for what was not indexed and why")
     return 0

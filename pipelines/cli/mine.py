@@ -41,33 +41,22 @@ def add_parser(commands, common) -> None:
 def run(args) -> int:
     from retrieval.corpus import load_collection
 
-    from ..mining import MiningConfig, dev_samples, mine_hard_negatives, save_dev_samples, save_mined, split_queries
-    from ..retrieve_rerank import first_stage_run
+    from ..mining import MiningConfig, mine_collection
 
     collection = load_collection(args.data, args.split)
-    excluded = read_query_ids(args.exclude_queries) or set()
-    queries = [q for q in collection.queries if q.query_id not in excluded]
     config = MiningConfig(depth=args.depth, range_min=args.range_min, range_max=args.range_max,
                           num_negatives=args.num_negatives, num_random_negatives=args.num_random_negatives,
                           sampling=args.sampling, absolute_margin=args.absolute_margin,
                           relative_margin=args.relative_margin, output_format=args.format, seed=args.seed)
     teacher = teacher_from(args.teacher, args.teacher_type) if args.teacher else None
-    dev_size = min(100, len(queries) // 5) if args.dev_queries is None else args.dev_queries
-    dev_queries: list = []
-    if dev_size:
-        queries, dev_queries = split_queries(queries, dev_size, args.seed)
     retriever, source = first_stage_from(args, collection.documents)
-    candidates = first_stage_run(retriever, queries + dev_queries, max(config.depth, args.dev_depth))
-    texts = collection.texts()
-    rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, teacher,
-                                      show_progress=not args.quiet)
-    save_mined(rows, stats, config, args.out, extra={"first_stage": source, "data": str(args.data),
-                                                     "dev_queries": [q.query_id for q in dev_queries]})
-    summary = stats.summary()
+    report = mine_collection(collection, retriever, args.out, config, teacher, dev_queries=args.dev_queries,
+                             dev_depth=args.dev_depth, exclude=read_query_ids(args.exclude_queries),
+                             first_stage_description=source, show_progress=not args.quiet)
+    summary = report.summary
     print(f"mined {summary['rows']} rows from {summary['kept']} of {summary['queries']} queries into {args.out}")
-    if dev_queries:
-        samples = dev_samples(dev_queries, collection.qrels, candidates, texts, args.dev_depth)
-        path = save_dev_samples(samples, args.out)
-        print(f"held out {len(samples)} dev queries (top {args.dev_depth} candidates each) in {path}")
+    if report.dev_samples_path:
+        print(f"held out {len(report.dev_queries)} dev queries (top {args.dev_depth} candidates each) in "
+              f"{report.dev_samples_path}")
     print(json.dumps(summary, indent=2))
     return 0
