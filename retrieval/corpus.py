@@ -257,14 +257,11 @@ def iter_hf_msmarco_passages(dataset_id: str = "Tevatron/msmarco-passage-corpus"
         yield Document(str(row["docid"]), row.get("title") or "", row["text"])
 
 
-def load_collection(source: str, split: str = "test") -> Collection:
-    """A local BEIR folder if ``source`` is a directory, else a HF hub id such as ``BeIR/scifact``."""
-    path = Path(source)
-    if path.is_dir() or path.exists() or source.startswith((".", "/", "~")):
-        return load_beir(path.expanduser(), split)
-    if "/" not in source:
-        raise DataError(source, "not a local folder, nor a HF dataset id of the form 'owner/name'")
-    return load_hf_beir(source, split)
+def load_collection(source, split: str = "test", data_dir=None) -> Collection:
+    """A collection by folder, name or id; see :mod:`retrieval.collections`."""
+    from .collections import load_collection as resolve
+
+    return resolve(source, split, data_dir)
 
 
 @dataclass

@@ -29,6 +29,9 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    common.add_argument("--data-dir", metavar="DIR",
+                        help="local folder of named collections (a BEIR folder per name), searched before "
+                             "$ESRERANK_DATA_DIR and the shared/data folder beside the checkout")
     parser = Parser(prog="esrerank", description="BM25 retrieval + cross-encoder reranking.",
                                      parents=[common], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -14,7 +14,10 @@ from .options import add_first_stage_args, add_reranker_args, add_retriever_args
 def add_parser(commands, common) -> None:
     parser = commands.add_parser("evaluate", parents=[common], allow_abbrev=False,
                                    help="BM25 vs reranked effectiveness on a test collection")
-    parser.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or HF id")
+    parser.add_argument("--data", default=None,
+                        help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/), a collection name found in a data "
+                             "folder or fetched by ir_datasets (vaswani, cranfield, scifact, …), an ir_datasets id "
+                             "(msmarco-passage/dev/small, beir/scifact/test, …) or a HF id (default vaswani)")
     parser.add_argument("--split", default="test", help="qrels split (default test)")
     parser.add_argument("--query-ids", help="JSON list of query ids to evaluate (e.g. a recipe's dev_query_ids.json)")
     add_reranker_args(parser, DEFAULT_MODEL)
@@ -42,7 +45,7 @@ def run(args) -> int:
 
     started = time.perf_counter()
     reranker = reranker_from(args)  # first: a bad model should fail before minutes of retrieval
-    collection = select_queries(load_collection(args.data, args.split), read_query_ids(args.query_ids),
+    collection = select_queries(load_collection(args.data, args.split, args.data_dir), read_query_ids(args.query_ids),
                                 args.query_ids or "query ids")
     logger.info("%s: %d documents, %d judged queries (split %s)", collection.name, len(collection.documents),
                 len(collection.queries), args.split)

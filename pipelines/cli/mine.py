@@ -8,7 +8,8 @@ from .options import add_first_stage_args, add_retriever_args, first_stage_from,
 
 def add_parser(commands, common) -> None:
     parser = commands.add_parser("mine", parents=[common], allow_abbrev=False, help="hard negatives from the first stage, for training")
-    parser.add_argument("--data", required=True, help="BEIR folder with the training queries and qrels")
+    parser.add_argument("--data", required=True, help="BEIR folder, collection name or ir_datasets id with the "
+                                                         "training queries and qrels")
     parser.add_argument("--split", default="train", help="qrels split (default train)")
     parser.add_argument("--out", required=True, help="output folder (a HF datasets dataset, stats.json)")
     add_retriever_args(parser)
@@ -43,7 +44,7 @@ def run(args) -> int:
 
     from ..mining import MiningConfig, mine_collection
 
-    collection = load_collection(args.data, args.split)
+    collection = load_collection(args.data, args.split, args.data_dir)
     config = MiningConfig(depth=args.depth, range_min=args.range_min, range_max=args.range_max,
                           num_negatives=args.num_negatives, num_random_negatives=args.num_random_negatives,
                           sampling=args.sampling, absolute_margin=args.absolute_margin,

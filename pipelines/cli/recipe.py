@@ -38,10 +38,10 @@ def run(args) -> int:
     from ..recipe import RecipeConfig
     from ..recipe import run_recipe as recipe
 
-    train = load_collection(args.train_data, args.train_split)
+    train = load_collection(args.train_data, args.train_split, args.data_dir)
     same_data = Path(args.train_data).resolve() == Path(args.eval_data).resolve()
     eval_split = args.eval_split or (args.train_split if same_data else "test")
-    evaluation = train if same_data and eval_split == args.train_split else load_collection(args.eval_data, eval_split)
+    evaluation = train if same_data and eval_split == args.train_split else load_collection(args.eval_data, eval_split, args.data_dir)
     report = recipe(train, evaluation, args.base_model, args.out, training_config_from(args),
                     RecipeConfig(dev_queries=args.dev_queries, depth=args.depth,
                                  train_eval_queries=args.train_eval_queries, train_eval_depth=args.train_eval_depth),

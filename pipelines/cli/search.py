@@ -30,7 +30,7 @@ def run(args) -> int:
 
         if not args.data:
             raise DataError("--data", "the in-memory retriever needs --data DIR")
-        documents = load_collection(args.data, split=any_split(args.data)).documents
+        documents = load_collection(args.data, any_split(args.data), args.data_dir).documents
     retriever, source = first_stage_from(args, documents)
     reranker = reranker_from(args)
     pipeline = RetrieveRerank(retriever, reranker, retrieve_k=max(args.k, args.rerank_k if reranker else args.k),

@@ -43,7 +43,7 @@ def run(args) -> int:
         from ..mining import dev_samples
         from ..retrieve_rerank import first_stage_run
 
-        evaluation = load_collection(args.eval_data, args.eval_split)
+        evaluation = load_collection(args.eval_data, args.eval_split, args.data_dir)
         wanted = read_query_ids(args.eval_queries)
         queries = [q for q in evaluation.queries if wanted is None or q.query_id in wanted]
         index = InMemoryBM25(evaluation.documents)
