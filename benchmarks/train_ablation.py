@@ -32,10 +32,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.evaluation import bootstrap_ci, compare, mean_scores, per_query_scores  # noqa: E402
-from pipelines.mining import split_queries  # noqa: E402
 from pipelines.fusion import fused_run  # noqa: E402
-from pipelines.retrieve_rerank import RetrieveRerank  # noqa: E402
-from pipelines.retrieve_rerank import first_stage_run  # noqa: E402
+from pipelines.mining import split_queries  # noqa: E402
+from pipelines.retrieve_rerank import (
+    RetrieveRerank,  # noqa: E402
+    first_stage_run,  # noqa: E402
+)
 from retrieval.bm25 import InMemoryBM25  # noqa: E402
 from retrieval.corpus import load_collection  # noqa: E402
 

@@ -216,7 +216,8 @@ def register_opensearch(rest, service_url: str, name: str = "esrerank", rerank_f
     models.sort(key=lambda hit: hit["_source"].get("model_state") != "DEPLOYED")  # a deployed one first
     if models:
         model_id = models[0]["_id"]
-        state = rest.request("GET", f"/_plugins/_ml/models/{model_id}").get("model_state")  # search lags; GET is current
+        # the search above lags behind the model's record; GET reads it as it is now
+        state = rest.request("GET", f"/_plugins/_ml/models/{model_id}").get("model_state")
         if state not in ("DEPLOYED", "DEPLOYING"):
             try:
                 task_id = rest.request("POST", f"/_plugins/_ml/models/{model_id}/_deploy")["task_id"]

@@ -128,7 +128,8 @@ def mine_hard_negatives(queries: Sequence[Query], qrels: Mapping[str, Mapping[st
         stats.positives += len(positives)
         stats.positives_in_candidates += sum(h.doc_id in positive_set for h in hits)
         window = [h.doc_id for h in hits if h.doc_id not in positive_set][config.range_min:config.range_max]
-        if teacher is not None and window and (config.absolute_margin is not None or config.relative_margin is not None):
+        margins = config.absolute_margin is not None or config.relative_margin is not None
+        if teacher is not None and window and margins:
             scores = teacher.predict([(query.text, texts[d]) for d in positives + window])
             floor = float(np.min(scores[: len(positives)]))
             limit = floor - config.absolute_margin if config.absolute_margin is not None \
@@ -186,7 +187,8 @@ def split_queries(queries: Sequence[Query], dev_size: int, seed: int = 12) -> tu
     """(train, dev): ``dev_size`` queries chosen by a seeded hash of their ids, independent of file order."""
     if not 0 < dev_size < len(queries):
         raise ValueError(f"dev size must be between 1 and {len(queries) - 1}, got {dev_size}")
-    key = lambda q: hashlib.sha256(f"{seed}:{q.query_id}".encode()).hexdigest()
+    def key(query):
+        return hashlib.sha256(f"{seed}:{query.query_id}".encode()).hexdigest()
     dev_ids = {q.query_id for q in sorted(queries, key=key)[:dev_size]}
     return [q for q in queries if q.query_id not in dev_ids], [q for q in queries if q.query_id in dev_ids]
 

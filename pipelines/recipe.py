@@ -21,8 +21,8 @@ from retrieval.corpus import Collection
 from retrieval.records import Query
 
 from .evaluation import bootstrap_ci, compare, mean_scores, per_query_scores
-from .mining import MiningConfig, dev_samples, mine_hard_negatives, save_mined, split_queries
 from .fusion import FUSION_FILE, fused_run
+from .mining import MiningConfig, dev_samples, mine_hard_negatives, save_mined, split_queries
 from .retrieve_rerank import RetrieveRerank, first_stage_run
 from .runs import Run
 
@@ -134,7 +134,8 @@ def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_d
                        reranked_alone, evaluation_result["measures"]["bm25"]["nDCG@10"])
     if fusion["two_fold_cross_validated_nDCG@10"] > reranked_alone:
         # what won on the evaluation split; `esrerank evaluate --fusion auto` applies it (the default is none)
-        choice = {**fusion["best_on_dev"], "two_fold_cross_validated_nDCG@10": fusion["two_fold_cross_validated_nDCG@10"],
+        choice = {**fusion["best_on_dev"],
+                  "two_fold_cross_validated_nDCG@10": fusion["two_fold_cross_validated_nDCG@10"],
                   "reranked_alone_nDCG@10": reranked_alone}
         (out_dir / "model" / FUSION_FILE).write_text(json.dumps(choice, indent=2) + "\n")
     report = {"mining": stats.summary(), "training": asdict(training), "evaluation": evaluation_result,

@@ -32,7 +32,8 @@ def read_trec_run(path, depth: int | None = None) -> Run:
             if not parts:
                 continue
             if len(parts) != 6:
-                raise DataError(path, f"expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}", line_number)
+                raise DataError(path, f"expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}",
+                                line_number)
             query_id, _, doc_id, rank, score, _ = parts
             try:
                 rows.setdefault(query_id, []).append((float(score), int(rank), doc_id))

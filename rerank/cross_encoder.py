@@ -28,14 +28,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import DEFAULT_MODEL
 from .device import detect_device, resolve_dtype
 from .errors import ModelError
 from .onnx_runtime import RUNTIMES, OnnxModel
 from .passages import PassageConfig, RerankerSettings, best_of_windows, window_pairs
 
 logger = logging.getLogger(__name__)
-
-from . import DEFAULT_MODEL
 
 
 def _check_sequence_classifier(model: str, trust_remote_code: bool):

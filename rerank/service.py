@@ -83,7 +83,8 @@ class Metrics:
     def render(self, queue_depth: int) -> str:
         with self.lock:
             lines = ["# TYPE esrerank_requests_total counter"]
-            lines += [f'esrerank_requests_total{{endpoint="{e}",status="{s}"}} {n}' for (e, s), n in sorted(self.requests.items())]
+            lines += [f'esrerank_requests_total{{endpoint="{e}",status="{s}"}} {n}'
+                      for (e, s), n in sorted(self.requests.items())]
             lines += ["# TYPE esrerank_documents_total counter", f"esrerank_documents_total {self.documents}",
                       "# TYPE esrerank_batches_total counter", f"esrerank_batches_total {self.batches}",
                       "# TYPE esrerank_batched_requests_total counter",

@@ -134,7 +134,8 @@ def _dev_evaluator_class():
             run: dict[str, dict[str, float]] = {}
             for (qid, did), score in zip(self.doc_ids, scores):
                 run.setdefault(qid, {})[did] = max(float(score), run.get(qid, {}).get(did, -np.inf))
-            metrics = {f"{self.name}_ndcg@10": float(ir_measures.calc_aggregate([self.ndcg], self.qrels, run)[self.ndcg]),
+            ndcg = float(ir_measures.calc_aggregate([self.ndcg], self.qrels, run)[self.ndcg])
+            metrics = {f"{self.name}_ndcg@10": ndcg,
                        f"{self.name}_first_stage_ndcg@10": self.first_stage_ndcg}
             self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
             return metrics
@@ -250,8 +251,8 @@ def train_cross_encoder(train_dataset, base_model: str, out_dir, config: Trainin
     RerankerSettings(max_length=config.max_length, passages=passage_config(config)).save(out_dir)
     history = trainer.state.log_history
     (out_dir / LOG_FILE).write_text(json.dumps(history, indent=1) + "\n")
-    plot_training_curve(history, out_dir / CURVE_FILE, title=f"{config.loss} loss, lr {config.lr:g}, "
-                                                             f"batch {config.batch_size}, max length {config.max_length}")
+    title = f"{config.loss} loss, lr {config.lr:g}, batch {config.batch_size}, max length {config.max_length}"
+    plot_training_curve(history, out_dir / CURVE_FILE, title=title)
     result = TrainingResult(out_dir=str(out_dir), best_checkpoint=trainer.state.best_model_checkpoint,
                             best_dev_ndcg10=best_metric, steps=trainer.state.global_step,
                             seconds=time.perf_counter() - started, train_rows=len(train_dataset))

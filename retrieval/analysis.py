@@ -45,7 +45,8 @@ _EMOJI = (r"\u00a9\u00ae\u203c\u2049\u2122\u2139\u2194-\u2199\u21a9\u21aa\u231a\
           r"\u274c\u274e\u2753-\u2755\u2757\u2763-\u2767\u2795-\u2797\u27a1\u27b0\u27bf"
           r"\u2934\u2935\u2b05-\u2b07\u2b1b\u2b1c\u2b50\u2b55\u3030\u303d\u3297\u3299\U0001f000-\U0001faff")
 # Format and joiner characters (soft hyphen, ZWJ, bidi marks) attach to the character before them (WB4)
-_FORMAT = r"\u00ad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200c-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+_FORMAT = (r"\u00ad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200c-\u200f\u202a-\u202e\u2060-\u2064"
+           r"\u2066-\u206f\ufeff\ufff9-\ufffb")
 _LETTER = rf"[^\W\d_{_NOT_IN_WORDS}]"
 _WORD_CHAR = rf"[^\W{_NOT_IN_WORDS}]"  # letters, digits, marks and underscore; not ideographs, not ²
 _TOKEN = re.compile(

@@ -70,7 +70,9 @@ def lucene_encoded_length(length: int) -> int:
 
 def lucene_decoded_length(norm_byte: int) -> int:
     """The length Lucene's BM25 reads back from a norm byte."""
-    return norm_byte if norm_byte < _FREE_VALUES else min(_FREE_VALUES + _int4_to_long(norm_byte - _FREE_VALUES), 2**31 - 1)
+    if norm_byte < _FREE_VALUES:
+        return norm_byte
+    return min(_FREE_VALUES + _int4_to_long(norm_byte - _FREE_VALUES), 2**31 - 1)
 
 
 def lucene_lengths(lengths: np.ndarray) -> np.ndarray:

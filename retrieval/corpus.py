@@ -59,10 +59,12 @@ def _iter_json_lines(path: Path, on_error: str, skipped: SkippedLines | None) ->
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                _handle(DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", line_number), on_error, skipped)
+                problem = f"malformed JSON: {exc.msg} (column {exc.colno})"
+                _handle(DataError(path, problem, line_number), on_error, skipped)
                 continue
             if not isinstance(row, dict):
-                _handle(DataError(path, f"expected a JSON object, got {type(row).__name__}", line_number), on_error, skipped)
+                problem = f"expected a JSON object, got {type(row).__name__}"
+                _handle(DataError(path, problem, line_number), on_error, skipped)
                 continue
             yield line_number, row
 
@@ -193,7 +195,8 @@ def load_beir(folder, split: str = "test") -> Collection:
 
 # --- MS MARCO -------------------------------------------------------------------------------------
 
-def _iter_tsv_pairs(path: Path, what: str, on_error: str, skipped: SkippedLines | None) -> Iterator[tuple[int, str, str]]:
+def _iter_tsv_pairs(path: Path, what: str, on_error: str,
+                    skipped: SkippedLines | None) -> Iterator[tuple[int, str, str]]:
     csv.field_size_limit(1 << 24)
     with open(path, encoding="utf-8", newline="") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -202,8 +205,8 @@ def _iter_tsv_pairs(path: Path, what: str, on_error: str, skipped: SkippedLines 
                 continue
             parts = line.split("\t")
             if len(parts) != 2 or not parts[0]:
-                _handle(DataError(path, f"expected 2 tab-separated columns (id, {what}), got {len(parts)}", line_number),
-                        on_error, skipped)
+                problem = f"expected 2 tab-separated columns (id, {what}), got {len(parts)}"
+                _handle(DataError(path, problem, line_number), on_error, skipped)
                 continue
             yield line_number, parts[0], parts[1]
 

@@ -22,8 +22,7 @@ from typing import Any, Iterable, Sequence
 
 from .analysis import get_analyzer
 from .errors import EsrerankError
-from .records import DataError
-from .records import Hit
+from .records import DataError, Hit
 
 logger = logging.getLogger(__name__)
 

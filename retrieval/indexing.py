@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from .analysis import get_analyzer
 from .engines import FIELD, EngineError, EngineUnavailable, IndexSettings, SearchEngineBM25, ndjson
-from .records import Document
 from .errors import EsrerankError
+from .records import Document
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +300,8 @@ def _finish(engine: SearchEngineBM25, index: str, alias: str, settings: IndexSet
     meta["complete"] = True
     engine.put_meta(index, meta)
     old = [name for name in engine.alias_targets(alias) if name != index]
-    actions = [{"remove": {"index": name, "alias": alias}} for name in old] + [{"add": {"index": index, "alias": alias}}]
+    actions = [{"remove": {"index": name, "alias": alias}} for name in old]
+    actions.append({"add": {"index": index, "alias": alias}})
     engine.rest.request("POST", "/_aliases", body={"actions": actions})
     logger.info("alias %s now points to %s", alias, index)
     if not keep_old:

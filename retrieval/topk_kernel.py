@@ -101,7 +101,8 @@ def top_k_batch(indptr, indices, data, num_docs, query_ptr, query_terms, query_w
 
     ``indptr/indices/data``: the term × document score matrix in CSR form. ``query_ptr`` delimits each
     query's entries in ``query_terms`` (term ids) and ``query_weights`` (how often the term occurs in the
-    query). ``num_chunks``: how many threads share the queries. Returns (doc indices, scores, counts) with shapes (B, k), (B, k), (B,).
+    query). ``num_chunks``: how many threads share the queries. Returns (doc indices, scores, counts) with
+    shapes (B, k), (B, k), (B,).
     """
     num_queries = len(query_ptr) - 1
     out_docs = np.full((num_queries, k), -1, dtype=np.int64)

@@ -46,8 +46,9 @@ def test_same_analysis_gives_bm25s_effectiveness_exactly(scifact_collection, our
 
 def test_bm25s_own_tokenizer_with_same_stemmer_is_within_001(scifact_collection, our_ndcg):
     # bm25s splits on \w\w+ (drops one-letter tokens, breaks "3.14"); only tokenization differs.
-    tokenize = lambda texts: bm25s.tokenize(texts, stopwords=sorted(ENGLISH_STOP_WORDS), stemmer=_LucenePorter(),
-                                            show_progress=False)
+    def tokenize(texts):
+        return bm25s.tokenize(texts, stopwords=sorted(ENGLISH_STOP_WORDS), stemmer=_LucenePorter(),
+                                                show_progress=False)
     run = _bm25s_run(scifact_collection, tokenize)
     theirs = mean_scores(per_query_scores(run, scifact_collection.qrels, ["nDCG@10"]))["nDCG@10"]
     assert abs(our_ndcg - theirs) <= 0.01

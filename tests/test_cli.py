@@ -80,6 +80,7 @@ def test_fusion_is_off_by_default_and_auto_applies_what_the_recipe_recorded(tmp_
     assert main([*common, str(tmp_path / "default.json")]) == 0  # a record alone does not turn fusion on
     assert main([*common, str(tmp_path / "auto.json"), "--fusion", "auto"]) == 0
     assert main([*common, str(tmp_path / "explicit.json"), "--fusion", "interpolate", "--alpha", "0.3"]) == 0
-    read = lambda name: json.loads((tmp_path / name).read_text())["reranked"]
+    def read(name):
+        return json.loads((tmp_path / name).read_text())["reranked"]
     assert read("plain.json") == read("none.json") == read("default.json")
     assert read("auto.json") == read("explicit.json") != read("plain.json")

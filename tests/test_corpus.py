@@ -2,8 +2,16 @@ import logging
 
 import pytest
 
-from retrieval.corpus import (SkippedLines, iter_beir_corpus, iter_msmarco_collection, load_beir, load_collection,
-                              read_beir_queries, read_msmarco_queries, read_qrels)
+from retrieval.corpus import (
+    SkippedLines,
+    iter_beir_corpus,
+    iter_msmarco_collection,
+    load_beir,
+    load_collection,
+    read_beir_queries,
+    read_msmarco_queries,
+    read_qrels,
+)
 from retrieval.records import DataError
 
 

@@ -112,8 +112,9 @@ def test_rankings_label_which_pairs_rank_together(minilm_cross_encoder, pairs):
 
 
 def test_models_that_cannot_rerank_are_refused(tmp_path, minilm_cross_encoder):
-    from rerank.heads import local_minilm_path
     from transformers import AutoModelForSequenceClassification
+
+    from rerank.heads import local_minilm_path
 
     with pytest.raises(ModelError, match="BertModel, not a sequence-classification model"):
         CrossEncoder(str(local_minilm_path()))

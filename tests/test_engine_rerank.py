@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 import pytest
-
 from engines_support import require_server
+
 from pipelines.engine_rerank import RegistrationError, register_opensearch
 from pipelines.evaluation import mean_scores, per_query_scores
 from pipelines.retrieve_rerank import EngineReranker, RetrieveRerank, first_stage_run

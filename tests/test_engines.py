@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from engines_support import require_server
+
 from pipelines.compare_runs import top_k_agreement
 from retrieval.analysis import english_analyzer, standard_analyzer
 from retrieval.bm25 import InMemoryBM25

@@ -13,8 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from engines_support import require_server
+
 from retrieval.corpus import iter_beir_corpus
 from retrieval.engines import connect
 

@@ -43,8 +43,8 @@ def test_bce_on_pairs_equals_sentence_transformers(tiny_cross_encoder):
 
     model = STCrossEncoder(str(tiny_cross_encoder), max_length=32, activation_fn=torch.nn.Identity())
     model.eval()
-    listed = datasets.Dataset.from_list([{"query": q, "docs": d, "labels": l.tolist()}
-                                         for q, d, l in zip(BATCH_QUERIES, BATCH_DOCS, BATCH_LABELS)])
+    listed = datasets.Dataset.from_list([{"query": q, "docs": d, "labels": labels.tolist()}
+                                         for q, d, labels in zip(BATCH_QUERIES, BATCH_DOCS, BATCH_LABELS)])
     pairs = to_pairs(listed)
     assert len(pairs) == 7 and pairs[0] == {"query": BATCH_QUERIES[0], "passage": BATCH_DOCS[0][0], "label": 1.0}
     ours = make_loss(model, TrainingConfig(loss="bce"))
@@ -100,8 +100,8 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, small_beir, tiny_cr
 
     from rerank.training import train_cross_encoder
 
-    rows = [{"query": q, "docs": d, "labels": [int(x) for x in l.tolist()]}
-            for q, d, l in zip(BATCH_QUERIES * 4, BATCH_DOCS * 4, BATCH_LABELS * 4)]
+    rows = [{"query": q, "docs": d, "labels": [int(x) for x in labels.tolist()]}
+            for q, d, labels in zip(BATCH_QUERIES * 4, BATCH_DOCS * 4, BATCH_LABELS * 4)]
     dataset = datasets.Dataset.from_list(rows)
     config = TrainingConfig(batch_size=2, eval_steps=2, max_length=32, epochs=1)
     first = train_cross_encoder(dataset, str(tiny_cross_encoder), tmp_path / "m", config)
@@ -155,8 +155,8 @@ def test_training_stops_early_saves_its_settings_log_and_curve(scifact, tiny_cro
     from rerank.training import CURVE_FILE, LOG_FILE, train_cross_encoder
 
     complete, _ = _samples(scifact, count=6, depth=5)
-    rows = [{"query": q, "docs": d, "labels": [int(x) for x in l.tolist()]}
-            for q, d, l in zip(BATCH_QUERIES * 8, BATCH_DOCS * 8, BATCH_LABELS * 8)]
+    rows = [{"query": q, "docs": d, "labels": [int(x) for x in labels.tolist()]}
+            for q, d, labels in zip(BATCH_QUERIES * 8, BATCH_DOCS * 8, BATCH_LABELS * 8)]
     dataset = datasets.Dataset.from_list(rows)
     # lr 0: dev nDCG@10 never improves, so patience 2 stops after the third evaluation (step 3 of 8)
     frozen = TrainingConfig(batch_size=2, eval_steps=1, max_length=160, epochs=1, lr=0.0, early_stopping_patience=2,

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     common.add_argument("--data-dir", metavar="DIR",
                         help="local folder of named collections (a BEIR folder per name), searched before "
-                             "$ESRERANK_DATA_DIR and the shared/data folder beside the checkout")
+                        "$ESRERANK_DATA_DIR and the shared/data folder beside the checkout")
     parser = Parser(prog="esrerank", description="BM25 retrieval + cross-encoder reranking.",
                                      parents=[common], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)

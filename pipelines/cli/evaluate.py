@@ -9,27 +9,41 @@ from pathlib import Path
 from rerank import DEFAULT_MODEL
 from retrieval.records import DataError
 
-from .options import add_first_stage_args, add_reranker_args, add_retriever_args, add_search_pipeline_arg, first_stage_from, fraction, logger, non_negative_int, positive_int, read_query_ids, reranker_from
+from .options import (
+    add_first_stage_args,
+    add_reranker_args,
+    add_retriever_args,
+    add_search_pipeline_arg,
+    first_stage_from,
+    fraction,
+    logger,
+    non_negative_int,
+    positive_int,
+    read_query_ids,
+    reranker_from,
+)
+
 
 def add_parser(commands, common) -> None:
     parser = commands.add_parser("evaluate", parents=[common], allow_abbrev=False,
                                    help="BM25 vs reranked effectiveness on a test collection")
     parser.add_argument("--data", default=None,
                         help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/), a collection name found in a data "
-                             "folder or fetched by ir_datasets (vaswani, cranfield, scifact, …), an ir_datasets id "
-                             "(msmarco-passage/dev/small, beir/scifact/test, …) or a HF id (default vaswani)")
+                        "folder or fetched by ir_datasets (vaswani, cranfield, scifact, …), an ir_datasets id "
+                        "(msmarco-passage/dev/small, beir/scifact/test, …) or a HF id (default vaswani)")
     parser.add_argument("--split", default="test", help="qrels split (default test)")
     parser.add_argument("--query-ids", help="JSON list of query ids to evaluate (e.g. a recipe's dev_query_ids.json)")
     add_reranker_args(parser, DEFAULT_MODEL)
     parser.add_argument("--retrieve-k", type=positive_int, default=1000, help="first-stage depth (default 1000)")
-    parser.add_argument("--rerank-k", type=non_negative_int, default=100, help="candidates reranked per query (default 100)")
+    parser.add_argument("--rerank-k", type=non_negative_int, default=100,
+                        help="candidates reranked per query (default 100)")
     add_first_stage_args(parser)
     add_retriever_args(parser)
     add_search_pipeline_arg(parser)
     parser.add_argument("--candidates", help="rerank this first-stage TREC run instead of retrieving")
     parser.add_argument("--fusion", choices=["auto", "none", "interpolate", "rrf"], default="none",
-                          help="combine BM25 and reranker scores: none (default: the reranker alone), interpolate, "
-                               "rrf, or auto: what 'esrerank recipe' found best for this model (recorded beside it)")
+                        help="combine BM25 and reranker scores: none (default: the reranker alone), interpolate, "
+                        "rrf, or auto: what 'esrerank recipe' found best for this model (recorded beside it)")
     parser.add_argument("--alpha", type=fraction, default=None, help="reranker weight in fusion (default 0.5)")
     parser.add_argument("--save-run", help="write the final run (reranked, or BM25 with --model none) here")
     parser.add_argument("--output-json", help="write the measures as JSON here")

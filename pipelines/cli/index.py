@@ -4,27 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from .options import add_first_stage_args, engine_url, non_negative_int, positive_int
 
+
 def add_parser(commands, common) -> None:
-    parser = commands.add_parser("index", parents=[common], allow_abbrev=False, help="bulk-load a corpus into Elasticsearch/OpenSearch")
+    parser = commands.add_parser("index", parents=[common], allow_abbrev=False,
+                                 help="bulk-load a corpus into Elasticsearch/OpenSearch")
     parser.add_argument("--data", required=True,
-                       help="BEIR folder, MS MARCO collection.tsv, or 'msmarco-passage' (HF datasets copy)")
+                        help="BEIR folder, MS MARCO collection.tsv, or 'msmarco-passage' (HF datasets copy)")
     parser.add_argument("--engine", choices=["elasticsearch", "opensearch"], default="elasticsearch")
     parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200, or :9201 for opensearch)")
     parser.add_argument("--index", required=True, help="alias to build; the data goes to a versioned index behind it")
     add_first_stage_args(parser)
     parser.add_argument("--analysis", choices=["auto", "native", "client"], default="auto",
-                       help="analyze on the server (native) or with esrerank's replica (client); "
-                            "auto: native when the server has the analyzer")
-    parser.add_argument("--batch-docs", type=positive_int, default=1000, help="documents per bulk request (default 1000)")
+                        help="analyze on the server (native) or with esrerank's replica (client); "
+                        "auto: native when the server has the analyzer")
+    parser.add_argument("--batch-docs", type=positive_int, default=1000,
+                        help="documents per bulk request (default 1000)")
     parser.add_argument("--workers", type=positive_int, default=2, help="concurrent bulk requests (default 2)")
-    parser.add_argument("--shards", type=positive_int, default=1, help="primary shards (default 1: exact BM25 statistics)")
+    parser.add_argument("--shards", type=positive_int, default=1,
+                        help="primary shards (default 1: exact BM25 statistics)")
     parser.add_argument("--replicas", type=non_negative_int, default=0, help="replicas once loaded (default 0)")
     parser.add_argument("--dead-letter", help="JSON-lines file for what could not be indexed "
-                                             "(default <index>.dead-letter.jsonl)")
-    parser.add_argument("--max-retries", type=non_negative_int, default=8, help="retries of 429/5xx/unreachable (default 8)")
+                        "(default <index>.dead-letter.jsonl)")
+    parser.add_argument("--max-retries", type=non_negative_int, default=8,
+                        help="retries of 429/5xx/unreachable (default 8)")
     parser.add_argument("--no-force-merge", action="store_true", help="skip the final merge to one segment")
     parser.add_argument("--keep-old", action="store_true", help="keep the index the alias pointed to before")
     parser.set_defaults(handler=run)

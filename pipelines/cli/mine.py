@@ -4,38 +4,54 @@ from __future__ import annotations
 
 import json
 
-from .options import add_first_stage_args, add_retriever_args, first_stage_from, fraction, non_negative_int, positive_float, positive_int, read_query_ids, teacher_from
+from .options import (
+    add_first_stage_args,
+    add_retriever_args,
+    first_stage_from,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    read_query_ids,
+    teacher_from,
+)
+
 
 def add_parser(commands, common) -> None:
-    parser = commands.add_parser("mine", parents=[common], allow_abbrev=False, help="hard negatives from the first stage, for training")
+    parser = commands.add_parser("mine", parents=[common], allow_abbrev=False,
+                                 help="hard negatives from the first stage, for training")
     parser.add_argument("--data", required=True, help="BEIR folder, collection name or ir_datasets id with the "
-                                                         "training queries and qrels")
+                        "training queries and qrels")
     parser.add_argument("--split", default="train", help="qrels split (default train)")
     parser.add_argument("--out", required=True, help="output folder (a HF datasets dataset, stats.json)")
     add_retriever_args(parser)
     add_first_stage_args(parser)
     parser.add_argument("--depth", type=positive_int, default=100, help="candidates per query (default 100)")
-    parser.add_argument("--range-min", type=non_negative_int, default=0, help="first window position, positives removed (default 0)")
-    parser.add_argument("--range-max", type=positive_int, default=100, help="end of the window, exclusive (default 100)")
-    parser.add_argument("--num-negatives", type=non_negative_int, default=6, help="hard negatives per query (default 6)")
+    parser.add_argument("--range-min", type=non_negative_int, default=0,
+                        help="first window position, positives removed (default 0)")
+    parser.add_argument("--range-max", type=positive_int, default=100,
+                        help="end of the window, exclusive (default 100)")
+    parser.add_argument("--num-negatives", type=non_negative_int, default=6,
+                        help="hard negatives per query (default 6)")
     parser.add_argument("--num-random-negatives", type=non_negative_int, default=3,
-                      help="easy negatives per query, drawn at random from the corpus (default 3)")
+                        help="easy negatives per query, drawn at random from the corpus (default 3)")
     parser.add_argument("--sampling", choices=["top", "random"], default="top")
     parser.add_argument("--teacher", help="model that filters likely false negatives: a cross-encoder, or a "
-                                        "sentence-transformers bi-encoder (cosine similarity)")
+                        "sentence-transformers bi-encoder (cosine similarity)")
     parser.add_argument("--teacher-type", choices=["auto", "cross-encoder", "bi-encoder"], default="auto",
-                      help="auto (default): a one-label sequence classifier is a cross-encoder, else a bi-encoder")
+                        help="auto (default): a one-label sequence classifier is a cross-encoder, else a bi-encoder")
     margin = parser.add_mutually_exclusive_group()
     margin.add_argument("--absolute-margin", type=positive_float, help="drop negatives scoring above positive - X")
     margin.add_argument("--relative-margin", type=fraction, help="drop negatives scoring above positive x (1 - X)")
-    parser.add_argument("--format", choices=["labeled-list", "triplet", "n-tuple", "labeled-pair"], default="labeled-list")
+    parser.add_argument("--format", choices=["labeled-list", "triplet", "n-tuple", "labeled-pair"],
+                        default="labeled-list")
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--exclude-queries", help="JSON list of query ids to leave out (e.g. a test split)")
     parser.add_argument("--dev-queries", type=non_negative_int, default=None,
-                      help="queries held out of training as the dev split 'esrerank train' evaluates on, stops "
-                           "early on and picks its checkpoint by (default: min(100, a fifth of the queries); 0: none)")
+                        help="queries held out of training as the dev split 'esrerank train' evaluates on, stops "
+                        "early on and picks its checkpoint by (default: min(100, a fifth of the queries); 0: none)")
     parser.add_argument("--dev-depth", type=positive_int, default=30,
-                      help="first-stage candidates per dev query reranked during training (default 30)")
+                        help="first-stage candidates per dev query reranked during training (default 30)")
     parser.set_defaults(handler=run)
 
 

@@ -79,15 +79,16 @@ def add_first_stage_args(parser: argparse.ArgumentParser) -> None:
 def add_retriever_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retriever", choices=["memory", "elasticsearch", "opensearch"], default="memory",
                         help="first stage: in-memory BM25 (default) or a real engine")
-    parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200 for elasticsearch, :9201 for opensearch)")
+    parser.add_argument("--url",
+                        help="engine URL (default http://127.0.0.1:9200 for elasticsearch, :9201 for opensearch)")
     parser.add_argument("--index", help="engine index or alias (as built by 'esrerank index')")
 
 
 def add_search_pipeline_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-pipeline", metavar="NAME",
                         help="rerank inside OpenSearch through this search pipeline (made by 'esrerank register "
-                             "opensearch') instead of on this machine; needs --retriever opensearch, and --model "
-                             "is not used")
+                        "opensearch') instead of on this machine; needs --retriever opensearch, and --model "
+                        "is not used")
 
 
 def engine_url(args) -> str:
@@ -105,10 +106,10 @@ def add_model_run_args(parser: argparse.ArgumentParser) -> None:
     """How the cross-encoder runs: the same options for evaluate, search and serve."""
     parser.add_argument("--max-length", type=max_length_tokens, default=None,
                         help="tokens per (query, passage) pair (default: what the model was trained with, "
-                             "saved beside it by 'esrerank train', else 512)")
+                        "saved beside it by 'esrerank train', else 512)")
     parser.add_argument("--passages", choices=["first", "maxp"], default=None,
                         help="long documents: their start (first) or their best overlapping window (maxp); "
-                             "default: the model's saved setting, else first")
+                        "default: the model's saved setting, else first")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="number type of the reranker (default auto: bf16 where the hardware is fast at it)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: first available)")
@@ -139,11 +140,13 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                         help=f"tokens per pair, saved with the model (default {defaults.max_length})")
     parser.add_argument("--passages", choices=TRAIN_PASSAGES, default=defaults.passages,
                         help="long documents: train on their start (first), or on their window sharing most words "
-                             f"with the query and rerank by best window (maxp) (default {defaults.passages})")
-    parser.add_argument("--eval-steps", type=positive_int, default=None, help="dev evaluations every N steps (default 4 an epoch)")
-    parser.add_argument("--early-stopping", type=non_negative_int, default=defaults.early_stopping_patience, metavar="N",
+                        f"with the query and rerank by best window (maxp) (default {defaults.passages})")
+    parser.add_argument("--eval-steps", type=positive_int, default=None,
+                        help="dev evaluations every N steps (default 4 an epoch)")
+    parser.add_argument("--early-stopping", type=non_negative_int, default=defaults.early_stopping_patience,
+                        metavar="N",
                         help="stop after N dev evaluations without improvement; 0: never "
-                             f"(default {defaults.early_stopping_patience})")
+                        f"(default {defaults.early_stopping_patience})")
     parser.add_argument("--bf16", choices=["auto", "true", "false"], default=defaults.bf16)
     parser.add_argument("--train-seed", type=int, default=defaults.seed)
 
@@ -197,9 +200,12 @@ def reranker_from(args):
         from ..retrieve_rerank import EngineReranker
 
         if args.retriever != "opensearch" or not args.index:
-            raise DataError("--search-pipeline", "reranking inside the engine needs --retriever opensearch --index NAME")
-        logger.info("reranking inside OpenSearch through search pipeline %s (--model is not used)", args.search_pipeline)
-        return EngineReranker(connect("opensearch", engine_url(args), args.index, search_pipeline=args.search_pipeline))
+            raise DataError("--search-pipeline",
+                            "reranking inside the engine needs --retriever opensearch --index NAME")
+        logger.info("reranking inside OpenSearch through search pipeline %s (--model is not used)",
+                    args.search_pipeline)
+        searcher = connect("opensearch", engine_url(args), args.index, search_pipeline=args.search_pipeline)
+        return EngineReranker(searcher)
     if args.model.lower() == "none":
         return None
     return cross_encoder_from(args)

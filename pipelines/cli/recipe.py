@@ -7,8 +7,10 @@ from pathlib import Path
 
 from .options import add_first_stage_args, add_training_args, non_negative_int, positive_int, training_config_from
 
+
 def add_parser(commands, common) -> None:
-    parser = commands.add_parser("recipe", parents=[common], allow_abbrev=False, help="mine, train and evaluate in one command")
+    parser = commands.add_parser("recipe", parents=[common], allow_abbrev=False,
+                                 help="mine, train and evaluate in one command")
     parser.add_argument("--train-data", required=True)
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--eval-data", required=True)
@@ -17,8 +19,9 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--dev-queries", type=positive_int, default=200,
                         help="evaluation queries held out of training when train and eval data are the same "
-                             "(default 200)")
-    parser.add_argument("--num-negatives", type=non_negative_int, default=6, help="hard negatives per query (default 6)")
+                        "(default 200)")
+    parser.add_argument("--num-negatives", type=non_negative_int, default=6,
+                        help="hard negatives per query (default 6)")
     parser.add_argument("--num-random-negatives", type=non_negative_int, default=3,
                         help="easy negatives per query, at random from the corpus (default 3)")
     parser.add_argument("--depth", type=positive_int, default=100)
@@ -41,7 +44,8 @@ def run(args) -> int:
     train = load_collection(args.train_data, args.train_split, args.data_dir)
     same_data = Path(args.train_data).resolve() == Path(args.eval_data).resolve()
     eval_split = args.eval_split or (args.train_split if same_data else "test")
-    evaluation = train if same_data and eval_split == args.train_split else load_collection(args.eval_data, eval_split, args.data_dir)
+    evaluation = (train if same_data and eval_split == args.train_split
+                  else load_collection(args.eval_data, eval_split, args.data_dir))
     report = recipe(train, evaluation, args.base_model, args.out, training_config_from(args),
                     RecipeConfig(dev_queries=args.dev_queries, depth=args.depth,
                                  train_eval_queries=args.train_eval_queries, train_eval_depth=args.train_eval_depth),

@@ -8,25 +8,26 @@ from retrieval.records import DataError
 
 from .options import positive_int, read_api_key
 
+
 def add_parser(commands, common) -> None:
     parser = commands.add_parser("register", parents=[common], allow_abbrev=False,
                                    help="make the engine call 'esrerank serve' itself (rerank inside the engine)")
     parser.add_argument("engine", choices=["opensearch", "elasticsearch"])
     parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200, or :9201 for opensearch)")
     parser.add_argument("--service-url", required=True,
-                          help="where the engine reaches 'esrerank serve', e.g. http://reranker:8080")
+                        help="where the engine reaches 'esrerank serve', e.g. http://reranker:8080")
     parser.add_argument("--name", default="esrerank",
-                          help="connector, model and search pipeline name (OpenSearch) or inference endpoint id "
-                               "(Elasticsearch); default esrerank")
+                        help="connector, model and search pipeline name (OpenSearch) or inference endpoint id "
+                        "(Elasticsearch); default esrerank")
     parser.add_argument("--rerank-fields", default="text",
-                          help="comma-separated _source fields sent to the reranker (OpenSearch joins several with "
-                               "no separator; default text)")
+                        help="comma-separated _source fields sent to the reranker (OpenSearch joins several with "
+                        "no separator; default text)")
     parser.add_argument("--api-key-file", help="the service's API key, for the engine to send "
-                                                 "(default: $ESRERANK_API_KEY, else none)")
+                        "(default: $ESRERANK_API_KEY, else none)")
     parser.add_argument("--timeout-s", type=positive_int, default=30,
-                          help="OpenSearch's connect and read timeout for the service (default 30)")
+                        help="OpenSearch's connect and read timeout for the service (default 30)")
     parser.add_argument("--fallback-to-bm25", action="store_true",
-                          help="OpenSearch: when the service fails, return the BM25 order instead of an error")
+                        help="OpenSearch: when the service fails, return the BM25 order instead of an error")
     parser.set_defaults(handler=run)
 
 

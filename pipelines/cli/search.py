@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from retrieval.records import DataError
 
-from .options import add_first_stage_args, add_reranker_args, add_retriever_args, add_search_pipeline_arg, any_split, first_stage_from, logger, non_negative_int, positive_int, reranker_from
+from .options import (
+    add_first_stage_args,
+    add_reranker_args,
+    add_retriever_args,
+    add_search_pipeline_arg,
+    any_split,
+    first_stage_from,
+    logger,
+    non_negative_int,
+    positive_int,
+    reranker_from,
+)
+
 
 def add_parser(commands, common) -> None:
-    parser = commands.add_parser("search", parents=[common], allow_abbrev=False, help="retrieve (and rerank) for ad-hoc queries")
+    parser = commands.add_parser("search", parents=[common], allow_abbrev=False,
+                                 help="retrieve (and rerank) for ad-hoc queries")
     parser.add_argument("queries", nargs="+", metavar="QUERY", help="query text (several allowed)")
     parser.add_argument("--data", help="BEIR folder for the in-memory retriever")
     add_retriever_args(parser)
@@ -15,7 +28,8 @@ def add_parser(commands, common) -> None:
     add_reranker_args(parser, "none")
     add_search_pipeline_arg(parser)
     parser.add_argument("-k", "--k", type=positive_int, default=10, help="results per query (default 10)")
-    parser.add_argument("--rerank-k", type=non_negative_int, default=100, help="candidates reranked per query (default 100)")
+    parser.add_argument("--rerank-k", type=non_negative_int, default=100,
+                        help="candidates reranked per query (default 100)")
     parser.set_defaults(handler=run)
 
 

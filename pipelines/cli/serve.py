@@ -6,19 +6,22 @@ from rerank import DEFAULT_MODEL
 
 from .options import add_model_run_args, cross_encoder_from, port_number, positive_int, read_api_key
 
+
 def add_parser(commands, common) -> None:
-    parser = commands.add_parser("serve", parents=[common], allow_abbrev=False, help="rerank over HTTP (Cohere/Jina and TEI APIs)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"cross-encoder hub id or folder (default {DEFAULT_MODEL})")
+    parser = commands.add_parser("serve", parents=[common], allow_abbrev=False,
+                                 help="rerank over HTTP (Cohere/Jina and TEI APIs)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"cross-encoder hub id or folder (default {DEFAULT_MODEL})")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=port_number, default=8080)
     parser.add_argument("--max-batch-tokens", type=positive_int, default=65_536,
-                       help="gather queued requests up to about this many tokens per model call (default 65,536)")
+                        help="gather queued requests up to about this many tokens per model call (default 65,536)")
     parser.add_argument("--max-docs", type=positive_int, default=1000, help="documents per request (default 1,000)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0,
-                       help="longest a request waits for others to batch with (default 5; 0 turns batching off)")
+                        help="longest a request waits for others to batch with (default 5; 0 turns batching off)")
     parser.add_argument("--api-key-file", help="file holding the API key requests must send as 'Authorization: "
-                                              "Bearer <key>' (default: $ESRERANK_API_KEY, else no key). Never "
-                                              "on the command line, where other users of the machine see it")
+                        "Bearer <key>' (default: $ESRERANK_API_KEY, else no key). Never "
+                        "on the command line, where other users of the machine see it")
     add_model_run_args(parser)
     parser.set_defaults(handler=run)
 

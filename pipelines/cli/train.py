@@ -8,17 +8,20 @@ from retrieval.records import DataError
 
 from .options import add_training_args, logger, positive_int, read_query_ids, training_config_from
 
+
 def add_parser(commands, common) -> None:
-    parser = commands.add_parser("train", parents=[common], allow_abbrev=False, help="train a cross-encoder on mined data")
+    parser = commands.add_parser("train", parents=[common], allow_abbrev=False,
+                                 help="train a cross-encoder on mined data")
     parser.add_argument("--dataset", required=True, help="folder written by 'esrerank mine' (labeled-list)")
     parser.add_argument("--base-model", required=True, help="hub id or local folder; a base encoder gets a new head")
     parser.add_argument("--out", required=True, help="where the trained model goes")
     add_training_args(parser)
     parser.add_argument("--eval-data", help="BEIR folder whose queries evaluate the pipeline during training "
-                                           "(default: the dev split 'esrerank mine' held out, when there is one)")
+                        "(default: the dev split 'esrerank mine' held out, when there is one)")
     parser.add_argument("--eval-split", default="test")
     parser.add_argument("--eval-queries", help="JSON list of query ids to evaluate on (default: all of the split)")
-    parser.add_argument("--eval-depth", type=positive_int, default=30, help="BM25 candidates per dev query (default 30)")
+    parser.add_argument("--eval-depth", type=positive_int, default=30,
+                        help="BM25 candidates per dev query (default 30)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.set_defaults(handler=run)
 
@@ -34,7 +37,8 @@ def run(args) -> int:
         raise DataError(dataset_dir, "not a dataset written by 'esrerank mine' (no dataset_info.json)")
     dataset = datasets.load_from_disk(str(dataset_dir))
     if not {"query", "docs", "labels"} <= set(dataset.column_names):
-        raise DataError(dataset_dir, f"training needs labeled-list rows (query, docs, labels); has {dataset.column_names}")
+        raise DataError(dataset_dir, "training needs labeled-list rows (query, docs, labels); "
+                                     f"has {dataset.column_names}")
     samples = None
     if args.eval_data:
         from retrieval.bm25 import InMemoryBM25
@@ -54,8 +58,10 @@ def run(args) -> int:
         from ..mining import load_dev_samples
 
         samples = load_dev_samples(dataset_dir / DEV_SAMPLES_FILE)
-        logger.info("dev split: %d queries held out by 'esrerank mine' (%s)", len(samples), dataset_dir / DEV_SAMPLES_FILE)
-    result = train_cross_encoder(dataset, args.base_model, args.out, training_config_from(args), samples, resume=args.resume)
+        logger.info("dev split: %d queries held out by 'esrerank mine' (%s)", len(samples),
+                    dataset_dir / DEV_SAMPLES_FILE)
+    result = train_cross_encoder(dataset, args.base_model, args.out, training_config_from(args), samples,
+                                 resume=args.resume)
     print(f"trained {result.steps} steps in {result.seconds:.0f} s; best dev nDCG@10 "
           f"{result.best_dev_ndcg10 if result.best_dev_ndcg10 is not None else 'n/a'}; model saved to {result.out_dir}")
     return 0
