@@ -13,60 +13,27 @@ from retrieval.records import DataError
 logger = logging.getLogger("esrerank")
 
 
-def positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _number(kind, low=None, high=None, low_open=False, rule=""):
+    """An argparse type: ``kind`` (int or float) within [low, high] (``low_open``: above low), with
+    ``rule`` as the message when it is not."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+        if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def port_number(text: str) -> int:
-    value = _int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text}")
-    return value
-
-
-def max_length_tokens(text: str) -> int:
-    value = _int(text)
-    if value < 8:  # the query budget, separators and a few document tokens need room
-        raise argparse.ArgumentTypeError(f"must be at least 8 tokens, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = _float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+positive_int = _number(int, 1, rule="a positive integer")
+non_negative_int = _number(int, 0, rule="0 or more")
+port_number = _number(int, 0, 65535, rule="a port number from 0 to 65535")
+# the query budget, separators and a few document tokens need room
+max_length_tokens = _number(int, 8, rule="at least 8 tokens")
+fraction = _number(float, 0.0, 1.0, rule="between 0 and 1")
+positive_float = _number(float, 0.0, low_open=True, rule="more than 0")
 
 
 def add_first_stage_args(parser: argparse.ArgumentParser) -> None:
