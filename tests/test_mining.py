@@ -63,10 +63,12 @@ def test_same_seed_same_dataset_other_seed_other_sample(setup, tmp_path):
     c, _ = mine_hard_negatives(queries, collection.qrels, candidates, texts, MiningConfig(sampling="random", seed=8),
                                show_progress=False)
     assert a != c
-    stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, show_progress=False)[1]
+    again, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, show_progress=False)
     first = save_mined(a, stats, config, tmp_path / "one")
-    second = save_mined(b and a, stats, config, tmp_path / "two")
+    second = save_mined(again, stats, config, tmp_path / "two")  # a second, independent run: same bytes
     assert first._fingerprint == second._fingerprint and first.to_list() == second.to_list()
+    other = save_mined(c, stats, MiningConfig(sampling="random", seed=8), tmp_path / "three")
+    assert other._fingerprint != first._fingerprint
     assert (tmp_path / "one" / "stats.json").is_file() and (tmp_path / "one" / "mining_config.json").is_file()
 
 

@@ -12,15 +12,15 @@ from retrieval.corpus import load_beir
 from retrieval.records import DataError, Hit
 
 
-class LengthReranker:
-    """A deterministic stand-in scorer (longer documents score higher), to check the plumbing."""
+class CountingReranker:
+    """A real cross-encoder (the tiny model built in conftest), counting the pairs of each call."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, model):
+        self.model, self.calls = model, []
 
     def predict(self, pairs):
         self.calls.append(len(pairs))
-        return np.array([float(len(doc)) for _, doc in pairs], dtype=np.float32)
+        return self.model.predict(pairs)
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,12 @@ def cran(cranfield):
     return load_beir(cranfield, "test")
 
 
-def test_rerank_reorders_head_and_keeps_tail(cran):
+def test_rerank_reorders_head_and_keeps_tail(cran, tiny_cross_encoder):
+    from rerank.cross_encoder import CrossEncoder
+
+    model = CrossEncoder(str(tiny_cross_encoder), max_length=128, dtype="float32")
     index = InMemoryBM25(cran.documents)
-    reranker = LengthReranker()
+    reranker = CountingReranker(model)
     pipeline = RetrieveRerank(index, reranker, retrieve_k=50, rerank_k=10, queries_per_batch=4)
     queries = cran.queries[:9]
     run = pipeline.run(queries)
@@ -38,13 +41,17 @@ def test_rerank_reorders_head_and_keeps_tail(cran):
     assert reranker.calls == [40, 40, 10]
     for query, hits, first in zip(queries, run.values(), bm25):
         assert len(hits) == 50 and [h.rank for h in hits] == list(range(1, 51))
-        head_texts = index.fetch_texts([h.doc_id for h in hits[:10]])
-        assert [len(t) for t in head_texts] == sorted((len(t) for t in head_texts), reverse=True)
-        assert {h.doc_id for h in hits[:10]} == {h.doc_id for h in first[:10]}
+        # the head is the first stage's top 10 in the order the model scores them, one query at a time
+        head_ids = [h.doc_id for h in first[:10]]
+        alone = model.predict([(query.text, text) for text in index.fetch_texts(head_ids)])
+        assert [h.doc_id for h in hits[:10]] == [head_ids[i] for i in np.argsort(-alone, kind="stable")]
+        assert [h.score for h in hits[:10]] == pytest.approx(sorted(alone.tolist(), reverse=True), abs=1e-5)
         assert [h.doc_id for h in hits[10:]] == [h.doc_id for h in first[10:]]
         scores = [h.score for h in hits]
         assert scores == sorted(scores, reverse=True) and len(set(scores[9:])) == 41
-    assert pipeline.search(queries[0].text) == run[queries[0].query_id]
+    alone = pipeline.search(queries[0].text)  # scored in a batch of its own: float32 noise, same ranking
+    assert [h.doc_id for h in alone] == [h.doc_id for h in run[queries[0].query_id]]
+    assert [h.score for h in alone] == pytest.approx([h.score for h in run[queries[0].query_id]], abs=1e-5)
 
 
 def test_without_reranker_the_first_stage_passes_through(cran):
@@ -70,13 +77,20 @@ def test_measures_equal_ir_measures_and_missing_queries_score_zero(cran):
     assert half < 0.75 * mean_scores(per_query_scores(run, cran.qrels, ["nDCG@10"]))["nDCG@10"]
 
 
-def test_paired_t_test_matches_scipy():
-    from scipy import stats
+def test_paired_t_test_equals_its_formula():
+    # t = mean(d) / (sd(d) / sqrt(n)) on the per-query differences d, two-sided p from Student's t with
+    # n - 1 degrees of freedom: written out here, not the scipy.stats.ttest_rel call the code makes
+    from scipy.stats import t as student_t
 
     base = {"AP": {"a": 0.1, "b": 0.4, "c": 0.3, "d": 0.2}}
     system = {"AP": {"a": 0.3, "b": 0.5, "c": 0.35, "d": 0.4}}
+    differences = [0.2, 0.1, 0.05, 0.2]
+    mean = sum(differences) / 4
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / 3)
+    t_statistic = mean / (sd / math.sqrt(4))
     (result,) = compare(base, system)
-    assert result.p_value == pytest.approx(stats.ttest_rel([0.3, 0.5, 0.35, 0.4], [0.1, 0.4, 0.3, 0.2]).pvalue)
+    assert t_statistic == pytest.approx(11 / 3)  # mean 0.1375, sd 0.075
+    assert result.p_value == pytest.approx(2 * student_t.sf(t_statistic, df=3), rel=1e-9)
     assert result.delta == pytest.approx(0.1375)
     assert math.isnan(compare(base, base)[0].p_value)
 

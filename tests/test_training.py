@@ -78,7 +78,39 @@ def test_recipe_end_to_end_on_a_tiny_model(small_beir, tiny_cross_encoder, tmp_p
     assert report["mining"]["kept"] == 14 and report["training"]["steps"] == 4  # 30 - 8 evaluation - 8 dev
     assert len(json.loads((out / "dev_query_ids.json").read_text())) == 8
     measures = report["evaluation"]["measures"]
-    assert set(measures) == {"bm25", "reranked"} and 0 <= measures["reranked"]["nDCG@10"] <= 1
+    assert set(measures) == {"bm25", "reranked"}
+    # the report's figures, recomputed here from the saved model with ir-measures directly
+    import ir_measures
+
+    from pipelines.fusion import FUSION_FILE
+    from retrieval.bm25 import InMemoryBM25
+    from retrieval.corpus import load_beir
+
+    collection = load_beir(small_beir, "test")
+    dev_ids = json.loads((out / "dev_query_ids.json").read_text())
+    queries = [q for q in collection.queries if q.query_id in dev_ids]
+    texts = collection.texts()
+    bm25 = dict(zip(dev_ids, InMemoryBM25(collection.documents).search_many(
+        [q.text for q in sorted(queries, key=lambda q: dev_ids.index(q.query_id))], 100)))
+    model = CrossEncoder(str(out / "model"))
+    qrels = {q: collection.qrels[q] for q in dev_ids}
+    reranked, first_stage = {}, {}
+    for query_id, hits in bm25.items():
+        query = next(q.text for q in queries if q.query_id == query_id)
+        scores = model.predict([(query, texts[h.doc_id]) for h in hits])
+        reranked[query_id] = {h.doc_id: float(s) for h, s in zip(hits, scores)}
+        first_stage[query_id] = {h.doc_id: h.score for h in hits}
+    ndcg = ir_measures.nDCG @ 10
+    assert measures["bm25"]["nDCG@10"] == pytest.approx(ir_measures.calc_aggregate([ndcg], qrels, first_stage)[ndcg])
+    assert measures["reranked"]["nDCG@10"] == pytest.approx(ir_measures.calc_aggregate([ndcg], qrels, reranked)[ndcg],
+                                                            abs=1e-6)
+    # the fusion file is written exactly when cross-validated fusion beat the reranker alone, and says which
+    fusion = report["evaluation"]["fusion"]
+    recorded = out / "model" / FUSION_FILE
+    assert recorded.is_file() == (fusion["two_fold_cross_validated_nDCG@10"] > measures["reranked"]["nDCG@10"])
+    if recorded.is_file():
+        choice = json.loads(recorded.read_text())
+        assert (choice["fusion"], choice["alpha"]) == (fusion["best_on_dev"]["fusion"], fusion["best_on_dev"]["alpha"])
     assert "nDCG@10" in capsys.readouterr().out
     # the saved model loads in esrerank, sentence-transformers and transformers, with the same scores
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -104,11 +136,27 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, small_beir, tiny_cr
             for q, d, labels in zip(BATCH_QUERIES * 4, BATCH_DOCS * 4, BATCH_LABELS * 4)]
     dataset = datasets.Dataset.from_list(rows)
     config = TrainingConfig(batch_size=2, eval_steps=2, max_length=32, epochs=1)
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
     first = train_cross_encoder(dataset, str(tiny_cross_encoder), tmp_path / "m", config)
-    assert first.steps == 4 and (tmp_path / "m" / "checkpoints" / "checkpoint-4").is_dir()
+    checkpoint = tmp_path / "m" / "checkpoints" / "checkpoint-4"
+    assert first.steps == 4 and checkpoint.is_dir()
+    # A copy whose checkpoint weights are marked: a run that really resumes carries the mark into its final
+    # model; one that starts over from the base model does not. (Step counts alone cannot tell: both end at 8.)
+    shutil.copytree(tmp_path / "m", tmp_path / "marked")
+    weights = tmp_path / "marked" / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["classifier.bias"] = tensors["classifier.bias"] + 5.0
+    save_file(tensors, str(weights), metadata={"format": "pt"})
     longer = TrainingConfig(batch_size=2, eval_steps=2, max_length=32, epochs=2)
     second = train_cross_encoder(dataset, str(tiny_cross_encoder), tmp_path / "m", longer, resume=True)
-    assert second.steps == 8  # went on from step 4 rather than starting over
+    marked = train_cross_encoder(dataset, str(tiny_cross_encoder), tmp_path / "marked", longer, resume=True)
+    assert second.steps == marked.steps == 8
+    bias = load_file(str(tmp_path / "m" / "model.safetensors"))["classifier.bias"]
+    marked_bias = load_file(str(tmp_path / "marked" / "model.safetensors"))["classifier.bias"]
+    assert float(marked_bias - bias) == pytest.approx(5.0, abs=0.5)  # lr 5e-5 over 4 steps moves it far less
 
 
 def _samples(scifact, count=12, depth=8):

@@ -1,4 +1,5 @@
-"""How far two runs agree: top-k identity per query, allowing for exact ties, and score differences."""
+"""How far two runs agree: top-k identity per query, allowing for exact ties, and score differences.
+A test helper (the engine parity tests decide by it); its own test is test_run_agreement.py."""
 
 from __future__ import annotations
 
@@ -14,10 +15,6 @@ class Agreement:
     same_top_k: int  # identical doc ids in identical order
     same_up_to_ties: int  # identical once documents with equal scores may swap places
     max_relative_score_diff: float  # over documents both top-k lists hold
-
-    @property
-    def same_top_k_share(self) -> float:
-        return self.same_top_k / self.queries if self.queries else 1.0
 
     @property
     def same_up_to_ties_share(self) -> float:
