@@ -95,7 +95,7 @@ def test_long_score_numbers_are_what_the_engine_cannot_read(engine_url, vaswani_
     # repr (19-20 characters for most float32 logits) ML Commons' Cohere post-processing fails.
     searcher = OpenSearchBM25(engine_url, vaswani_index, search_pipeline=registration.pipeline)
     assert len(searcher.search("measurement of dielectric constant", 5)) == 5
-    monkeypatch.setattr("rerank.service.json_score", float)
+    monkeypatch.setattr("rerank.rerank_api.json_score", float)
     with pytest.raises(EngineError) as refused:  # 2.19.1 says "Fail to execute PREDICT in aws connector"
         searcher.search("measurement of dielectric constant", 5)
     assert refused.value.status == 500

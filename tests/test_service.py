@@ -205,3 +205,16 @@ def test_api_key_comes_from_a_file_or_the_environment_never_an_argument(tmp_path
         read_api_key(str(tmp_path / "empty"))
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--api-key", "visible-in-ps"])
+
+
+def test_tei_truncate_false_refuses_what_the_model_would_cut_and_true_scores_the_start(service):
+    running, model = service  # max length 64
+    long_text = " ".join(["ranking"] * 200)
+    status, body = request(running, "POST", "/rerank", {"query": "q", "texts": ["short", long_text]})
+    assert status == 413 and "texts[1]" in body["error"]["message"] and "at most 64" in body["error"]["message"]
+    status, body = request(running, "POST", "/rerank", {"query": "q", "texts": ["short", long_text], "truncate": True,
+                                                        "raw_scores": True})
+    assert status == 200
+    expected = model.predict([("q", "short"), ("q", long_text)])
+    assert {r["index"]: r["score"] for r in body} == {i: pytest.approx(float(expected[i]), abs=1e-5) for i in range(2)}
+    assert request(running, "POST", "/rerank", {"query": "q", "texts": ["x"], "truncate": "no"})[0] == 422

@@ -1,0 +1,137 @@
+"""The two rerank APIs the service speaks, as functions from a request body to an answer: validation of
+what a client sends (4xx :class:`RequestError` with the reason), scoring through the batcher, and the
+answer's JSON shape.
+
+- Cohere/Jina (``POST /v1/rerank``): ``{"query", "documents", "top_n", "return_documents", "raw_scores"}``.
+- Text-Embeddings-Inference (``POST /rerank``): ``{"query", "texts", "raw_scores", "return_text",
+  "truncate"}``; as TEI, ``truncate`` false (its default) refuses a text longer than the model's
+  ``max_length`` tokens with 413 instead of scoring its start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .batching import DynamicBatcher
+from .errors import InputError
+
+
+class RequestError(InputError):
+    """A request the service answers with a 4xx status."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """max_body_bytes: 8 MiB. max_docs: documents per request (1,000). max_text_chars: characters of
+    one query or document (100,000; longer texts would be truncated to max_length tokens anyway)."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_docs: int = 1000
+    max_text_chars: int = 100_000
+
+
+def json_score(value) -> float:
+    """A score as a JSON number every engine reads as a double: the most precise decimal whose text has
+    at most 18 characters (sign, point and exponent included), always with a point or an exponent
+    (``json`` writes ``1.0``, not ``1``, for a float). json-smart, the parser behind ML Commons'
+    JSONPath, reads a longer decimal as a BigDecimal and an integer as an Integer; the Cohere
+    post-processing then fails casting it to Double. A float32 logit needs 9 significant digits, so
+    it comes back as the same float32."""
+    value = float(value)
+    for digits in range(17, 0, -1):
+        candidate = float(f"{value:.{digits}g}")
+        if len(repr(candidate)) <= MAX_NUMBER_CHARS:
+            return candidate
+    return candidate
+
+
+MAX_NUMBER_CHARS = 18  # json-smart's JSONParserBase.extractFloat: longer texts become BigDecimal
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+def _text(value, what: str, limits: ServiceLimits) -> str:
+    if isinstance(value, dict):  # Cohere accepts {"text": ...} documents
+        value = value.get("text")
+    if not isinstance(value, str):
+        raise RequestError(422, f"{what} must be a string")
+    if len(value) > limits.max_text_chars:
+        raise RequestError(413, f"{what} has {len(value)} characters; the limit is {limits.max_text_chars}")
+    return value
+
+
+def _documents(body: dict, key: str, limits: ServiceLimits) -> list[str]:
+    documents = body.get(key)
+    if not isinstance(documents, list):
+        raise RequestError(422, f"'{key}' must be a list of strings")
+    if len(documents) > limits.max_docs:
+        raise RequestError(413, f"{len(documents)} documents; the limit is {limits.max_docs} per request")
+    return [_text(d, f"{key}[{i}]", limits) for i, d in enumerate(documents)]
+
+
+def handle_cohere(body: dict, batcher: DynamicBatcher, limits: ServiceLimits) -> dict:
+    query = _text(body.get("query"), "'query'", limits)
+    documents = _documents(body, "documents", limits)
+    top_n = body.get("top_n", len(documents))
+    if not isinstance(top_n, int) or top_n < 0:
+        raise RequestError(422, "'top_n' must be a non-negative integer")
+    raw_scores = body.get("raw_scores", False)
+    if not isinstance(raw_scores, bool):
+        raise RequestError(422, "'raw_scores' must be true or false")
+    raw = batcher.score([(query, d) for d in documents]) if documents else np.zeros(0)
+    scores = raw.astype(np.float64) if raw_scores else _sigmoid(raw)
+    order = np.argsort(-scores, kind="stable")[:top_n]
+    results = []
+    for i in order:
+        entry = {"index": int(i), "relevance_score": json_score(scores[i])}
+        if body.get("return_documents"):
+            entry["document"] = {"text": documents[i]}
+        results.append(entry)
+    return {"results": results}
+
+
+def _flag(body: dict, key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise RequestError(422, f"'{key}' must be true or false")
+    return value
+
+
+def _refuse_truncation(model, query: str, texts: list[str]) -> None:
+    """TEI's ``truncate: false``: a (query, text) pair longer than the model reads is refused, not cut."""
+    tokenizer, max_length = getattr(model, "tokenizer", None), getattr(model, "max_length", None)
+    if tokenizer is None or max_length is None or getattr(getattr(model, "passages", None), "mode", "") == "maxp":
+        return  # MaxP reads a long text whole, window by window: nothing is cut
+    lengths = [len(ids) for ids in tokenizer([query] * len(texts), texts, truncation=False)["input_ids"]]
+    for i, length in enumerate(lengths):
+        if length > max_length:
+            raise RequestError(413, f"texts[{i}] and the query are {length} tokens; the model reads at most "
+                                    f"{max_length} (send \"truncate\": true to score the start)")
+
+
+def handle_tei(body: dict, batcher: DynamicBatcher, limits: ServiceLimits) -> list:
+    query = _text(body.get("query"), "'query'", limits)
+    texts = _documents(body, "texts", limits)
+    if not _flag(body, "truncate", False):
+        _refuse_truncation(batcher.model, query, texts)
+    raw = batcher.score([(query, t) for t in texts]) if texts else np.zeros(0)
+    scores = raw.astype(np.float64) if body.get("raw_scores") else _sigmoid(raw)
+    order = np.argsort(-scores, kind="stable")
+    results = []
+    for i in order:
+        entry = {"index": int(i), "score": json_score(scores[i])}
+        if body.get("return_text"):
+            entry["text"] = texts[i]
+        results.append(entry)
+    return results
+
+
+ROUTES = {"/v1/rerank": handle_cohere, "/rerank": handle_tei}
