@@ -90,7 +90,7 @@ class _ElasticsearchRest:
         try:
             return self.client.perform_request(method, path, params=params, headers=headers, body=body).body
         except self._errors.ApiError as exc:
-            raise EngineError(exc.meta.status, _reason(exc.body) or str(exc)) from None
+            raise EngineError(exc.meta.status, error_reason(exc.body) or str(exc)) from None
         except (self._errors.ConnectionError, self._errors.ConnectionTimeout) as exc:
             raise EngineUnavailable(self.url, str(exc)) from None
 
@@ -114,13 +114,16 @@ class _OpenSearchRest:
             raise EngineUnavailable(self.url, str(exc)) from None
         except self._errors.TransportError as exc:
             status = exc.status_code if isinstance(exc.status_code, int) else 0
-            raise EngineError(status, _reason(exc.info) or str(exc)) from None
+            raise EngineError(status, error_reason(exc.info) or str(exc)) from None
 
 
-def _reason(body: Any) -> str:
+def error_reason(body: Any) -> str:
+    """The reason an engine gives in an error answer, or in one item of a ``_bulk`` answer."""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         error = body["error"]
         return f"{error.get('type')}: {error.get('reason')}"
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
     if isinstance(body, str) and body.lstrip().startswith("<"):
         return "the answer is HTML, not JSON: is this URL an Elasticsearch/OpenSearch server?"
     return " ".join(str(body).split())[:500] if body else ""
@@ -185,9 +188,7 @@ class SearchEngineBM25:
     def meta(self) -> dict:
         """The esrerank ``_meta`` of the index (analysis mode, analyzer, k1, b); {} for a foreign index."""
         if self._meta is None:
-            mapping = self.rest.request("GET", f"/{self.index}/_mapping")
-            # an alias resolves to its one index; take the first
-            self._meta = next(iter(mapping.values()))["mappings"].get("_meta", {}).get("esrerank", {})
+            self._meta = self.index_meta(self.index)
         return self._meta
 
     def _query_text(self, query: str) -> str:
@@ -222,7 +223,7 @@ class SearchEngineBM25:
                                          params=self._search_params())
             for item in response["responses"]:
                 if "error" in item:
-                    raise EngineError(item.get("status", 500), _reason(item))
+                    raise EngineError(item.get("status", 500), error_reason(item))
                 results.append(self._hits(item))
         return results
 
@@ -282,9 +283,11 @@ class SearchEngineBM25:
             raise KeyError(f"{len(missing)} doc ids are not in index {self.index!r} (e.g. {missing[0]!r})")
         return [texts[d] for d in doc_ids]
 
-    def count(self) -> int:
-        self.rest.request("POST", f"/{self.index}/_refresh")
-        return int(self.rest.request("GET", f"/{self.index}/_count")["count"])
+    def count(self, name: str | None = None) -> int:
+        """Documents in ``name`` (default: this searcher's index), after a refresh."""
+        name = name or self.index
+        self.refresh(name)
+        return int(self.rest.request("GET", f"/{name}/_count")["count"])
 
     # --- analysis and index management -----------------------------------------------------------
 
@@ -354,11 +357,43 @@ class SearchEngineBM25:
             raise
 
     def index_meta(self, name: str) -> dict:
+        """The esrerank ``_meta`` of an index or of the one index behind an alias; {} for a foreign index."""
         mapping = self.rest.request("GET", f"/{name}/_mapping")
-        return mapping[name]["mappings"].get("_meta", {}).get("esrerank", {})
+        return next(iter(mapping.values()))["mappings"].get("_meta", {}).get("esrerank", {})
 
     def put_meta(self, name: str, meta: dict) -> None:
         self.rest.request("PUT", f"/{name}/_mapping", body={"_meta": {"esrerank": meta}})
+
+    # --- loading an index (used by retrieval.indexing) ---------------------------------------------
+
+    def create_index(self, name: str, settings: IndexSettings, meta: dict) -> None:
+        self.rest.request("PUT", f"/{name}", body=self.index_body(settings, meta))
+
+    def bulk(self, body: str) -> dict:
+        """One ``_bulk`` request (NDJSON body); the answer has one item per action."""
+        return self.rest.request("POST", "/_bulk", body=body)
+
+    def refresh(self, name: str) -> None:
+        self.rest.request("POST", f"/{name}/_refresh")
+
+    def open_for_search(self, name: str, replicas: int, force_merge: bool) -> None:
+        """After a load: refreshes back on, the replicas added, and optionally one segment."""
+        self.rest.request("PUT", f"/{name}/_settings",
+                          body={"index": {"refresh_interval": None, "number_of_replicas": replicas}})
+        self.refresh(name)
+        if force_merge:
+            self.rest.request("POST", f"/{name}/_forcemerge", params={"max_num_segments": "1"})
+
+    def point_alias(self, alias: str, index: str) -> list[str]:
+        """Point ``alias`` at ``index`` alone, atomically; returns the indices it pointed to before."""
+        old = [name for name in self.alias_targets(alias) if name != index]
+        actions = [{"remove": {"index": name, "alias": alias}} for name in old]
+        actions.append({"add": {"index": index, "alias": alias}})
+        self.rest.request("POST", "/_aliases", body={"actions": actions})
+        return old
+
+    def delete_index(self, name: str) -> None:
+        self.rest.request("DELETE", f"/{name}")
 
     def list_indices(self, pattern: str) -> list[str]:
         response = self.rest.request("GET", f"/_cat/indices/{pattern}", params={"format": "json", "h": "index"})

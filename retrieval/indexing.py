@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .analysis import get_analyzer
-from .engines import FIELD, EngineError, EngineUnavailable, IndexSettings, SearchEngineBM25, ndjson
+from .engines import FIELD, EngineError, EngineUnavailable, IndexSettings, SearchEngineBM25, error_reason, ndjson
 from .errors import EsrerankError
 from .records import Document
 
@@ -115,7 +115,7 @@ def send_bulk(engine: SearchEngineBM25, index: str, documents: list[Document], s
         body = ndjson(line for doc in pending for line in
                       ({"index": {"_index": index, "_id": doc.doc_id}}, _source(doc, settings)))
         try:
-            response = engine.rest.request("POST", "/_bulk", body=body)
+            response = engine.bulk(body)
         except EngineError as exc:  # the whole request failed
             if not (isinstance(exc, EngineUnavailable) or exc.status == 429 or exc.status >= 500):
                 raise
@@ -135,7 +135,7 @@ def send_bulk(engine: SearchEngineBM25, index: str, documents: list[Document], s
                 retry.append(doc)
             else:
                 failed += 1
-                dead_letters.write({"doc_id": doc.doc_id, "status": status, "reason": _item_reason(result),
+                dead_letters.write({"doc_id": doc.doc_id, "status": status, "reason": error_reason(result),
                                     "document": {"title": doc.title, "text": doc.text}})
         if retry:
             delay = next(delays, None)
@@ -150,13 +150,6 @@ def send_bulk(engine: SearchEngineBM25, index: str, documents: list[Document], s
             time.sleep(delay)
         pending = retry
     return len(documents) - failed, failed, retried
-
-
-def _item_reason(result: dict) -> str:
-    error = result.get("error")
-    if isinstance(error, dict):
-        return f"{error.get('type')}: {error.get('reason')}"
-    return str(error)
 
 
 def _batches(documents: Iterator[Document], size: int) -> Iterator[list[Document]]:
@@ -213,7 +206,7 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
     else:
         index = f"{alias}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() // 1_000_000 % 1000:03d}"
         meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        engine.rest.request("PUT", f"/{index}", body=engine.index_body(settings, meta))
+        engine.create_index(index, settings, meta)
         logger.info("created index %s (%s analysis, %s analyzer, k1=%s, b=%s)", index, settings.analysis,
                     settings.analyzer, settings.k1, settings.b)
     meta = engine.index_meta(index)
@@ -283,7 +276,7 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
         progress.close()
 
     _finish(engine, index, alias, settings, force_merge, keep_old, meta)
-    report.count_in_index = engine.__class__(engine.url, index).count()
+    report.count_in_index = engine.count(index)
     report.seconds = time.perf_counter() - started
     logger.info("indexed %d documents into %s (alias %s) in %.1f s, %d failed", report.indexed, index, alias,
                 report.seconds, report.failed)
@@ -292,19 +285,12 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
 
 def _finish(engine: SearchEngineBM25, index: str, alias: str, settings: IndexSettings, force_merge: bool,
             keep_old: bool, meta: dict) -> None:
-    engine.rest.request("PUT", f"/{index}/_settings",
-                        body={"index": {"refresh_interval": None, "number_of_replicas": settings.replicas}})
-    engine.rest.request("POST", f"/{index}/_refresh")
-    if force_merge:
-        engine.rest.request("POST", f"/{index}/_forcemerge", params={"max_num_segments": "1"})
+    engine.open_for_search(index, settings.replicas, force_merge)
     meta["complete"] = True
     engine.put_meta(index, meta)
-    old = [name for name in engine.alias_targets(alias) if name != index]
-    actions = [{"remove": {"index": name, "alias": alias}} for name in old]
-    actions.append({"add": {"index": index, "alias": alias}})
-    engine.rest.request("POST", "/_aliases", body={"actions": actions})
+    old = engine.point_alias(alias, index)
     logger.info("alias %s now points to %s", alias, index)
     if not keep_old:
         for name in old:
-            engine.rest.request("DELETE", f"/{name}")
+            engine.delete_index(name)
             logger.info("deleted previous index %s", name)
