@@ -3,7 +3,6 @@ same defaults (as PyTerrier's ``Experiment`` is for its users)."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Collection as Container
 from typing import Mapping
@@ -14,8 +13,6 @@ from retrieval.records import DataError, Hit
 from .evaluation import Comparison, compare, mean_scores, per_query_scores
 from .retrieve_rerank import Reranker, Retriever, RetrieveRerank, first_stage_run
 from .runs import Run
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

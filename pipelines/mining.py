@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -36,8 +35,6 @@ from tqdm.auto import tqdm
 
 from rerank.training_config import DEV_SAMPLES_FILE
 from retrieval.records import DataError, Hit, Query
-
-logger = logging.getLogger(__name__)
 
 FORMATS = ("labeled-list", "labeled-pair", "triplet", "n-tuple")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Mapping, Protocol, Sequence
 
 import numpy as np
@@ -12,8 +11,6 @@ from retrieval.records import Hit, Query
 
 from .fusion import fused_run
 from .runs import Run
-
-logger = logging.getLogger(__name__)
 
 
 class Retriever(Protocol):

@@ -7,12 +7,9 @@ is the teacher one usually has before any cross-encoder is trained (all-MiniLM-L
 
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 
 class BiEncoder:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -37,8 +36,6 @@ from tqdm.auto import tqdm
 from .analysis import get_analyzer
 from .records import Document, Hit
 from .topk_kernel import top_k_batch
-
-logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 BACKENDS = ("fast", "rank_bm25")
