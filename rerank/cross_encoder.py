@@ -84,7 +84,7 @@ class CrossEncoder:
         activation: ``None`` (default) returns raw logits, which rank the same as probabilities and keep
             their resolution; ``"sigmoid"`` returns probabilities; or any callable on a float tensor.
         max_batch_tokens: token budget of one batch (batch size × longest pair in it). Default 4,096 on
-            CPU (measured fastest of 1k-32k on a 2-core AMX machine: activations stay in cache) and
+            CPU (the fastest budget measured on CPU: activations stay in cache; see the README) and
             65,536 on GPU (large enough to keep the tensor cores busy).
         max_batch_size: most pairs in one batch, whatever their length. Default 256.
         show_progress: progress bar; ``None`` (default) shows it for more than 10,000 pairs.
@@ -92,21 +92,20 @@ class CrossEncoder:
         exact_top_k: in bf16/fp16, pairs are grouped by query and every pair that could be among its
             query's best ``exact_top_k`` and has a neighbour within twice the reduced-precision error is
             scored again in float32 (from a float32 copy of the weights), so that the top ``exact_top_k`` of
-            each query, order included, is the one float32 gives. Default 10 (what nDCG@10 and RR@10 read):
-            it rescored 11% of the pairs (+25-35% time) for a MiniLM trained on SciFact ranking 100 passages
-            a query. ``None`` turns it off.
+            each query, order included, is the one float32 gives. Default 10 (what nDCG@10 and RR@10 read;
+            its cost is measured in the README). ``None`` turns it off.
             The error bound is learnt from the rescored pairs: 1.5 × the largest difference seen (the first
             call also rescores a sample of 64 pairs to start it).
         runtime: ``"torch"`` (default); on CPU, ``"onnx"`` (ONNX Runtime, float32) or ``"onnx-int8"`` (int8
-            dynamic quantization), from the ``onnx`` extra: for CPUs without bf16 hardware. On an AMX CPU
-            both were slower than the bf16 default and int8 changed rankings (see the README).
+            dynamic quantization), from the ``onnx`` extra: for CPUs without bf16 hardware (int8 changes
+            rankings; see the README).
         tokenize_ahead: tokenize the pairs in chunks of ``tokenize_chunk`` (default 2,048), the next chunk in a
             thread while the model scores this one. ``None`` (default): on for CUDA, where the CPU is
             otherwise idle while the GPU runs; off on CPU, where both would share the same cores
             (measured on 2 cores: see the README). Not yet measured on a GPU.
         compile: run the PyTorch model through ``torch.compile`` (dynamic shapes; the first batches of
-            each new shape compile for seconds). Default False: on a 2-core AMX CPU it gained nothing
-            (231 vs 230 pairs/s); not yet measured on a GPU.
+            each new shape compile for seconds). Default False: it gained nothing on CPU (README); not yet
+            measured on a GPU.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, max_length: int | None = None, device: str | None = None,

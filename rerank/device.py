@@ -23,7 +23,7 @@ def detect_device(device: str | None = None) -> torch.device:
 
 @lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
-    """True where the CPU multiplies bf16 in hardware (AMX or AVX512-BF16): there bf16 matmuls are ~3×
+    """True where the CPU multiplies bf16 in hardware (AMX or AVX512-BF16): there bf16 matmuls beat
     fp32; elsewhere they are emulated and slower than fp32."""
     try:
         flags = Path("/proc/cpuinfo").read_text()

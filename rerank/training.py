@@ -101,7 +101,7 @@ def _dev_evaluator_class():
 
             super().__init__()
             self.max_length, self.passages, self.name = max_length, passages, name
-            self.bf16 = bf16  # score under bf16 autocast, as training runs: ~3x faster on AMX CPUs
+            self.bf16 = bf16  # score under bf16 autocast, as training runs (fast where the hardware has bf16)
             self.primary_metric = f"{name}_ndcg@10"
             # What does not change between evaluations is built once: the pairs, the judgments and the
             # first stage's own nDCG@10 (the line the curve compares against).
