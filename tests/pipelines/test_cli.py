@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from pipelines.cli import main
@@ -84,3 +85,70 @@ def test_fusion_is_off_by_default_and_auto_applies_what_the_recipe_recorded(tmp_
         return json.loads((tmp_path / name).read_text())["reranked"]
     assert read("plain.json") == read("none.json") == read("default.json")
     assert read("auto.json") == read("explicit.json") != read("plain.json")
+
+
+def test_search_prints_bm25_then_reranked_hits(vaswani, tiny_cross_encoder, capsys):
+    from rerank.cross_encoder import CrossEncoder
+    from retrieval.bm25 import InMemoryBM25
+    from retrieval.corpus import load_beir
+
+    collection = load_beir(vaswani, "test")
+    bm25 = InMemoryBM25(collection.documents).search("dielectric constant of liquids", 20)
+    assert main(["search", "dielectric constant of liquids", "--data", str(vaswani), "-k", "3", "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "query 1: dielectric constant of liquids"
+    assert [line.split()[2] for line in lines[1:]] == [h.doc_id for h in bm25[:3]]
+    assert main(["search", "dielectric constant of liquids", "--data", str(vaswani), "-k", "3", "--rerank-k", "20",
+                 "--model", str(tiny_cross_encoder), "--max-length", "128", "--dtype", "float32", "-q"]) == 0
+    reranked = [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]]
+    texts = collection.texts()
+    scores = CrossEncoder(str(tiny_cross_encoder), max_length=128, dtype="float32").predict(
+        [("dielectric constant of liquids", texts[h.doc_id]) for h in bm25])
+    assert reranked == [bm25[i].doc_id for i in np.argsort(-scores, kind="stable")[:3]]
+
+
+def test_serve_answers_with_the_key_and_stops_cleanly_on_interrupt(tiny_cross_encoder, tmp_path):
+    import http.client
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from rerank.cross_encoder import CrossEncoder
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "key").write_text("k-123\n")
+    repo = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--model", str(tiny_cross_encoder),
+                                "--port", str(port), "--max-length", "64", "--dtype", "float32", "--api-key-file",
+                                str(tmp_path / "key"), "-q"], cwd=repo, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(240):
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                connection.request("GET", "/health")
+                assert connection.getresponse().status == 200
+                break
+            except OSError:
+                time.sleep(0.25)
+        docs = ["dielectric constants of liquids", "bananas"]
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("POST", "/v1/rerank", body=json.dumps({"query": "dielectric", "documents": docs}),
+                           headers={"Content-Type": "application/json", "Authorization": "Bearer k-123"})
+        answer = json.loads(connection.getresponse().read())
+        logits = CrossEncoder(str(tiny_cross_encoder), max_length=64, dtype="float32").predict(
+            [("dielectric", d) for d in docs])
+        expected = 1 / (1 + np.exp(-logits.astype(np.float64)))
+        got = {r["index"]: r["relevance_score"] for r in answer["results"]}
+        assert [got[0], got[1]] == pytest.approx(expected.tolist(), abs=1e-6)
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert f"serving {tiny_cross_encoder} on http://127.0.0.1:{port}" in out and "API key required" in out

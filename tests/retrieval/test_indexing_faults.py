@@ -18,7 +18,7 @@ from engines_support import require_server
 from retrieval.corpus import iter_beir_corpus
 from retrieval.engines import connect
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PORT = 9210
 URL = f"http://127.0.0.1:{PORT}"
 SERVER_DIR = "/tmp/esrerank-fault-es"

@@ -96,7 +96,7 @@ def test_health_and_metrics(service):
     assert request(running, "GET", "/nope")[0] == 404
 
 
-DOCKER = Path(__file__).resolve().parents[1] / "docker"
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
 
 
 def _json_path_list(body, path: str) -> list:

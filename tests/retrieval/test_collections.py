@@ -15,7 +15,7 @@ from retrieval.collections import data_dirs, load_collection
 from retrieval.corpus import load_beir
 from retrieval.records import DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _same(a, b):

@@ -1,6 +1,6 @@
 """Every user-causable failure of the command line ends in one line naming the problem, exit status 2 for
 bad input and 1 for a run that failed; never a traceback. (Failures that need a live engine, such as a
-missing index or a refused registration, are in test_engines.py and test_engine_rerank.py.)"""
+missing index or a refused registration, are in retrieval/test_engines.py and pipelines/test_engine_rerank.py.)"""
 
 from __future__ import annotations
 
