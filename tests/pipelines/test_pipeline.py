@@ -132,3 +132,15 @@ def test_bootstrap_interval_brackets_the_mean():
     values = np.random.default_rng(1).random(200)
     low, high = bootstrap_ci(values)
     assert low < values.mean() < high and 0.05 < high - low < 0.1
+
+
+def test_two_fold_fusion_tuning_scores_each_half_with_the_weight_tuned_on_the_other():
+    # Known answer: setting A wins on the odd queries, B on the even ones. Tuned on one half and scored on
+    # the other, each query gets the setting that is worse for it: 0.1 everywhere, where picking the best
+    # setting on all queries (what the cross-validation guards against) would report 0.5.
+    from pipelines.recipe import _two_fold
+
+    scores = {("interpolate", 0.3): {"q1": 0.9, "q2": 0.1, "q3": 0.9, "q4": 0.1},
+              ("rrf", 0.7): {"q1": 0.1, "q2": 0.8, "q3": 0.1, "q4": 0.8}}
+    assert _two_fold(scores, ["q1", "q2", "q3", "q4"]) == {"q1": 0.1, "q2": 0.1, "q3": 0.1, "q4": 0.1}
+    assert max(sum(v.values()) / 4 for v in scores.values()) == 0.5
