@@ -51,7 +51,7 @@ def evaluate(collection: Collection, retriever: Retriever | None = None, reranke
         retriever: the first stage (``InMemoryBM25``, ``OpenSearchBM25``, …). Default None: an in-memory
             BM25 index of the collection with the defaults (k1 0.9, b 0.4, english analyzer).
         reranker: a cross-encoder (``predict(pairs)``), an ``EngineReranker``, or None (first stage only).
-        retrieve_k: first-stage depth. Default 1000.
+        retrieve_k: first-stage candidates per query. Default 1000.
         rerank_k: candidates reranked per query. Default 100.
         candidates: a first-stage run to rerank instead of retrieving (e.g. official top-1000 files);
             every doc id must be in the collection.

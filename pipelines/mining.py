@@ -1,6 +1,6 @@
 """Hard negatives from the first stage, for training cross-encoders.
 
-For each training query: the first stage's top ``depth`` candidates, known positives removed, negatives
+For each training query: the first stage's top ``retrieve_k`` candidates, known positives removed, negatives
 taken from a window of that list, optionally dropped when a teacher cross-encoder scores them too close to
 the positives (false-negative filter, with the margins of sentence-transformers' ``mine_hard_negatives``),
 then ``num_negatives`` of them, the first ones or a seeded random sample, and ``num_random_negatives``
@@ -41,7 +41,7 @@ FORMATS = ("labeled-list", "labeled-pair", "triplet", "n-tuple")
 
 @dataclass(frozen=True)
 class MiningConfig:
-    """depth: candidates per query from the first stage (default 100). range_min/range_max: the window
+    """retrieve_k: candidates per query from the first stage (default 100). range_min/range_max: the window
     of negatives after positives are removed (default 0/100). num_negatives: hard ones per query (default 6).
     sampling: ``top`` (the first in the window, default) or ``random`` (seeded sample from the window).
     num_random_negatives: easy negatives per query drawn at random from the whole corpus (default 3).
@@ -49,7 +49,7 @@ class MiningConfig:
     above ``min positive score - absolute_margin``, or above ``min positive score × (1 - relative_margin)``.
     output_format: see the module docstring. seed: for ``random`` sampling (default 12)."""
 
-    depth: int = 100
+    retrieve_k: int = 100
     range_min: int = 0
     range_max: int = 100
     num_negatives: int = 6
@@ -67,8 +67,8 @@ class MiningConfig:
             raise ValueError(f"output_format must be one of {FORMATS}, got {self.output_format!r}")
         if not 0 <= self.range_min < self.range_max:
             raise ValueError(f"need 0 <= range_min < range_max, got {self.range_min}, {self.range_max}")
-        if self.num_negatives < 1 or self.depth < 1:
-            raise ValueError("num_negatives and depth must be at least 1")
+        if self.num_negatives < 1 or self.retrieve_k < 1:
+            raise ValueError("num_negatives and retrieve_k must be at least 1")
         if self.num_random_negatives < 0:
             raise ValueError(f"num_random_negatives must be at least 0, got {self.num_random_negatives}")
         if self.absolute_margin is not None and self.relative_margin is not None:
@@ -108,7 +108,7 @@ def mine_hard_negatives(queries: Sequence[Query], qrels: Mapping[str, Mapping[st
                         config: MiningConfig = MiningConfig(), teacher=None,
                         show_progress: bool = True) -> tuple[list[dict], MiningStats]:
     """Rows of the chosen format, and statistics. ``candidates``: first-stage hits per query id (at
-    least ``depth`` deep); ``texts``: doc id → text; ``teacher``: anything with ``predict(pairs)``."""
+    least ``retrieve_k`` deep); ``texts``: doc id → text; ``teacher``: anything with ``predict(pairs)``."""
     if (config.absolute_margin is not None or config.relative_margin is not None) and teacher is None:
         raise ValueError("a margin needs a teacher model")
     stats = MiningStats()
@@ -120,7 +120,7 @@ def mine_hard_negatives(queries: Sequence[Query], qrels: Mapping[str, Mapping[st
         if not positives:
             stats.skipped["no judged positive in the corpus"] += 1
             continue
-        hits = list(candidates.get(query.query_id, []))[: config.depth]
+        hits = list(candidates.get(query.query_id, []))[: config.retrieve_k]
         positive_set = set(positives)
         stats.positives += len(positives)
         stats.positives_in_candidates += sum(h.doc_id in positive_set for h in hits)
@@ -191,15 +191,15 @@ def split_queries(queries: Sequence[Query], dev_size: int, seed: int = 12) -> tu
 
 
 def dev_samples(queries: Sequence[Query], qrels, candidates: Mapping[str, Sequence[Hit]], texts: Mapping[str, str],
-                depth: int) -> list[dict]:
-    """The trainer's dev set: each query with its judged positives and the first stage's top ``depth``
+                retrieve_k: int) -> list[dict]:
+    """The trainer's dev set: each query with its judged positives and the first stage's top ``retrieve_k``
     (positives the first stage missed stay missed, as in the real pipeline)."""
     samples = []
     for query in queries:
         positives = [texts[d] for d, grade in qrels.get(query.query_id, {}).items() if grade > 0 and d in texts]
         if positives:
             samples.append({"query_id": query.query_id, "query": query.text, "positive": positives,
-                            "documents": [texts[h.doc_id] for h in candidates.get(query.query_id, [])[:depth]]})
+                            "documents": [texts[h.doc_id] for h in candidates.get(query.query_id, [])[:retrieve_k]]})
     return samples
 
 
@@ -260,7 +260,7 @@ def default_dev_size(queries: int) -> int:
 
 
 def mine_collection(collection, retriever, out_dir, config: MiningConfig | None = None, teacher=None,
-                    dev_queries: int | None = None, dev_depth: int = 30, exclude: set[str] | None = None,
+                    dev_queries: int | None = None, dev_retrieve_k: int = 30, exclude: set[str] | None = None,
                     first_stage_description: str = "", show_progress: bool = False) -> MiningReport:
     """What ``esrerank mine`` does: hold out a dev split, mine hard negatives for the other queries from
     ``retriever``'s candidates, save the rows and the dev split's candidates under ``out_dir``.
@@ -273,7 +273,7 @@ def mine_collection(collection, retriever, out_dir, config: MiningConfig | None 
         teacher: a model whose scores filter likely false negatives (see ``MiningConfig`` margins).
         dev_queries: queries held out as the dev split ``esrerank train`` evaluates on. Default None:
             ``default_dev_size`` (a fifth, at most 100); 0: none.
-        dev_depth: first-stage candidates kept per dev query. Default 30.
+        dev_retrieve_k: first-stage candidates kept per dev query. Default 30.
         exclude: query ids to leave out entirely (e.g. a test split).
 
     Returns:
@@ -287,7 +287,7 @@ def mine_collection(collection, retriever, out_dir, config: MiningConfig | None 
         queries, held_out = split_queries(queries, dev_size, config.seed)
     from .retrieve_rerank import first_stage_run
 
-    candidates = first_stage_run(retriever, queries + held_out, max(config.depth, dev_depth))
+    candidates = first_stage_run(retriever, queries + held_out, max(config.retrieve_k, dev_retrieve_k))
     texts = collection.texts()
     rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, teacher,
                                       show_progress=show_progress)
@@ -296,5 +296,6 @@ def mine_collection(collection, retriever, out_dir, config: MiningConfig | None 
                                                     "dev_queries": [q.query_id for q in held_out]})
     samples_path = None
     if held_out:
-        samples_path = save_dev_samples(dev_samples(held_out, collection.qrels, candidates, texts, dev_depth), out_dir)
+        samples = dev_samples(held_out, collection.qrels, candidates, texts, dev_retrieve_k)
+        samples_path = save_dev_samples(samples, out_dir)
     return MiningReport(Path(out_dir), stats.summary(), [q.query_id for q in held_out], samples_path)

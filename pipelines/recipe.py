@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RecipeConfig:
     dev_queries: int = 200  # evaluation queries held out of the training queries when train and eval data are the same
-    depth: int = 100  # BM25 candidates for mining and for the final evaluation
-    train_eval_depth: int = 30  # candidates per dev query for the evaluations during training (cheaper)
+    retrieve_k: int = 100  # BM25 candidates for mining and for the final evaluation
+    train_eval_retrieve_k: int = 30  # candidates per dev query for the evaluations during training (cheaper)
     train_eval_queries: int = 100  # dev queries for training's evaluations, held out of the training queries
     rerank_k: int = 100
     seed: int = 12
@@ -110,7 +110,7 @@ def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_d
     train_index = InMemoryBM25(train.documents, k1=k1, b=b, analyzer=analyzer)
     train_texts = train.texts()
     train_candidates = first_stage_run(train_index, train_queries + train_dev_queries,
-                                       max(mining.depth, recipe.train_eval_depth))
+                                       max(mining.retrieve_k, recipe.train_eval_retrieve_k))
     rows, stats = mine_hard_negatives(train_queries, train.qrels, train_candidates, train_texts, mining)
     dataset = save_mined(rows, stats, mining, out_dir / "mined")
     logger.info("mined %d rows: %s", len(rows), json.dumps(stats.summary()))
@@ -119,8 +119,8 @@ def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_d
     eval_index = train_index if evaluation is train or same else InMemoryBM25(evaluation.documents, k1=k1, b=b,
                                                                                  analyzer=analyzer)
     eval_texts = train_texts if eval_index is train_index else evaluation.texts()
-    dev_run = first_stage_run(eval_index, dev_queries, max(recipe.depth, recipe.rerank_k))
-    samples = dev_samples(train_dev_queries, train.qrels, train_candidates, train_texts, recipe.train_eval_depth)
+    dev_run = first_stage_run(eval_index, dev_queries, max(recipe.retrieve_k, recipe.rerank_k))
+    samples = dev_samples(train_dev_queries, train.qrels, train_candidates, train_texts, recipe.train_eval_retrieve_k)
     training = train_cross_encoder(dataset, base_model, out_dir / "model", training_config, samples, resume=resume)
     train_s = time.perf_counter() - started - mining_s
 

@@ -20,8 +20,8 @@ def write_trec_run(run: Mapping[str, Sequence[Hit]], path, tag: str = "esrerank"
                 handle.write(f"{query_id} Q0 {hit.doc_id} {rank} {hit.score:.6f} {tag}\n")
 
 
-def read_trec_run(path, depth: int | None = None) -> Run:
-    """Read a TREC run; each query's hits are sorted by score (ties by rank) and cut to ``depth``."""
+def read_trec_run(path, k: int | None = None) -> Run:
+    """Read a TREC run; each query's hits are sorted by score (ties by rank) and cut to ``k``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "run file not found")
@@ -44,5 +44,5 @@ def read_trec_run(path, depth: int | None = None) -> Run:
     run: Run = {}
     for query_id, entries in rows.items():
         entries.sort(key=lambda e: (-e[0], e[1]))
-        run[query_id] = [Hit(doc_id, score, rank) for rank, (score, _, doc_id) in enumerate(entries[:depth], start=1)]
+        run[query_id] = [Hit(doc_id, score, rank) for rank, (score, _, doc_id) in enumerate(entries[:k], start=1)]
     return run

@@ -34,7 +34,8 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--split", default="test", help="qrels split (default test)")
     parser.add_argument("--query-ids", help="JSON list of query ids to evaluate (e.g. a recipe's dev_query_ids.json)")
     add_reranker_args(parser, DEFAULT_MODEL)
-    parser.add_argument("--retrieve-k", type=positive_int, default=1000, help="first-stage depth (default 1000)")
+    parser.add_argument("--retrieve-k", type=positive_int, default=1000,
+                        help="first-stage candidates per query (default 1000)")
     parser.add_argument("--rerank-k", type=non_negative_int, default=100,
                         help="candidates reranked per query (default 100)")
     add_first_stage_args(parser)
@@ -65,7 +66,7 @@ def run(args) -> int:
                 len(collection.queries), args.split)
     retriever, candidates = None, None
     if args.candidates:
-        candidates, source = read_trec_run(args.candidates, depth=args.retrieve_k), f"candidates from {args.candidates}"
+        candidates, source = read_trec_run(args.candidates, k=args.retrieve_k), f"candidates from {args.candidates}"
     else:
         retriever, source = first_stage_from(args, collection.documents)
     logger.info("first stage: %s", source)

@@ -26,7 +26,8 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--out", required=True, help="output folder (a HF datasets dataset, stats.json)")
     add_retriever_args(parser)
     add_first_stage_args(parser)
-    parser.add_argument("--depth", type=positive_int, default=100, help="candidates per query (default 100)")
+    parser.add_argument("--retrieve-k", "--depth", dest="retrieve_k", type=positive_int, default=100,
+                        help="first-stage candidates per query (default 100)")
     parser.add_argument("--range-min", type=non_negative_int, default=0,
                         help="first window position, positives removed (default 0)")
     parser.add_argument("--range-max", type=positive_int, default=100,
@@ -50,7 +51,8 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--dev-queries", type=non_negative_int, default=None,
                         help="queries held out of training as the dev split 'esrerank train' evaluates on, stops "
                         "early on and picks its checkpoint by (default: min(100, a fifth of the queries); 0: none)")
-    parser.add_argument("--dev-depth", type=positive_int, default=30,
+    parser.add_argument("--dev-retrieve-k", "--dev-depth", dest="dev_retrieve_k", type=positive_int,
+                        default=30,
                         help="first-stage candidates per dev query reranked during training (default 30)")
     parser.set_defaults(handler=run)
 
@@ -61,19 +63,19 @@ def run(args) -> int:
     from ..mining import MiningConfig, mine_collection
 
     collection = load_collection(args.data, args.split, args.data_dir)
-    config = MiningConfig(depth=args.depth, range_min=args.range_min, range_max=args.range_max,
+    config = MiningConfig(retrieve_k=args.retrieve_k, range_min=args.range_min, range_max=args.range_max,
                           num_negatives=args.num_negatives, num_random_negatives=args.num_random_negatives,
                           sampling=args.sampling, absolute_margin=args.absolute_margin,
                           relative_margin=args.relative_margin, output_format=args.format, seed=args.seed)
     teacher = teacher_from(args.teacher, args.teacher_type) if args.teacher else None
     retriever, source = first_stage_from(args, collection.documents)
     report = mine_collection(collection, retriever, args.out, config, teacher, dev_queries=args.dev_queries,
-                             dev_depth=args.dev_depth, exclude=read_query_ids(args.exclude_queries),
+                             dev_retrieve_k=args.dev_retrieve_k, exclude=read_query_ids(args.exclude_queries),
                              first_stage_description=source, show_progress=not args.quiet)
     summary = report.summary
     print(f"mined {summary['rows']} rows from {summary['kept']} of {summary['queries']} queries into {args.out}")
     if report.dev_samples_path:
-        print(f"held out {len(report.dev_queries)} dev queries (top {args.dev_depth} candidates each) in "
+        print(f"held out {len(report.dev_queries)} dev queries (top {args.dev_retrieve_k} candidates each) in "
               f"{report.dev_samples_path}")
     print(json.dumps(summary, indent=2))
     return 0

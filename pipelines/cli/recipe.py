@@ -24,10 +24,13 @@ def add_parser(commands, common) -> None:
                         help="hard negatives per query (default 6)")
     parser.add_argument("--num-random-negatives", type=non_negative_int, default=3,
                         help="easy negatives per query, at random from the corpus (default 3)")
-    parser.add_argument("--depth", type=positive_int, default=100)
+    parser.add_argument("--retrieve-k", "--depth", dest="retrieve_k", type=positive_int, default=100,
+                        help="BM25 candidates per query for mining and for the evaluation (default 100)")
     parser.add_argument("--train-eval-queries", type=non_negative_int, default=100,
                         help="dev queries held out of the training queries for training's evaluations (default 100)")
-    parser.add_argument("--train-eval-depth", type=positive_int, default=30)
+    parser.add_argument("--train-eval-retrieve-k", "--train-eval-depth", dest="train_eval_retrieve_k",
+                        type=positive_int, default=30,
+                        help="BM25 candidates per query of training's dev evaluations (default 30)")
     add_training_args(parser)
     add_first_stage_args(parser)
     parser.add_argument("--resume", action="store_true")
@@ -47,10 +50,11 @@ def run(args) -> int:
     evaluation = (train if same_data and eval_split == args.train_split
                   else load_collection(args.eval_data, eval_split, args.data_dir))
     report = recipe(train, evaluation, args.base_model, args.out, training_config_from(args),
-                    RecipeConfig(dev_queries=args.dev_queries, depth=args.depth,
-                                 train_eval_queries=args.train_eval_queries, train_eval_depth=args.train_eval_depth),
-                    MiningConfig(depth=args.depth, range_max=args.depth, num_negatives=args.num_negatives,
-                                 num_random_negatives=args.num_random_negatives),
+                    RecipeConfig(dev_queries=args.dev_queries, retrieve_k=args.retrieve_k,
+                                 train_eval_queries=args.train_eval_queries,
+                                 train_eval_retrieve_k=args.train_eval_retrieve_k),
+                    MiningConfig(retrieve_k=args.retrieve_k, range_max=args.retrieve_k,
+                                 num_negatives=args.num_negatives, num_random_negatives=args.num_random_negatives),
                     k1=args.k1, b=args.b, analyzer=args.analyzer, resume=args.resume)
     result = report["evaluation"]
     bm25, reranked = result["measures"]["bm25"], result["measures"]["reranked"]

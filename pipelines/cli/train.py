@@ -20,7 +20,8 @@ def add_parser(commands, common) -> None:
                         "(default: the dev split 'esrerank mine' held out, when there is one)")
     parser.add_argument("--eval-split", default="test")
     parser.add_argument("--eval-queries", help="JSON list of query ids to evaluate on (default: all of the split)")
-    parser.add_argument("--eval-depth", type=positive_int, default=30,
+    parser.add_argument("--eval-retrieve-k", "--eval-depth", dest="eval_retrieve_k", type=positive_int,
+                        default=30,
                         help="BM25 candidates per dev query (default 30)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.set_defaults(handler=run)
@@ -52,8 +53,8 @@ def run(args) -> int:
         queries = [q for q in evaluation.queries if wanted is None or q.query_id in wanted]
         index = InMemoryBM25(evaluation.documents)
         texts = evaluation.texts()
-        samples = dev_samples(queries, evaluation.qrels, first_stage_run(index, queries, args.eval_depth), texts,
-                              args.eval_depth)
+        samples = dev_samples(queries, evaluation.qrels, first_stage_run(index, queries, args.eval_retrieve_k), texts,
+                              args.eval_retrieve_k)
     elif (dataset_dir / DEV_SAMPLES_FILE).is_file():
         from ..mining import load_dev_samples
 

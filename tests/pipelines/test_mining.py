@@ -22,14 +22,14 @@ def setup(scifact):
 
 def _window(query, collection, candidates, config):
     positives = {d for d, g in collection.qrels[query.query_id].items() if g > 0}
-    ranked = [h.doc_id for h in candidates[query.query_id][: config.depth] if h.doc_id not in positives]
+    ranked = [h.doc_id for h in candidates[query.query_id][: config.retrieve_k] if h.doc_id not in positives]
     return positives, ranked[config.range_min:config.range_max]
 
 
 @pytest.mark.parametrize("sampling", ["top", "random"])
 def test_negatives_come_only_from_the_window_and_never_are_positives(setup, sampling):
     collection, queries, candidates, texts = setup
-    config = MiningConfig(depth=80, range_min=5, range_max=40, num_negatives=7, num_random_negatives=0,
+    config = MiningConfig(retrieve_k=80, range_min=5, range_max=40, num_negatives=7, num_random_negatives=0,
                           sampling=sampling, seed=3)
     rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, show_progress=False)
     def positive_texts(query):
@@ -74,7 +74,7 @@ def test_same_seed_same_dataset_other_seed_other_sample(setup, tmp_path):
 
 def test_stats_report_recall_and_skips(setup):
     collection, queries, candidates, texts = setup
-    config = MiningConfig(depth=10, range_max=10, num_negatives=9, num_random_negatives=0, output_format="n-tuple")
+    config = MiningConfig(retrieve_k=10, range_max=10, num_negatives=9, num_random_negatives=0, output_format="n-tuple")
     rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, show_progress=False)
     summary = stats.summary()
     found = sum(h.doc_id in collection.qrels[q.query_id] for q in queries for h in candidates[q.query_id][:10])

@@ -101,7 +101,7 @@ def test_trec_run_round_trip_and_errors(tmp_path):
     write_trec_run(run, path, tag="test")
     assert path.read_text().splitlines()[0] == "q1 Q0 d3 1 2.500000 test"
     assert read_trec_run(path) == run
-    assert read_trec_run(path, depth=1)["q1"] == [Hit("d3", 2.5, 1)]
+    assert read_trec_run(path, k=1)["q1"] == [Hit("d3", 2.5, 1)]
     path.write_text("q1 Q0 d1 1 2.0 tag\nq1 Q0 d2 x 1.0 tag\n")
     with pytest.raises(DataError, match=r"run.txt:2: rank 'x' or score '1.0' is not a number"):
         read_trec_run(path)

@@ -71,8 +71,8 @@ def test_recipe_end_to_end_on_a_tiny_model(small_beir, tiny_cross_encoder, tmp_p
     out = tmp_path / "recipe"
     code = main(["recipe", "--train-data", str(small_beir), "--train-split", "test", "--eval-data", str(small_beir),
                  "--base-model", str(tiny_cross_encoder), "--out", str(out), "--dev-queries", "8",
-                 "--max-length", "64", "--batch-size", "4", "--train-eval-queries", "8", "--train-eval-depth", "10",
-                 "--depth", "30", "--num-negatives", "4", "--epochs", "1", "-q"])
+                 "--max-length", "64", "--batch-size", "4", "--train-eval-queries", "8", "--train-eval-retrieve-k", "10",
+                 "--retrieve-k", "30", "--num-negatives", "4", "--epochs", "1", "-q"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["mining"]["kept"] == 14 and report["training"]["steps"] == 4  # 30 - 8 evaluation - 8 dev
