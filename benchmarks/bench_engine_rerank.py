@@ -30,7 +30,7 @@ from pipelines.engine_rerank import register_opensearch  # noqa: E402
 from pipelines.retrieve_rerank import EngineReranker, RetrieveRerank  # noqa: E402
 from rerank.cross_encoder import CrossEncoder  # noqa: E402
 from retrieval.corpus import load_collection  # noqa: E402
-from retrieval.engines import IndexSettings, OpenSearchBM25, rest_client  # noqa: E402
+from retrieval.engines import IndexConfig, OpenSearchBM25, rest_client  # noqa: E402
 from retrieval.indexing import build_index  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def main() -> None:
     collection = load_collection(args.data, args.split)
     bm25 = OpenSearchBM25(args.url, args.index)
     if not bm25.exists(args.index) or bm25.count() != len(collection.documents):
-        build_index(bm25, iter(collection.documents), args.index, f"{collection.name}-bench", IndexSettings(),
+        build_index(bm25, iter(collection.documents), args.index, f"{collection.name}-bench", IndexConfig(),
                     show_progress=False)
     service = start_service(model_dir, args.port, args.max_length, api_key="bench-key")
     try:

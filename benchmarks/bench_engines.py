@@ -48,11 +48,11 @@ def write_corpus(num_passages: int, folder: Path) -> tuple[Path, list[str]]:
 def baseline_child(engine: str, corpus: Path, index: str) -> dict:
     """helpers.bulk with defaults, in this (child) process."""
     from retrieval.corpus import iter_beir_corpus
-    from retrieval.engines import IndexSettings, connect
+    from retrieval.engines import IndexConfig, connect
     from retrieval.indexing import _source
 
     searcher = connect(engine, URLS[engine], index)
-    settings = searcher.resolve_analysis(IndexSettings())
+    settings = searcher.resolve_analysis(IndexConfig())
     body = searcher.index_body(settings, {"analysis": settings.analysis, "analyzer": settings.analyzer,
                                           "k1": settings.k1, "b": settings.b})
     body["settings"] = {"similarity": body["settings"]["similarity"]}  # default refresh and replicas

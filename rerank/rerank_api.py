@@ -27,13 +27,16 @@ class RequestError(InputError):
 
 
 @dataclass(frozen=True)
-class ServiceLimits:
+class ServiceConfig:
     """max_body_bytes: 8 MiB. max_docs: documents per request (1,000). max_text_chars: characters of
     one query or document (100,000; longer texts would be truncated to max_length tokens anyway)."""
 
     max_body_bytes: int = 8 * 1024 * 1024
     max_docs: int = 1000
     max_text_chars: int = 100_000
+
+
+ServiceLimits = ServiceConfig  # the earlier name; kept for scripts that import it
 
 
 def json_score(value) -> float:
@@ -58,7 +61,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
 
-def _text(value, what: str, limits: ServiceLimits) -> str:
+def _text(value, what: str, limits: ServiceConfig) -> str:
     if isinstance(value, dict):  # Cohere accepts {"text": ...} documents
         value = value.get("text")
     if not isinstance(value, str):
@@ -68,7 +71,7 @@ def _text(value, what: str, limits: ServiceLimits) -> str:
     return value
 
 
-def _documents(body: dict, key: str, limits: ServiceLimits) -> list[str]:
+def _documents(body: dict, key: str, limits: ServiceConfig) -> list[str]:
     documents = body.get(key)
     if not isinstance(documents, list):
         raise RequestError(422, f"'{key}' must be a list of strings")
@@ -77,7 +80,7 @@ def _documents(body: dict, key: str, limits: ServiceLimits) -> list[str]:
     return [_text(d, f"{key}[{i}]", limits) for i, d in enumerate(documents)]
 
 
-def handle_cohere(body: dict, batcher: DynamicBatcher, limits: ServiceLimits) -> dict:
+def handle_cohere(body: dict, batcher: DynamicBatcher, limits: ServiceConfig) -> dict:
     query = _text(body.get("query"), "'query'", limits)
     documents = _documents(body, "documents", limits)
     top_n = body.get("top_n", len(documents))
@@ -117,7 +120,7 @@ def _refuse_truncation(model, query: str, texts: list[str]) -> None:
                                     f"{max_length} (send \"truncate\": true to score the start)")
 
 
-def handle_tei(body: dict, batcher: DynamicBatcher, limits: ServiceLimits) -> list:
+def handle_tei(body: dict, batcher: DynamicBatcher, limits: ServiceConfig) -> list:
     query = _text(body.get("query"), "'query'", limits)
     texts = _documents(body, "texts", limits)
     if not _flag(body, "truncate", False):

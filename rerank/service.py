@@ -38,15 +38,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from .batching import DynamicBatcher
 from .errors import ServiceError
 from .metrics import Metrics
-from .rerank_api import ROUTES, RequestError, ServiceLimits, handle_cohere, handle_tei, json_score
+from .rerank_api import ROUTES, RequestError, ServiceConfig, ServiceLimits, handle_cohere, handle_tei, json_score
 
-__all__ = ["DynamicBatcher", "Metrics", "RequestError", "RerankService", "ServiceLimits", "handle_cohere",
-           "handle_tei", "json_score"]
+__all__ = ["DynamicBatcher", "Metrics", "RequestError", "RerankService", "ServiceConfig", "ServiceLimits",
+           "handle_cohere", "handle_tei", "json_score"]
 
 logger = logging.getLogger(__name__)
 
 
-def make_handler(batcher: DynamicBatcher, limits: ServiceLimits, model_name: str, api_key: str | None = None):
+def make_handler(batcher: DynamicBatcher, limits: ServiceConfig, model_name: str, api_key: str | None = None):
     expected_authorization = f"Bearer {api_key}".encode() if api_key else None
 
     class Handler(BaseHTTPRequestHandler):
@@ -144,13 +144,13 @@ class RerankService:
         Default None: no key, for a service only loopback or a private network reaches."""
 
     def __init__(self, model, host: str = "127.0.0.1", port: int = 8080, max_batch_tokens: int = 65_536,
-                 max_wait_ms: float = 5.0, limits: ServiceLimits | None = None, model_name: str = "",
+                 max_wait_ms: float = 5.0, limits: ServiceConfig | None = None, model_name: str = "",
                  api_key: str | None = None):
         if api_key is not None and (not api_key.strip() or api_key != api_key.strip()):
             raise ServiceError("the API key is empty or has surrounding whitespace")
         self.batcher = DynamicBatcher(model, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms)
         try:
-            self.server = _Server((host, port), make_handler(self.batcher, limits or ServiceLimits(), model_name,
+            self.server = _Server((host, port), make_handler(self.batcher, limits or ServiceConfig(), model_name,
                                                              api_key))
         except OSError as exc:
             self.batcher.close()

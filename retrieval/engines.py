@@ -136,7 +136,7 @@ def ndjson(lines: Iterable[dict]) -> str:
 # --- index settings ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class IndexSettings:
+class IndexConfig:
     """How an index is built. Recorded in the index's ``_meta`` so searchers and resumed loads agree.
 
     k1, b: BM25 parameters (defaults 0.9 / 0.4, Anserini's MS MARCO setting).
@@ -152,6 +152,9 @@ class IndexSettings:
     analysis: str = "auto"
     shards: int = 1
     replicas: int = 0
+
+
+IndexSettings = IndexConfig  # the earlier name; kept for scripts that import it
 
 
 class SearchEngineBM25:
@@ -304,7 +307,7 @@ class SearchEngineBM25:
         response = self.rest.request("POST", "/_analyze", body={"analyzer": analyzer, "text": text})
         return [token["token"] for token in response["tokens"]]
 
-    def resolve_analysis(self, settings: IndexSettings) -> IndexSettings:
+    def resolve_analysis(self, settings: IndexConfig) -> IndexConfig:
         """Settle ``analysis="auto"``: native where the server has the analyzer, else client."""
         get_analyzer(settings.analyzer)  # unknown names fail here, before anything is created
         if settings.analysis in ("native", "client"):
@@ -316,9 +319,9 @@ class SearchEngineBM25:
         if not native:
             logger.info("%s at %s has no %r analyzer: indexing esrerank's replica of it (pre-analyzed terms)",
                         self.engine, self.url, settings.analyzer)
-        return IndexSettings(**{**asdict(settings), "analysis": "native" if native else "client"})
+        return IndexConfig(**{**asdict(settings), "analysis": "native" if native else "client"})
 
-    def index_body(self, settings: IndexSettings, meta: dict) -> dict:
+    def index_body(self, settings: IndexConfig, meta: dict) -> dict:
         analyzer = settings.analyzer if settings.analysis == "native" else "whitespace"
         return {
             "settings": {
@@ -366,7 +369,7 @@ class SearchEngineBM25:
 
     # --- loading an index (used by retrieval.indexing) ---------------------------------------------
 
-    def create_index(self, name: str, settings: IndexSettings, meta: dict) -> None:
+    def create_index(self, name: str, settings: IndexConfig, meta: dict) -> None:
         self.rest.request("PUT", f"/{name}", body=self.index_body(settings, meta))
 
     def bulk(self, body: str) -> dict:

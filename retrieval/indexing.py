@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .analysis import get_analyzer
-from .engines import FIELD, EngineError, EngineUnavailable, IndexSettings, SearchEngineBM25, error_reason, ndjson
+from .engines import FIELD, EngineError, EngineUnavailable, IndexConfig, SearchEngineBM25, error_reason, ndjson
 from .errors import EsrerankError
 from .records import Document
 
@@ -92,14 +92,14 @@ class DeadLetters:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _source(document: Document, settings: IndexSettings) -> dict:
+def _source(document: Document, settings: IndexConfig) -> dict:
     contents = document.contents
     if settings.analysis == "client":
         contents = " ".join(get_analyzer(settings.analyzer)(contents))
     return {FIELD: contents, "title": document.title, "text": document.text}
 
 
-def send_bulk(engine: SearchEngineBM25, index: str, documents: list[Document], settings: IndexSettings,
+def send_bulk(engine: SearchEngineBM25, index: str, documents: list[Document], settings: IndexConfig,
               backoff: Backoff, dead_letters: DeadLetters) -> tuple[int, int, int]:
     """Index one batch; returns (indexed, failed, retried). Raises IndexingAborted when retries run out."""
     pending, failed, retried = [], 0, 0
@@ -171,7 +171,7 @@ def find_resumable(engine: SearchEngineBM25, alias: str, meta: dict) -> str | No
 
 
 def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: str, corpus_id: str,
-                settings: IndexSettings = IndexSettings(), batch_docs: int = 1000, workers: int = 2,
+                settings: IndexConfig = IndexConfig(), batch_docs: int = 1000, workers: int = 2,
                 dead_letter: str | os.PathLike | None = None, backoff: Backoff = Backoff(),
                 total: int | None = None, force_merge: bool = True, keep_old: bool = False,
                 checkpoint_every_s: float = 1.0, show_progress: bool = True) -> IndexingReport:
@@ -283,7 +283,7 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
     return report
 
 
-def _finish(engine: SearchEngineBM25, index: str, alias: str, settings: IndexSettings, force_merge: bool,
+def _finish(engine: SearchEngineBM25, index: str, alias: str, settings: IndexConfig, force_merge: bool,
             keep_old: bool, meta: dict) -> None:
     engine.open_for_search(index, settings.replicas, force_merge)
     meta["complete"] = True

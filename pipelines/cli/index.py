@@ -36,13 +36,13 @@ def add_parser(commands, common) -> None:
 
 def run(args) -> int:
     from retrieval.corpus import open_corpus
-    from retrieval.engines import IndexSettings, connect
+    from retrieval.engines import IndexConfig, connect
     from retrieval.indexing import Backoff, DeadLetters, build_index
 
     corpus = open_corpus(args.data)
     dead_letter = Path(args.dead_letter or f"{args.index}.dead-letter.jsonl")
     engine = connect(args.engine, engine_url(args), args.index)
-    settings = IndexSettings(k1=args.k1, b=args.b, analyzer=args.analyzer, analysis=args.analysis,
+    settings = IndexConfig(k1=args.k1, b=args.b, analyzer=args.analyzer, analysis=args.analysis,
                              shards=args.shards, replicas=args.replicas)
     try:
         report = build_index(engine, corpus.documents, args.index, corpus.corpus_id, settings,

@@ -27,12 +27,12 @@ def add_parser(commands, common) -> None:
 
 
 def run(args) -> int:
-    from rerank.service import RerankService, ServiceLimits
+    from rerank.service import RerankService, ServiceConfig
 
     api_key = read_api_key(args.api_key_file)
     model = cross_encoder_from(args)
     service = RerankService(model, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
-                            max_wait_ms=args.max_wait_ms, limits=ServiceLimits(max_docs=args.max_docs),
+                            max_wait_ms=args.max_wait_ms, limits=ServiceConfig(max_docs=args.max_docs),
                             model_name=args.model, api_key=api_key)
     print(f"esrerank serving {args.model} on {service.url} (POST /v1/rerank, POST /rerank, GET /health, GET /metrics; "
           f"{'API key required' if api_key else 'no API key'})", flush=True)

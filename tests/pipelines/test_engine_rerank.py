@@ -16,7 +16,7 @@ from pipelines.retrieve_rerank import EngineReranker, RetrieveRerank, first_stag
 from rerank.cross_encoder import CrossEncoder
 from rerank.service import RerankService
 from retrieval.corpus import load_collection
-from retrieval.engines import EngineError, IndexSettings, OpenSearchBM25, rest_client
+from retrieval.engines import EngineError, IndexConfig, OpenSearchBM25, rest_client
 from retrieval.indexing import build_index
 
 INDEX = "esrerank-test-engine-rerank"
@@ -39,7 +39,7 @@ def vaswani_index(engine_url, vaswani_collection) -> str:
     """Vaswani (no titles: the engine sends `text`, the client side reranks title + text) on the ML server."""
     searcher = OpenSearchBM25(engine_url, INDEX)
     if not searcher.exists(INDEX) or searcher.count() != len(vaswani_collection.documents):
-        build_index(searcher, iter(vaswani_collection.documents), INDEX, "vaswani-test", IndexSettings(),
+        build_index(searcher, iter(vaswani_collection.documents), INDEX, "vaswani-test", IndexConfig(),
                     show_progress=False)
     return INDEX
 

@@ -13,13 +13,13 @@ import pytest
 
 from rerank.cross_encoder import CrossEncoder
 from rerank.errors import ServiceError
-from rerank.service import RerankService, ServiceLimits
+from rerank.service import RerankService, ServiceConfig
 
 
 @pytest.fixture(scope="module")
 def service(tiny_cross_encoder):
     model = CrossEncoder(str(tiny_cross_encoder), max_length=64, dtype="float32")
-    running = RerankService(model, port=0, max_wait_ms=20, limits=ServiceLimits(max_docs=100, max_text_chars=5000),
+    running = RerankService(model, port=0, max_wait_ms=20, limits=ServiceConfig(max_docs=100, max_text_chars=5000),
                             model_name="tiny").start()
     yield running, model
     running.close()

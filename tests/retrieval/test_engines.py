@@ -11,7 +11,7 @@ from run_agreement import top_k_agreement
 from retrieval.analysis import english_analyzer, standard_analyzer
 from retrieval.bm25 import InMemoryBM25
 from retrieval.corpus import load_beir
-from retrieval.engines import EngineError, IndexSettings, connect
+from retrieval.engines import EngineError, IndexConfig, connect
 from retrieval.indexing import build_index
 from retrieval.records import Document
 
@@ -41,7 +41,7 @@ def test_engine_top10_and_scores_match_in_memory(engine, name, analyzer, collect
     alias = f"test-parity-{name}-{analyzer}"
     searcher = _engine(engine, alias)
     report = build_index(searcher, collection.documents, alias, f"shared:{name}",
-                         IndexSettings(k1=0.9, b=0.4, analyzer=analyzer), batch_docs=500, show_progress=False)
+                         IndexConfig(k1=0.9, b=0.4, analyzer=analyzer), batch_docs=500, show_progress=False)
     assert report.count_in_index == len(collection.documents)
     memory = InMemoryBM25(collection.documents, k1=0.9, b=0.4, analyzer=analyzer, length_norm="lucene")
     texts = [q.text for q in collection.queries]
@@ -126,7 +126,7 @@ def test_documents_the_server_refuses_are_kept_with_the_servers_reason(engine, t
     searcher.rest.request("PUT", "/test-refused/_settings", body={"index": {"blocks": {"write": True}}})
     letters = DeadLetters(tmp_path / "dl.jsonl")
     docs = [Document("a", "t", "one"), Document("b", "", "two")]
-    indexed, failed, retried = send_bulk(searcher, "test-refused", docs, IndexSettings(analysis="native"),
+    indexed, failed, retried = send_bulk(searcher, "test-refused", docs, IndexConfig(analysis="native"),
                                          Backoff(max_retries=1, initial_s=0.01), letters)
     rows = [json.loads(line) for line in (tmp_path / "dl.jsonl").read_text().splitlines()]
     assert (indexed, failed, retried) == (0, 2, 0)
