@@ -196,6 +196,20 @@ def register_opensearch(rest, service_url: str, name: str = "esrerank", rerank_f
         deploy_timeout_s: how long to wait for the model to deploy. Default 120.
     A connector is matched by name and URL. ML Commons never returns a stored credential, so a changed
     API key needs a new name (or deleting the old connector and model).
+
+    Returns:
+        An :class:`OpenSearchRegistration`: connector and model ids, the pipeline's name, and what this
+        call created (empty when everything existed already). Refusals raise ``RegistrationError``
+        naming the setting or plugin to fix.
+
+    Example::
+
+        from retrieval.engines import OpenSearchBM25, rest_client
+
+        registration = register_opensearch(rest_client("opensearch", "http://127.0.0.1:9202"),
+                                           "http://127.0.0.1:8080", api_key=key)
+        reranked = OpenSearchBM25("http://127.0.0.1:9202", "my-index",
+                                  search_pipeline=registration.pipeline).search("what is bm25", 20)
     """
     created = []
     body = opensearch_connector_body(name, service_url, api_key, timeout_s)

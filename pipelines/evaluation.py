@@ -17,8 +17,17 @@ DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100", "R@1000", "AP")
 
 def per_query_scores(run: Mapping[str, Sequence[Hit]], qrels: Mapping[str, Mapping[str, int]],
                      measures: Sequence[str] = DEFAULT_MEASURES) -> dict[str, dict[str, float]]:
-    """measure → query id → value, for every judged query. A judged query the run has no hits for
-    scores 0 (as ``trec_eval -c``), rather than being left out of the mean."""
+    """measure → query id → value, for every judged query, computed by ir-measures. A judged query the
+    run has no hits for scores 0 (as ``trec_eval -c``), rather than being left out of the mean.
+
+    Returns:
+        ``{measure: {query_id: value}}`` for each of ``measures`` (default nDCG@10, RR@10, R@100, R@1000, AP).
+
+    Example::
+
+        scores = per_query_scores(run, collection.qrels)
+        mean_scores(scores)["nDCG@10"]
+    """
     parsed = {name: ir_measures.parse_measure(name) for name in measures}
     by_measure = {name: dict.fromkeys(qrels, 0.0) for name in measures}
     names = {measure: name for name, measure in parsed.items()}
@@ -30,6 +39,7 @@ def per_query_scores(run: Mapping[str, Sequence[Hit]], qrels: Mapping[str, Mappi
 
 
 def mean_scores(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Each measure's mean over the judged queries: ``{measure: mean}``."""
     return {name: float(np.mean(list(values.values()))) if values else 0.0 for name, values in per_query.items()}
 
 
@@ -47,7 +57,12 @@ class Comparison:
 
 def compare(baseline: Mapping[str, Mapping[str, float]], system: Mapping[str, Mapping[str, float]]) -> list[Comparison]:
     """Per measure: both means and the p-value of a paired t-test over the shared queries (the test
-    PyTerrier's ``Experiment`` reports)."""
+    PyTerrier's ``Experiment`` reports).
+
+    Returns:
+        One :class:`Comparison` per measure (``measure``, ``baseline``, ``system``, ``p_value``, ``delta``);
+        ``p_value`` is nan when the two runs score the same on every query.
+    """
     comparisons = []
     for name, base_values in baseline.items():
         queries = sorted(base_values)

@@ -105,10 +105,11 @@ def _query_rng(seed: int, query_id: str) -> random.Random:
 
 def mine_hard_negatives(queries: Sequence[Query], qrels: Mapping[str, Mapping[str, int]],
                         candidates: Mapping[str, Sequence[Hit]], texts: Mapping[str, str],
-                        config: MiningConfig = MiningConfig(), teacher=None,
+                        config: MiningConfig | None = None, teacher=None,
                         show_progress: bool = True) -> tuple[list[dict], MiningStats]:
     """Rows of the chosen format, and statistics. ``candidates``: first-stage hits per query id (at
     least ``retrieve_k`` deep); ``texts``: doc id → text; ``teacher``: anything with ``predict(pairs)``."""
+    config = config or MiningConfig()
     if (config.absolute_margin is not None or config.relative_margin is not None) and teacher is None:
         raise ValueError("a margin needs a teacher model")
     stats = MiningStats()

@@ -86,11 +86,31 @@ def _two_fold(fusion_scores: dict, query_ids: list[str]) -> dict[str, float]:
 
 
 def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_dir, training_config,
-               recipe: RecipeConfig = RecipeConfig(), mining: MiningConfig = MiningConfig(),
+               recipe: RecipeConfig | None = None, mining: MiningConfig | None = None,
                k1: float = 0.9, b: float = 0.4, analyzer: str = "english", resume: bool = False) -> dict:
     """Mine hard negatives from BM25 on ``train``, train a cross-encoder from ``base_model``, evaluate
     BM25 vs the trained reranker on ``evaluation``'s queries (the held-out dev split when both are the
-    same collection). Writes ``mined/``, ``model/`` and ``report.json`` under ``out_dir``."""
+    same collection). Writes ``mined/``, ``model/`` and ``report.json`` under ``out_dir``.
+
+    ``recipe`` and ``mining`` default to ``RecipeConfig()`` and ``MiningConfig()``.
+
+    Returns:
+        The report (also in ``report.json``): mining statistics, the training result, BM25 vs reranked
+        measures with 95% intervals and paired t-tests, the fusion tuned by 2-fold cross-validation, and
+        the time each stage took.
+
+    Example::
+
+        from retrieval import load_collection
+        from rerank.training_config import TrainingConfig
+        from pipelines.recipe import run_recipe
+
+        data = load_collection("scifact-train", "train")
+        report = run_recipe(data, data, "path/to/all-MiniLM-L6-v2", "runs/scifact", TrainingConfig())
+        print(report["evaluation"]["measures"]["reranked"]["nDCG@10"])
+    """
+    recipe = recipe or RecipeConfig()
+    mining = mining or MiningConfig()
     from rerank.cross_encoder import CrossEncoder
     from rerank.training import train_cross_encoder
 

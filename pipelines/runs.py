@@ -11,7 +11,13 @@ Run = dict[str, list[Hit]]  # query id → hits, best first
 
 
 def write_trec_run(run: Mapping[str, Sequence[Hit]], path, tag: str = "esrerank") -> None:
-    """Write ``run`` to ``path``; queries in the order given, hits re-ranked from 1 in score order."""
+    """Write ``run`` to ``path`` in TREC format (``qid Q0 docid rank score tag``, scores ``%.6f``);
+    queries in the order given, hits re-ranked from 1 in score order.
+
+    Example::
+
+        write_trec_run(pipeline.run(collection.queries), "runs/reranked.trec", tag="reranked")
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
@@ -21,7 +27,12 @@ def write_trec_run(run: Mapping[str, Sequence[Hit]], path, tag: str = "esrerank"
 
 
 def read_trec_run(path, k: int | None = None) -> Run:
-    """Read a TREC run; each query's hits are sorted by score (ties by rank) and cut to ``k``."""
+    """Read a TREC run; each query's hits are sorted by score (ties by rank) and cut to ``k``.
+
+    Returns:
+        ``{query_id: [Hit(doc_id, score, rank), ...]}``, ranks from 1. A malformed line raises
+        ``DataError`` naming the file and line.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "run file not found")

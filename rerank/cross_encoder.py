@@ -183,6 +183,14 @@ class CrossEncoder:
         pair); default: pairs with the same query text form one ranking. With ``passages="maxp"`` each
         pair is scored as its document's windows and gets its best window's score; the float32 rescoring
         then makes the order of the best ``exact_top_k`` *windows* of each ranking exact.
+
+        Returns:
+            A float32 array, one score per pair (raw logits unless ``activation`` says otherwise).
+
+        Example::
+
+            model = CrossEncoder("cross-encoder/ms-marco-MiniLM-L6-v2")
+            model.predict([("what is bm25", "BM25 is a ranking function"), ("what is bm25", "bananas")])
         """
         pairs = _validate_pairs(pairs)
         if rankings is not None and len(rankings) != len(pairs):
@@ -228,8 +236,18 @@ class CrossEncoder:
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
              return_documents: bool = False) -> list[dict]:
-        """Score ``documents`` against ``query`` and return them best first as dicts with ``corpus_id``
-        (index into ``documents``), ``score`` and, with ``return_documents``, ``text``."""
+        """Score ``documents`` against ``query`` and return them best first, as sentence-transformers'
+        ``CrossEncoder.rank`` does.
+
+        Returns:
+            ``[{"corpus_id": index into documents, "score": float[, "text": str]}, ...]``, the best
+            ``top_k`` (default all).
+
+        Example::
+
+            model.rank("what is bm25", ["bananas", "BM25 is a ranking function"], top_k=1)
+            # [{'corpus_id': 1, 'score': ...}]
+        """
         if isinstance(documents, str):
             raise TypeError("documents must be a list of strings, not one string")
         scores = self.predict([(query, doc) for doc in documents])

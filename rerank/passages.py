@@ -11,7 +11,7 @@ sentence cut by one boundary is whole in the next window.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -92,7 +92,7 @@ class RerankerSettings:
     reads documents the same way: ``max_length`` and the passage handling."""
 
     max_length: int
-    passages: PassageConfig = PassageConfig()
+    passages: PassageConfig = field(default_factory=PassageConfig)
 
     def save(self, model_dir) -> None:
         Path(model_dir, SETTINGS_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")

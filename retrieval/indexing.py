@@ -171,8 +171,8 @@ def find_resumable(engine: SearchEngineBM25, alias: str, meta: dict) -> str | No
 
 
 def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: str, corpus_id: str,
-                settings: IndexConfig = IndexConfig(), batch_docs: int = 1000, workers: int = 2,
-                dead_letter: str | os.PathLike | None = None, backoff: Backoff = Backoff(),
+                settings: IndexConfig | None = None, batch_docs: int = 1000, workers: int = 2,
+                dead_letter: str | os.PathLike | None = None, backoff: Backoff | None = None,
                 total: int | None = None, force_merge: bool = True, keep_old: bool = False,
                 checkpoint_every_s: float = 1.0, show_progress: bool = True) -> IndexingReport:
     """Load ``documents`` into a new index behind ``alias`` (resuming an unfinished one), then swap it in.
@@ -182,15 +182,32 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
         documents: the corpus, streamed in a fixed order (a resume skips the acknowledged prefix).
         alias: the name searchers use.
         corpus_id: identifies the corpus (path and size, or a dataset id): a resume needs the same.
-        settings: BM25 k1/b, analyzer, analysis mode, shards, replicas.
+        settings: BM25 k1/b, analyzer, analysis mode, shards, replicas. Default ``IndexConfig()``.
         batch_docs: documents per ``_bulk`` request. Default 1000 (≈0.5 MB of MS MARCO passages).
         workers: concurrent bulk requests. Default 2, one per core of a small server.
         dead_letter: JSON-lines file for documents (and malformed lines) that could not be indexed.
-        backoff: retry policy for 429/5xx and unreachable servers.
+        backoff: retry policy for 429/5xx and unreachable servers. Default ``Backoff()``: 8 retries,
+            1 s doubling to at most 30 s.
         force_merge: merge to one segment at the end (drops documents overwritten by a resume, which
             would otherwise still count in BM25 statistics, and speeds up search). Default True.
         keep_old: keep the index the alias pointed to before. Default False (deleted after the swap).
+
+    Returns:
+        An :class:`IndexingReport`: documents indexed and failed, where a resume started, the index
+        behind the alias, the count in it, and the time taken.
+
+    Example::
+
+        from retrieval.corpus import open_corpus
+        from retrieval.engines import OpenSearchBM25
+        from retrieval.indexing import build_index
+
+        corpus = open_corpus("../shared/data/scifact-train")
+        engine = OpenSearchBM25("http://127.0.0.1:9201", "scifact")
+        report = build_index(engine, corpus.documents, "scifact", corpus.corpus_id, total=corpus.total)
     """
+    settings = settings or IndexConfig()
+    backoff = backoff or Backoff()
     started = time.perf_counter()
     if engine.exists(alias) and not engine.alias_targets(alias):
         raise EngineError(400, f"{alias!r} is an index, not an alias; esrerank manages {alias!r} as an alias "
