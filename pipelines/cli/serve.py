@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 from rerank import DEFAULT_MODEL
 
 from .options import add_model_run_args, cross_encoder_from, port_number, positive_int, read_api_key
@@ -36,8 +38,16 @@ def run(args) -> int:
                             model_name=args.model, api_key=api_key)
     print(f"esrerank serving {args.model} on {service.url} (POST /v1/rerank, POST /rerank, GET /health, GET /metrics; "
           f"{'API key required' if api_key else 'no API key'})", flush=True)
+    # SIGTERM (docker stop, systemd, kill) stops the service as Ctrl-C does: the listening socket is
+    # closed and the model worker joined, exit status 0. As PID 1 in a container, without a handler
+    # SIGTERM would be ignored until the runtime kills the process.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         service.serve_forever()
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt

@@ -107,7 +107,7 @@ def test_search_prints_bm25_then_reranked_hits(vaswani, tiny_cross_encoder, caps
     assert reranked == [bm25[i].doc_id for i in np.argsort(-scores, kind="stable")[:3]]
 
 
-def test_serve_answers_with_the_key_and_stops_cleanly_on_interrupt(tiny_cross_encoder, tmp_path):
+def test_serve_answers_with_the_key_and_stops_cleanly_on_sigterm(tiny_cross_encoder, tmp_path):
     import http.client
     import os
     import signal
@@ -148,7 +148,7 @@ def test_serve_answers_with_the_key_and_stops_cleanly_on_interrupt(tiny_cross_en
         got = {r["index"]: r["relevance_score"] for r in answer["results"]}
         assert [got[0], got[1]] == pytest.approx(expected.tolist(), abs=1e-6)
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)  # what docker stop sends (a background shell may ignore SIGINT)
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert f"serving {tiny_cross_encoder} on http://127.0.0.1:{port}" in out and "API key required" in out

@@ -106,5 +106,5 @@ def test_msmarco_tsv_readers(tmp_path):
 
 def test_load_collection_routes_local_and_hub(tmp_path, cranfield):
     assert load_collection(str(cranfield)).name == "cranfield"
-    with pytest.raises(DataError, match="not a local folder, nor a HF dataset id"):
-        load_collection("scifact")
+    with pytest.raises(DataError, match="data folder not found .* known names"):
+        load_collection("no-such-collection")
