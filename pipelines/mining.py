@@ -300,3 +300,33 @@ def mine_collection(collection, retriever, out_dir, config: MiningConfig | None 
         samples = dev_samples(held_out, collection.qrels, candidates, texts, dev_retrieve_k)
         samples_path = save_dev_samples(samples, out_dir)
     return MiningReport(Path(out_dir), stats.summary(), [q.query_id for q in held_out], samples_path)
+
+
+def load_mined(dataset_dir):
+    """A training dataset written by :func:`save_mined` (``esrerank mine``), checked to hold labeled lists."""
+    import datasets
+
+    dataset_dir = Path(dataset_dir)
+    if not (dataset_dir / "dataset_info.json").is_file():
+        raise DataError(dataset_dir, "not a dataset written by 'esrerank mine' (no dataset_info.json)")
+    dataset = datasets.load_from_disk(str(dataset_dir))
+    if not {"query", "docs", "labels"} <= set(dataset.column_names):
+        raise DataError(dataset_dir, "training needs labeled-list rows (query, docs, labels); "
+                                     f"has {dataset.column_names}")
+    return dataset
+
+
+def training_dev_samples(dataset_dir, evaluation=None, query_ids=None, retrieve_k: int = 30) -> list[dict] | None:
+    """The dev split ``esrerank train`` evaluates on: the queries of ``evaluation`` (a collection; only
+    ``query_ids`` when given) with their BM25 top ``retrieve_k``, or else the split ``esrerank mine`` held
+    out beside the dataset; None when there is neither."""
+    if evaluation is not None:
+        from retrieval.bm25 import InMemoryBM25
+
+        from .retrieve_rerank import first_stage_run
+
+        queries = [q for q in evaluation.queries if query_ids is None or q.query_id in query_ids]
+        candidates = first_stage_run(InMemoryBM25(evaluation.documents), queries, retrieve_k)
+        return dev_samples(queries, evaluation.qrels, candidates, evaluation.texts(), retrieve_k)
+    path = Path(dataset_dir) / DEV_SAMPLES_FILE
+    return load_dev_samples(path) if path.is_file() else None

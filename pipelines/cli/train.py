@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from retrieval.records import DataError
-
 from .options import add_training_args, logger, positive_int, read_query_ids, training_config_from
 
 
@@ -28,39 +24,19 @@ def add_parser(commands, common) -> None:
 
 
 def run(args) -> int:
-    import datasets
-
     from rerank.training import train_cross_encoder
-    from rerank.training_config import DEV_SAMPLES_FILE
 
-    dataset_dir = Path(args.dataset)
-    if not (dataset_dir / "dataset_info.json").is_file():
-        raise DataError(dataset_dir, "not a dataset written by 'esrerank mine' (no dataset_info.json)")
-    dataset = datasets.load_from_disk(str(dataset_dir))
-    if not {"query", "docs", "labels"} <= set(dataset.column_names):
-        raise DataError(dataset_dir, "training needs labeled-list rows (query, docs, labels); "
-                                     f"has {dataset.column_names}")
-    samples = None
+    from ..mining import load_mined, training_dev_samples
+
+    dataset = load_mined(args.dataset)
+    evaluation = None
     if args.eval_data:
-        from retrieval.bm25 import InMemoryBM25
         from retrieval.corpus import load_collection
 
-        from ..mining import dev_samples
-        from ..retrieve_rerank import first_stage_run
-
         evaluation = load_collection(args.eval_data, args.eval_split, args.data_dir)
-        wanted = read_query_ids(args.eval_queries)
-        queries = [q for q in evaluation.queries if wanted is None or q.query_id in wanted]
-        index = InMemoryBM25(evaluation.documents)
-        texts = evaluation.texts()
-        samples = dev_samples(queries, evaluation.qrels, first_stage_run(index, queries, args.eval_retrieve_k), texts,
-                              args.eval_retrieve_k)
-    elif (dataset_dir / DEV_SAMPLES_FILE).is_file():
-        from ..mining import load_dev_samples
-
-        samples = load_dev_samples(dataset_dir / DEV_SAMPLES_FILE)
-        logger.info("dev split: %d queries held out by 'esrerank mine' (%s)", len(samples),
-                    dataset_dir / DEV_SAMPLES_FILE)
+    samples = training_dev_samples(args.dataset, evaluation, read_query_ids(args.eval_queries), args.eval_retrieve_k)
+    if samples is not None and evaluation is None:
+        logger.info("dev split: %d queries held out by 'esrerank mine' (%s)", len(samples), args.dataset)
     result = train_cross_encoder(dataset, args.base_model, args.out, training_config_from(args), samples,
                                  resume=args.resume)
     print(f"trained {result.steps} steps in {result.seconds:.0f} s; best dev nDCG@10 "
