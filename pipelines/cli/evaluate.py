@@ -26,7 +26,7 @@ from .options import (
 
 def add_parser(commands, common) -> None:
     parser = commands.add_parser("evaluate", parents=[common], allow_abbrev=False,
-                                   help="BM25 vs reranked effectiveness on a test collection")
+                                 help="BM25 vs reranked effectiveness on a test collection")
     parser.add_argument("--data", default=None,
                         help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/), a collection name found in a data "
                         "folder or fetched by ir_datasets (vaswani, cranfield, scifact, …), an ir_datasets id "

@@ -11,7 +11,7 @@ from .options import positive_int, read_api_key
 
 def add_parser(commands, common) -> None:
     parser = commands.add_parser("register", parents=[common], allow_abbrev=False,
-                                   help="make the engine call 'esrerank serve' itself (rerank inside the engine)")
+                                 help="make the engine call 'esrerank serve' itself (rerank inside the engine)")
     parser.add_argument("engine", choices=["opensearch", "elasticsearch"])
     parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200, or :9201 for opensearch)")
     parser.add_argument("--service-url", required=True,
