@@ -22,8 +22,12 @@ def write_trec_run(run: Mapping[str, Sequence[Hit]], path, tag: str = "esrerank"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         for query_id, hits in run.items():
-            for rank, hit in enumerate(hits, start=1):
-                handle.write(f"{query_id} Q0 {hit.doc_id} {rank} {hit.score:.6f} {tag}\n")
+            handle.write(trec_lines(query_id, hits, tag))
+
+
+def trec_lines(query_id: str, hits: Sequence[Hit], tag: str = "esrerank") -> str:
+    """One query's hits as TREC run lines, ranks from 1 in the order given."""
+    return "".join(f"{query_id} Q0 {hit.doc_id} {rank} {hit.score:.6f} {tag}\n" for rank, hit in enumerate(hits, 1))
 
 
 def read_trec_run(path, k: int | None = None) -> Run:

@@ -14,9 +14,9 @@ import sys
 
 from retrieval.errors import EsrerankError
 
-from . import evaluate, index, mine, recipe, register, search, serve, train
+from . import evaluate, index, mine, recipe, register, rerank, search, serve, train
 
-COMMANDS = (evaluate, search, index, mine, train, recipe, serve, register)
+COMMANDS = (evaluate, search, index, mine, train, recipe, rerank, serve, register)
 
 
 class Parser(argparse.ArgumentParser):

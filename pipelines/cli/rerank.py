@@ -1,0 +1,79 @@
+"""``esrerank rerank``: rerank a large first-stage run file as a resumable batch job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retrieval.records import DataError
+
+from .options import add_model_run_args, logger, non_negative_int, positive_int
+
+
+def add_parser(commands, common) -> None:
+    parser = commands.add_parser("rerank", parents=[common], allow_abbrev=False,
+                                 help="rerank a first-stage run file, streaming and resumable")
+    parser.add_argument("--data", default=None,
+                        help="collection with the queries and documents (folder, name or ir_datasets id)")
+    parser.add_argument("--split", default="test", help="qrels split whose queries are reranked (default test)")
+    parser.add_argument("--candidates", required=True, help="first-stage TREC run to rerank")
+    parser.add_argument("--model", required=True, help="cross-encoder hub id or local folder")
+    parser.add_argument("--out", required=True,
+                        help="reranked TREC run; OUT.progress.jsonl beside it lets a re-run resume")
+    parser.add_argument("--rerank-k", type=non_negative_int, default=None,
+                        help="candidates reranked per query, the rest kept in first-stage order (default: all)")
+    parser.add_argument("--queries-per-chunk", type=positive_int, default=32,
+                        help="queries scored in one call and made durable together (default 32)")
+    parser.add_argument("--devices", default="auto",
+                        help="auto (default: every GPU, one process each, else the one device), or a list such "
+                             "as cuda:0,cuda:1 or cpu")
+    add_model_run_args(parser)
+    parser.set_defaults(handler=run)
+
+
+def _devices(spec: str) -> list[str] | None:
+    """The devices to run on; None: one device, in this process (the model's default choice)."""
+    if spec != "auto":
+        devices = [device.strip() for device in spec.split(",") if device.strip()]
+        return devices if len(devices) > 1 else None
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(count)] if count > 1 else None
+
+
+def run(args) -> int:
+    from retrieval.corpus import load_collection
+
+    from ..batch_rerank import rerank_run_file, rerank_run_file_on_devices
+    from ..runs import read_trec_run
+    from .options import cross_encoder_from
+
+    candidates = read_trec_run(args.candidates)
+    collection = load_collection(args.data, args.split, args.data_dir)
+    known = {q.query_id: q for q in collection.queries}
+    missing = [query_id for query_id in candidates if query_id not in known]
+    if missing:
+        raise DataError(args.candidates, f"{len(missing)} queries of the run have no text in {collection.name} "
+                                         f"({args.split}) (e.g. {missing[0]!r})")
+    queries = [known[query_id] for query_id in candidates]
+    stat = Path(args.candidates).stat()
+    fingerprint = {"candidates": f"{Path(args.candidates).resolve()}:{stat.st_size}:{stat.st_mtime_ns}",
+                   "model": args.model, "rerank_k": args.rerank_k, "max_length": args.max_length,
+                   "passages": args.passages, "dtype": args.dtype, "runtime": args.runtime}
+    options = {"rerank_k": args.rerank_k, "queries_per_chunk": args.queries_per_chunk, "fingerprint": fingerprint,
+               "tag": "esrerank"}
+    devices = _devices(args.devices)
+    if devices:
+        logger.info("reranking on %d devices: %s", len(devices), ", ".join(devices))
+        model_options = {"max_length": args.max_length, "dtype": args.dtype, "passages": args.passages,
+                         "runtime": args.runtime}
+        report = rerank_run_file_on_devices(queries, candidates, collection.texts(), args.model, devices, args.out,
+                                            model_options, **options)
+    else:
+        if args.devices not in ("auto", "") and not args.device:
+            args.device = args.devices
+        report = rerank_run_file(queries, candidates, collection.texts(), cross_encoder_from(args), args.out,
+                                 show_progress=not args.quiet, **options)
+    print(f"reranked {report.queries} queries ({report.pairs} pairs, {report.pairs_per_second:.1f} pairs/s) into "
+          f"{report.out}; {report.resumed_after} were done before")
+    return 0
