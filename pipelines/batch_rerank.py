@@ -154,7 +154,8 @@ def _rerank_part(arguments: dict) -> None:
     """One device's share, in its own process: load the model there and rerank every n-th query."""
     from rerank.cross_encoder import CrossEncoder
 
-    reranker = CrossEncoder(arguments.pop("model"), device=arguments.pop("device"), **arguments.pop("model_options"))
+    reranker = CrossEncoder(arguments.pop("model"), device=arguments.pop("device"), show_progress=False,
+                            **arguments.pop("model_options"))
     rerank_run_file(reranker=reranker, **arguments)
 
 

@@ -84,12 +84,12 @@ def add_model_run_args(parser: argparse.ArgumentParser) -> None:
                         help="torch (default), or ONNX Runtime on CPU in float32 or int8 (the onnx extra)")
 
 
-def cross_encoder_from(args):
+def cross_encoder_from(args, show_progress: bool | None = None):
     """The cross-encoder the options of ``add_model_run_args`` describe."""
     from rerank.cross_encoder import CrossEncoder
 
     return CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype,
-                        runtime=args.runtime, passages=args.passages)
+                        runtime=args.runtime, passages=args.passages, show_progress=show_progress)
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:

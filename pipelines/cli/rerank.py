@@ -72,7 +72,8 @@ def run(args) -> int:
     else:
         if args.devices not in ("auto", "") and not args.device:
             args.device = args.devices
-        report = rerank_run_file(queries, candidates, collection.texts(), cross_encoder_from(args), args.out,
+        report = rerank_run_file(queries, candidates, collection.texts(), cross_encoder_from(args, show_progress=False),
+                                 args.out,
                                  show_progress=not args.quiet, **options)
     print(f"reranked {report.queries} queries ({report.pairs} pairs, {report.pairs_per_second:.1f} pairs/s) into "
           f"{report.out}; {report.resumed_after} were done before")
