@@ -28,7 +28,7 @@ from retrieval.errors import EsrerankError
 from retrieval.records import DataError, Query
 
 from .retrieve_rerank import RetrieveRerank
-from .runs import Run, trec_lines
+from .runs import Run, check_doc_ids, trec_lines
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +113,7 @@ def rerank_run_file(queries: Sequence[Query], candidates: Run, texts: Mapping[st
     fingerprint = fingerprint or {"queries": len(queries), "first": queries[0].query_id if queries else None,
                                   "last": queries[-1].query_id if queries else None, "rerank_k": rerank_k,
                                   "reranker": repr(reranker)}
-    missing_text = [hit.doc_id for q in queries for hit in candidates.get(q.query_id, []) if hit.doc_id not in texts]
-    if missing_text:
-        raise DataError("candidates", f"{len(missing_text)} candidate doc ids are not in the corpus "
-                                      f"(e.g. {missing_text[0]!r})")
+    check_doc_ids({q.query_id: candidates.get(q.query_id, []) for q in queries}, texts)
     done, offset, complete = _read_progress(out, fingerprint)
     resumed_after, started = done, time.perf_counter()
     if complete:
@@ -192,7 +189,9 @@ def rerank_run_file_on_devices(queries: Sequence[Query], candidates: Run, texts:
     temporary = out.with_name(out.name + ".tmp")
     temporary.write_text("".join("".join(by_query.get(q.query_id, [])) for q in queries), encoding="utf-8")
     temporary.replace(out)
-    pairs = sum(len(candidates.get(q.query_id, [])) for q in queries)
+    rerank_k = options.get("rerank_k")
+    pairs = sum(min(len(candidates.get(q.query_id, [])), rerank_k if rerank_k is not None else 1 << 62)
+                for q in queries)
     return BatchRerankReport(str(out), len(queries), 0, pairs, time.perf_counter() - started)
 
 

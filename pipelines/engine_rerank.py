@@ -150,33 +150,39 @@ def _search_ml(rest, kind: str, query: dict) -> list[dict]:
     return response.get("hits", {}).get("hits", [])
 
 
-def _wait_for_task(rest, task_id: str, what: str, timeout_s: float) -> dict:
+def _call(rest, step: str, method: str, path: str, **request) -> dict:
+    """One ML Commons / pipeline request; a refusal becomes a one-line ``RegistrationError`` for ``step``."""
+    try:
+        return rest.request(method, path, **request)
+    except EngineError as exc:
+        raise explain(step, exc) from None
+
+
+def _wait(rest, path: str, state_key: str, done: str, failed: tuple[str, ...], what: str, timeout_s: float) -> dict:
+    """Poll ``path`` until its ``state_key`` is ``done`` (returns the record) or one of ``failed``."""
     deadline = time.monotonic() + timeout_s
     while True:
-        task = rest.request("GET", f"/_plugins/_ml/tasks/{task_id}")
-        state = task.get("state")
-        if state == "COMPLETED":
-            return task
-        if state in ("FAILED", "CANCELLED", "COMPLETED_WITH_ERROR"):
-            raise explain(what, EngineError(500, str(task.get("error") or state)))
+        record = rest.request("GET", path)
+        state = record.get(state_key)
+        if state == done:
+            return record
+        if state in failed:
+            raise explain(what, EngineError(500, str(record.get("error") or f"{state}; see the engine's log")))
         if time.monotonic() > deadline:
-            raise RegistrationError(f"{what}: task {task_id} still {state} after {timeout_s:.0f} s")
-        time.sleep(0.5)
+            raise RegistrationError(f"{what}: {path} still {state} after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def _wait_for_task(rest, task_id: str, what: str, timeout_s: float) -> dict:
+    return _wait(rest, f"/_plugins/_ml/tasks/{task_id}", "state", "COMPLETED",
+                 ("FAILED", "CANCELLED", "COMPLETED_WITH_ERROR"), what, timeout_s)
 
 
 def _wait_until_deployed(rest, model_id: str, timeout_s: float) -> None:
     # the deploy task completes before the model's own record says DEPLOYED; a search through the
     # pipeline (or a re-run of the registration) in between would see it deploying
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = rest.request("GET", f"/_plugins/_ml/models/{model_id}").get("model_state")
-        if state == "DEPLOYED":
-            return
-        if state == "DEPLOY_FAILED":
-            raise RegistrationError(f"deploying the model: model {model_id} failed to deploy; see the engine's log")
-        if time.monotonic() > deadline:
-            raise RegistrationError(f"deploying the model: model {model_id} still {state} after {timeout_s:.0f} s")
-        time.sleep(0.2)
+    _wait(rest, f"/_plugins/_ml/models/{model_id}", "model_state", "DEPLOYED", ("DEPLOY_FAILED",),
+          "deploying the model", timeout_s)
 
 
 def register_opensearch(rest, service_url: str, name: str = "esrerank", rerank_fields: Sequence[str] = ("text",),
@@ -218,10 +224,8 @@ def register_opensearch(rest, service_url: str, name: str = "esrerank", rerank_f
     if connectors:
         connector_id = connectors[0]["_id"]
     else:
-        try:
-            connector_id = rest.request("POST", "/_plugins/_ml/connectors/_create", body=body)["connector_id"]
-        except EngineError as exc:
-            raise explain("creating the connector", exc) from None
+        connector_id = _call(rest, "creating the connector", "POST", "/_plugins/_ml/connectors/_create",
+                             body=body)["connector_id"]
         created.append("connector")
 
     # matched here, not in the query: ML Commons maps connector_id as text in some versions, keyword in others
@@ -233,19 +237,14 @@ def register_opensearch(rest, service_url: str, name: str = "esrerank", rerank_f
         # the search above lags behind the model's record; GET reads it as it is now
         state = rest.request("GET", f"/_plugins/_ml/models/{model_id}").get("model_state")
         if state not in ("DEPLOYED", "DEPLOYING"):
-            try:
-                task_id = rest.request("POST", f"/_plugins/_ml/models/{model_id}/_deploy")["task_id"]
-            except EngineError as exc:
-                raise explain("deploying the model", exc) from None
+            task_id = _call(rest, "deploying the model", "POST", f"/_plugins/_ml/models/{model_id}/_deploy")["task_id"]
             _wait_for_task(rest, task_id, "deploying the model", deploy_timeout_s)
             created.append("deployment")
     else:
-        try:
-            answer = rest.request("POST", "/_plugins/_ml/models/_register", params={"deploy": "true"},
-                                  body={"name": name, "function_name": "remote", "connector_id": connector_id,
-                                        "description": "esrerank cross-encoder (remote)"})
-        except EngineError as exc:
-            raise explain("registering the model", exc) from None
+        answer = _call(rest, "registering the model", "POST", "/_plugins/_ml/models/_register",
+                       params={"deploy": "true"}, body={"name": name, "function_name": "remote",
+                                                        "connector_id": connector_id,
+                                                        "description": "esrerank cross-encoder (remote)"})
         task = _wait_for_task(rest, answer["task_id"], "registering and deploying the model", deploy_timeout_s)
         model_id = answer.get("model_id") or task["model_id"]
         created.append("model")
@@ -259,10 +258,7 @@ def register_opensearch(rest, service_url: str, name: str = "esrerank", rerank_f
             raise explain("reading the search pipeline", exc) from None
         existing = None
     if existing != pipeline:
-        try:
-            rest.request("PUT", f"/_search/pipeline/{name}", body=pipeline)
-        except EngineError as exc:
-            raise explain("creating the search pipeline", exc) from None
+        _call(rest, "creating the search pipeline", "PUT", f"/_search/pipeline/{name}", body=pipeline)
         created.append("pipeline")
     registration = OpenSearchRegistration(connector_id, model_id, name, tuple(created))
     logger.info("OpenSearch rerank pipeline %s: connector %s, model %s (%s)", name, connector_id, model_id,
@@ -274,7 +270,5 @@ def register_opensearch(rest, service_url: str, name: str = "esrerank", rerank_f
 
 def register_elasticsearch(rest, service_url: str, name: str = "esrerank", api_key: str | None = None) -> dict:
     """PUT the ``custom`` rerank inference endpoint ``name``; returns Elasticsearch's answer."""
-    try:
-        return rest.request("PUT", f"/_inference/rerank/{name}", body=elasticsearch_endpoint_body(service_url, api_key))
-    except EngineError as exc:
-        raise explain("creating the inference endpoint", exc) from None
+    return _call(rest, "creating the inference endpoint", "PUT", f"/_inference/rerank/{name}",
+                 body=elasticsearch_endpoint_body(service_url, api_key))

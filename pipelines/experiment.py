@@ -12,7 +12,7 @@ from retrieval.records import DataError, Hit
 
 from .evaluation import Comparison, compare, mean_scores, per_query_scores
 from .retrieve_rerank import Reranker, Retriever, RetrieveRerank, first_stage_run
-from .runs import Run
+from .runs import Run, check_doc_ids
 
 
 @dataclass
@@ -72,10 +72,7 @@ def evaluate(collection: Collection, retriever: Retriever | None = None, reranke
     """
     texts = collection.texts()
     if candidates is not None:
-        unknown = {hit.doc_id for hits in candidates.values() for hit in hits if hit.doc_id not in texts}
-        if unknown:
-            raise DataError("candidates", f"{len(unknown)} candidate doc ids are not in the corpus "
-                                          f"(e.g. {sorted(unknown)[0]!r})")
+        check_doc_ids(candidates, texts)
         first_stage = {q.query_id: list(candidates.get(q.query_id, []))[:retrieve_k] for q in collection.queries}
     else:
         if retriever is None:

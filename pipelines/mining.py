@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 from rerank.training_config import DEV_SAMPLES_FILE
 from retrieval.records import DataError, Hit, Query
 
+from .retrieve_rerank import first_stage_run
+
 FORMATS = ("labeled-list", "labeled-pair", "triplet", "n-tuple")
 
 
@@ -286,8 +288,6 @@ def mine_collection(collection, retriever, out_dir, config: MiningConfig | None 
     held_out: list[Query] = []
     if dev_size:
         queries, held_out = split_queries(queries, dev_size, config.seed)
-    from .retrieve_rerank import first_stage_run
-
     candidates = first_stage_run(retriever, queries + held_out, max(config.retrieve_k, dev_retrieve_k))
     texts = collection.texts()
     rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, teacher,
@@ -322,8 +322,6 @@ def training_dev_samples(dataset_dir, evaluation=None, query_ids=None, retrieve_
     out beside the dataset; None when there is neither."""
     if evaluation is not None:
         from retrieval.bm25 import InMemoryBM25
-
-        from .retrieve_rerank import first_stage_run
 
         queries = [q for q in evaluation.queries if query_ids is None or q.query_id in query_ids]
         candidates = first_stage_run(InMemoryBM25(evaluation.documents), queries, retrieve_k)

@@ -30,6 +30,13 @@ def trec_lines(query_id: str, hits: Sequence[Hit], tag: str = "esrerank") -> str
     return "".join(f"{query_id} Q0 {hit.doc_id} {rank} {hit.score:.6f} {tag}\n" for rank, hit in enumerate(hits, 1))
 
 
+def check_doc_ids(run: Mapping[str, Sequence[Hit]], texts: Mapping[str, str], source="candidates") -> None:
+    """Refuse a run naming documents ``texts`` lacks (a run file of another corpus, or a truncated corpus)."""
+    unknown = {hit.doc_id for hits in run.values() for hit in hits if hit.doc_id not in texts}
+    if unknown:
+        raise DataError(source, f"{len(unknown)} candidate doc ids are not in the corpus (e.g. {sorted(unknown)[0]!r})")
+
+
 def read_trec_run(path, k: int | None = None) -> Run:
     """Read a TREC run; each query's hits are sorted by score (ties by rank) and cut to ``k``.
 

@@ -80,17 +80,26 @@ def _documents(body: dict, key: str, limits: ServiceConfig) -> list[str]:
     return [_text(d, f"{key}[{i}]", limits) for i, d in enumerate(documents)]
 
 
+def _scores(batcher: DynamicBatcher, query: str, documents: list[str], raw: bool) -> np.ndarray:
+    """Each document's score against ``query``: logits when ``raw``, else probabilities (sigmoid)."""
+    logits = batcher.score([(query, d) for d in documents]) if documents else np.zeros(0)
+    return logits.astype(np.float64) if raw else _sigmoid(logits)
+
+
+def _flag(body: dict, key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise RequestError(422, f"'{key}' must be true or false")
+    return value
+
+
 def handle_cohere(body: dict, batcher: DynamicBatcher, limits: ServiceConfig) -> dict:
     query = _text(body.get("query"), "'query'", limits)
     documents = _documents(body, "documents", limits)
     top_n = body.get("top_n", len(documents))
     if not isinstance(top_n, int) or top_n < 0:
         raise RequestError(422, "'top_n' must be a non-negative integer")
-    raw_scores = body.get("raw_scores", False)
-    if not isinstance(raw_scores, bool):
-        raise RequestError(422, "'raw_scores' must be true or false")
-    raw = batcher.score([(query, d) for d in documents]) if documents else np.zeros(0)
-    scores = raw.astype(np.float64) if raw_scores else _sigmoid(raw)
+    scores = _scores(batcher, query, documents, raw=_flag(body, "raw_scores", False))
     order = np.argsort(-scores, kind="stable")[:top_n]
     results = []
     for i in order:
@@ -99,13 +108,6 @@ def handle_cohere(body: dict, batcher: DynamicBatcher, limits: ServiceConfig) ->
             entry["document"] = {"text": documents[i]}
         results.append(entry)
     return {"results": results}
-
-
-def _flag(body: dict, key: str, default: bool) -> bool:
-    value = body.get(key, default)
-    if not isinstance(value, bool):
-        raise RequestError(422, f"'{key}' must be true or false")
-    return value
 
 
 def _refuse_truncation(model, query: str, texts: list[str]) -> None:
@@ -125,8 +127,7 @@ def handle_tei(body: dict, batcher: DynamicBatcher, limits: ServiceConfig) -> li
     texts = _documents(body, "texts", limits)
     if not _flag(body, "truncate", False):
         _refuse_truncation(batcher.model, query, texts)
-    raw = batcher.score([(query, t) for t in texts]) if texts else np.zeros(0)
-    scores = raw.astype(np.float64) if body.get("raw_scores") else _sigmoid(raw)
+    scores = _scores(batcher, query, texts, raw=bool(body.get("raw_scores")))
     order = np.argsort(-scores, kind="stable")
     results = []
     for i in order:

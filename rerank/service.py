@@ -71,30 +71,31 @@ def make_handler(batcher: DynamicBatcher, limits: ServiceConfig, model_name: str
             given = (self.headers.get("Authorization") or "").strip().encode()
             return hmac.compare_digest(given, expected_authorization)  # constant time: no key guessing by timing
 
-        def _unauthorized(self) -> None:
-            message = ("missing Authorization header; send 'Authorization: Bearer <key>'"
-                       if not self.headers.get("Authorization") else "wrong API key")
-            self._send(401, {"error": {"type": "unauthorized", "message": message}})
+        def _refusal(self) -> RequestError:
+            return RequestError(401, "missing Authorization header; send 'Authorization: Bearer <key>'"
+                                if not self.headers.get("Authorization") else "wrong API key")
+
+        def _send_error(self, error: RequestError) -> None:
+            self._send(error.status, {"error": {"type": HTTPStatus(error.status).phrase.lower().replace(" ", "_"),
+                                                "message": str(error)}})
 
         def do_GET(self):  # noqa: N802 - the base class's name
             if self.path == "/health":
                 self._send(200, {"status": "ok", "model": model_name})
             elif not self._authorized():
-                self._unauthorized()
+                self._send_error(self._refusal())
             elif self.path == "/metrics":
                 self._send(200, batcher.metrics.render(batcher.queue.qsize()), "text/plain; version=0.0.4")
             else:
-                self._send(404, {"error": {"type": "not_found", "message": f"no route {self.path}"}})
+                self._send_error(RequestError(404, f"no route {self.path}"))
 
         def do_POST(self):  # noqa: N802
             started = time.perf_counter()
             status = 200
             try:
                 if not self._authorized():
-                    status = 401
                     self.close_connection = True  # the body is not read: the connection cannot be reused
-                    self._unauthorized()
-                    return
+                    raise self._refusal()
                 handler = ROUTES.get(self.path)
                 if handler is None:
                     raise RequestError(404, f"no route {self.path}; use /v1/rerank or /rerank")
@@ -111,8 +112,7 @@ def make_handler(batcher: DynamicBatcher, limits: ServiceConfig, model_name: str
                 self._send(200, handler(body, batcher, limits))
             except RequestError as exc:
                 status = exc.status
-                self._send(status, {"error": {"type": HTTPStatus(status).phrase.lower().replace(" ", "_"),
-                                              "message": str(exc)}})
+                self._send_error(exc)
             except Exception as exc:  # a bug must not take the service down; the client gets a 500
                 logger.exception("request failed")
                 status = 500

@@ -63,22 +63,31 @@ def load_collection(source: str | os.PathLike | None = None, split: str = "test"
     path = Path(source).expanduser()
     if path.exists():
         return load_beir(path, split)
-    ir_dataset = _is_ir_dataset(source)
-    # a local folder wins over a download: a path that is not there is looked up by its last part, an
-    # ir_datasets id by its parts joined with '-' ('msmarco-passage/dev/small' → 'msmarco-passage-dev-small')
-    name = source.replace("/", "-") if ir_dataset else (path.name or source)
-    for folder in data_dirs(data_dir):
-        if (folder / name / "corpus.jsonl").is_file():
-            logger.info("%s: using the local copy in %s", source, folder / name)
-            return load_beir(folder / name, split)
+    folders = data_dirs(data_dir)
+    # A local folder wins over a download, and is looked for before ir_datasets is imported (it takes
+    # most of a second): an ir_datasets id by its parts joined with '-' ('msmarco-passage/dev/small' →
+    # 'msmarco-passage-dev-small'), a path that is not there by its last part.
+    name = source.replace("/", "-")
+    local = _local_copy(name, folders)
+    ir_dataset = local is None and _is_ir_dataset(source)
+    if local is None and not ir_dataset:
+        name = path.name or source
+        local = _local_copy(name, folders)
+    if local is not None:
+        logger.info("%s: using the local copy in %s", source, local)
+        return load_beir(local, split)
     if name in IR_DATASETS_IDS and not ir_dataset:
-        return load_ir_dataset(IR_DATASETS_IDS[name], searched=data_dirs(data_dir), name=name)
+        return load_ir_dataset(IR_DATASETS_IDS[name], searched=folders, name=name)
     if ir_dataset:
-        return load_ir_dataset(source, searched=data_dirs(data_dir), name=name)
+        return load_ir_dataset(source, searched=folders, name=name)
     if _is_hf_id(source):
         return load_hf_beir(source, split)
-    raise DataError(source, f"data folder not found (looked for {name!r} in {_listed(data_dirs(data_dir))}); "
+    raise DataError(source, f"data folder not found (looked for {name!r} in {_listed(folders)}); "
                             f"known names: {', '.join(sorted(IR_DATASETS_IDS))}, or an ir_datasets id")
+
+
+def _local_copy(name: str, folders: list[Path]) -> Path | None:
+    return next((folder / name for folder in folders if (folder / name / "corpus.jsonl").is_file()), None)
 
 
 def _is_ir_dataset(source: str) -> bool:

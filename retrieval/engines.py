@@ -211,6 +211,9 @@ class SearchEngineBM25:
             raise TypeError("search_many takes a list of query strings; use search() for one query")
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        for number, query in enumerate(queries):
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError(f"query {number} is empty or not a string: {query!r}")
         if self.search_pipeline:
             return self._search_through_pipeline(queries, k)
         results: list[list[Hit]] = []
@@ -218,8 +221,6 @@ class SearchEngineBM25:
             batch = queries[start:start + self.msearch_batch]
             lines = []
             for query in batch:
-                if not isinstance(query, str) or not query.strip():
-                    raise ValueError(f"query {start + len(lines) // 2} is empty or not a string: {query!r}")
                 lines.append({})
                 lines.append(self._query_body(query, k))
             response = self.rest.request("POST", f"/{self.index}/_msearch", body=ndjson(lines),
@@ -236,9 +237,6 @@ class SearchEngineBM25:
         # reranking service, and the service batches concurrent requests together.
         from concurrent.futures import ThreadPoolExecutor
 
-        for number, query in enumerate(queries):
-            if not isinstance(query, str) or not query.strip():
-                raise ValueError(f"query {number} is empty or not a string: {query!r}")
         with ThreadPoolExecutor(max_workers=self.pipeline_concurrency) as pool:
             return list(pool.map(lambda query: self.search_one_request(query, k), queries))
 

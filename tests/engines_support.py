@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import urllib.request
 
 import pytest
@@ -27,3 +28,11 @@ def require_server(engine: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return url
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound and closed again): for a service to start on, or to
+    point at one that is down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -59,7 +59,7 @@ def add_search_pipeline_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_url(args) -> str:
-    return args.url or ("http://127.0.0.1:9201" if args.retriever == "opensearch" or
+    return args.url or ("http://127.0.0.1:9201" if getattr(args, "retriever", None) == "opensearch" or
                         getattr(args, "engine", None) == "opensearch" else "http://127.0.0.1:9200")
 
 

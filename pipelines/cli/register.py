@@ -6,7 +6,7 @@ import json
 
 from retrieval.records import DataError
 
-from .options import positive_int, read_api_key
+from .options import engine_url, positive_int, read_api_key
 
 
 def add_parser(commands, common) -> None:
@@ -37,8 +37,7 @@ def run(args) -> int:
     from ..engine_rerank import register_elasticsearch, register_opensearch
 
     api_key = read_api_key(args.api_key_file)
-    url = args.url or ("http://127.0.0.1:9201" if args.engine == "opensearch" else "http://127.0.0.1:9200")
-    rest = rest_client(args.engine, url)
+    rest = rest_client(args.engine, engine_url(args))
     if args.engine == "opensearch":
         fields = [field.strip() for field in args.rerank_fields.split(",") if field.strip()]
         if not fields:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from retrieval.records import DataError
 
-from .options import add_model_run_args, logger, non_negative_int, positive_int
+from .options import add_model_run_args, cross_encoder_from, logger, non_negative_int, positive_int
 
 
 def add_parser(commands, common) -> None:
@@ -46,7 +46,6 @@ def run(args) -> int:
 
     from ..batch_rerank import rerank_run_file, rerank_run_file_on_devices
     from ..runs import read_trec_run
-    from .options import cross_encoder_from
 
     candidates = read_trec_run(args.candidates)
     collection = load_collection(args.data, args.split, args.data_dir)

@@ -111,17 +111,16 @@ def test_serve_answers_with_the_key_and_stops_cleanly_on_sigterm(tiny_cross_enco
     import http.client
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
     from pathlib import Path
 
+    from engines_support import free_port
+
     from rerank.cross_encoder import CrossEncoder
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     (tmp_path / "key").write_text("k-123\n")
     repo = Path(__file__).resolve().parents[2]
     process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--model", str(tiny_cross_encoder),

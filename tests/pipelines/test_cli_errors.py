@@ -9,6 +9,7 @@ import threading
 from http.server import HTTPServer, SimpleHTTPRequestHandler
 
 import pytest
+from engines_support import free_port
 
 from pipelines.cli import main
 
@@ -53,11 +54,6 @@ def taken_port():
         holder.listen()
         yield holder.getsockname()[1]
 
-
-def _refused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]  # closed again: nothing listens there
 
 
 CASES = [
@@ -109,7 +105,7 @@ CASES = [
 def test_failure_is_one_line_with_the_right_exit_status(name, arguments, status, fragment, bad_files, vaswani,
                                                         tiny_cross_encoder, not_an_engine, taken_port, capsys):
     values = {"bad": bad_files, "vaswani": vaswani, "tiny": tiny_cross_encoder, "html": not_an_engine,
-              "taken": taken_port, "refused": _refused_port()}
+              "taken": taken_port, "refused": free_port()}
     argv = [part.format(**values) for part in arguments.split()] + ["-q"]
     try:
         code = main(argv)

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import numpy as np
 import pytest
-from engines_support import require_server
+from engines_support import free_port, require_server
 
 from pipelines.engine_rerank import RegistrationError, register_opensearch
 from pipelines.evaluation import mean_scores, per_query_scores
@@ -124,11 +123,6 @@ class _BrokenModel:
         raise RuntimeError("CUDA out of memory (simulated)")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def _search_seconds(searcher, query="measurement of dielectric constant"):
     started = time.perf_counter()
@@ -142,7 +136,7 @@ def _search_seconds(searcher, query="measurement of dielectric constant"):
 def test_service_stopped_slow_or_failing_gives_a_clear_error_never_a_hang(engine_url, vaswani_index, capsys):
     rest = rest_client("opensearch", engine_url)
     outcomes = {}
-    stopped = register_opensearch(rest, f"http://127.0.0.1:{_free_port()}", name="esrerank-test-stopped", timeout_s=2)
+    stopped = register_opensearch(rest, f"http://127.0.0.1:{free_port()}", name="esrerank-test-stopped", timeout_s=2)
     outcomes["stopped"] = _search_seconds(OpenSearchBM25(engine_url, vaswani_index, search_pipeline=stopped.pipeline))
     for name, model in (("slow", _SlowModel(8.0)), ("5xx", _BrokenModel())):
         running = RerankService(model, port=0, max_wait_ms=0).start()
