@@ -17,7 +17,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def shared_collection(name: str) -> Path:
     path = Path(os.environ.get("ESRERANK_SHARED_DATA", SHARED_DATA)) / name
     if not (path / "corpus.jsonl").is_file():
-        pytest.fail(f"shared collection {path} is missing; tests read ../shared/data next to the clone")
+        pytest.fail(f"shared collection {path} is missing; tests read ../shared/data next to the clone, or the "
+                    "folder $ESRERANK_SHARED_DATA names")
     return path
 
 
