@@ -8,6 +8,7 @@
 # Defaults: Elasticsearch 8.19.21 on 127.0.0.1:9200, OpenSearch 3.6.0 on 127.0.0.1:9201 (the BM25 tests),
 # OpenSearch 2.19.1 with ML Commons and neural-search on 127.0.0.1:9202 (reranking inside the engine:
 # the newest release whose ML plugin is on Maven Central); data/logs/pid under /tmp/esrerank-servers/<name>.
+# Heap: 512m (1g for opensearch-ml), or $ESRERANK_SERVER_HEAP.
 # The servers refuse to run as root, so they run as the system user 'esrerank' (created if missing). They
 # bundle no JDK: 8.19/3.6 run on the newest JDK >= 21 under /usr/lib/jvm; 2.19.1 needs the Java security
 # manager, gone from Java 24 on, so it runs on the newest JDK from 17 to 23.
@@ -115,12 +116,12 @@ readable() {  # the server user must read a distribution inside root's home
 }
 
 start_one() {
-    local name=$1 port=$2 dir=$3 engine=$1 home java prefix heap=512m
+    local name=$1 port=$2 dir=$3 engine=$1 home java prefix heap="${ESRERANK_SERVER_HEAP:-512m}"
     if curl -sf "http://127.0.0.1:$port/_cluster/health" >/dev/null 2>&1; then
         log "$name already answers on port $port"; return 0
     fi
     if [ "$name" = opensearch-ml ]; then
-        engine=opensearch; home=$(ml_distribution); java=$(find_java 17 23); heap=1g
+        engine=opensearch; home=$(ml_distribution); java=$(find_java 17 23); heap="${ESRERANK_SERVER_HEAP:-1g}"
     else
         home=$(distribution "$engine"); java=$(find_java 21 99)
     fi

@@ -9,8 +9,9 @@ avgdl the mean over documents. A query's score is the sum over its terms (a repe
 again, as in a ``match`` query). Ties are broken by corpus order, as Lucene breaks them by doc id.
 
 Two backends give the same scores:
-- ``"fast"``: a precomputed term × document score matrix (scipy CSR). A compiled kernel (numba) adds up
-  the postings of a batch of queries and keeps each query's k best, on all cores.
+- ``"fast"``: compact postings (document positions and term frequencies, ``retrieval.postings``) built
+  by streaming the corpus once. A compiled kernel (numba) scores the postings of a batch of queries in
+  float64 and keeps each query's k best, on all cores.
 - ``"rank_bm25"``: the ``rank-bm25`` package's corpus statistics with Lucene's formula; slow, kept as
   an independent implementation for tests.
 
@@ -23,21 +24,26 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import tempfile
+import threading
 from contextlib import contextmanager
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
 import numba
 import numpy as np
-import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from .analysis import get_analyzer
+from .analysis import TermEncoder, get_analyzer
+from .postings import PostingsBuilder
 from .records import Document, Hit
+from .string_store import StringStore, StringStoreWriter
 from .topk_kernel import top_k_batch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: a scipy score matrix and JSON ids/texts (before the compact postings)
 BACKENDS = ("fast", "rank_bm25")
 LENGTH_NORMS = ("exact", "lucene")
 
@@ -78,6 +84,17 @@ def lucene_lengths(lengths: np.ndarray) -> np.ndarray:
     return np.array([table[n] for n in lengths], dtype=np.float64)
 
 
+def _lucene_norm_bytes(lengths: np.ndarray) -> np.ndarray:
+    """Lucene's norm byte of each document length, as uint8."""
+    unique, inverse = np.unique(lengths, return_inverse=True)
+    return np.array([lucene_encoded_length(int(n)) for n in unique], dtype=np.uint8)[inverse]
+
+
+def _smallest_uint(values: np.ndarray) -> np.ndarray:
+    top = int(values.max()) if len(values) else 0
+    return values.astype(np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32)
+
+
 def lucene_idf(doc_freq: np.ndarray | float, doc_count: int) -> np.ndarray | float:
     return np.log1p((doc_count - doc_freq + 0.5) / (doc_freq + 0.5))
 
@@ -85,86 +102,108 @@ def lucene_idf(doc_freq: np.ndarray | float, doc_count: int) -> np.ndarray | flo
 class InMemoryBM25:
     """BM25 over an in-memory corpus, scored with Lucene's formula.
 
+    The corpus is streamed once, ``batch_docs`` documents at a time: it can be a generator over a file
+    far larger than memory (``InMemoryBM25(iter_msmarco_collection("collection.tsv"))`` holds MS MARCO's
+    8.8M passages in ~2.5 GB). What stays in memory is compact: postings of int32 document positions and
+    uint8 term frequencies (``retrieval.postings``), one length per document, term ids instead of
+    strings; texts and ids go to a buffer file in ``scratch_dir`` that is memory-mapped (see
+    ``retrieval.string_store``).
+
     Args:
         corpus: iterable of ``{"_id", "title", "text"}`` mappings or :class:`Document` records; title and
-            text are indexed together as one field.
+            text are indexed together as one field. Read once, in order.
         k1: term-frequency saturation. Default 0.9, as Anserini uses for MS MARCO.
         b: length normalization. Default 0.4, as Anserini uses for MS MARCO.
         analyzer: ``"english"`` (default, Elasticsearch's english analyzer) or ``"standard"``.
-        backend: ``"fast"`` (default, sparse matrices) or ``"rank_bm25"`` (the ``rank-bm25`` package).
+        backend: ``"fast"`` (default, compiled postings kernel) or ``"rank_bm25"`` (the ``rank-bm25``
+            package, which holds every analyzed document: for tests on small corpora).
         length_norm: ``"exact"`` (default) or ``"lucene"`` (lengths quantized as a real engine stores them).
-        show_progress: progress bar while analyzing; ``None`` shows it for corpora over 20,000 documents.
+        show_progress: progress bar while indexing; ``None`` (default) shows it when indexing takes more
+            than two seconds.
+        batch_docs: documents analyzed per batch (default 50,000): larger batches amortize per-batch work,
+            smaller ones lower the peak memory of the build.
+        scratch_dir: where the text/id buffers and the build's spilled batches go (default: the system's
+            temporary folder); removed with the index unless it was saved there.
     """
 
     def __init__(self, corpus: Iterable, k1: float = 0.9, b: float = 0.4, analyzer: str = "english",
-                 backend: str = "fast", length_norm: str = "exact", show_progress: bool | None = None):
+                 backend: str = "fast", length_norm: str = "exact", show_progress: bool | None = None,
+                 batch_docs: int = 50_000, scratch_dir: str | os.PathLike | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         if length_norm not in LENGTH_NORMS:
             raise ValueError(f"unknown length_norm {length_norm!r}; choose one of {LENGTH_NORMS}")
         if k1 < 0 or not 0 <= b <= 1:
             raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+        if isinstance(corpus, (str, bytes, os.PathLike)):
+            raise TypeError("corpus must be an iterable of documents, not a path; read the file with "
+                            "retrieval.corpus.open_corpus(path).documents")
         self.k1, self.b = float(k1), float(b)
         self.analyzer = get_analyzer(analyzer)
         self.backend = backend
         self.length_norm = length_norm
+        self._lock = threading.Lock()
+        self._scratch_folder = tempfile.TemporaryDirectory(prefix="esrerank-bm25-", dir=scratch_dir)
+        folder = Path(self._scratch_folder.name)
 
-        documents = [_as_document(row, i) for i, row in enumerate(corpus)]
-        if not documents:
+        encoder = TermEncoder(self.analyzer)
+        postings = PostingsBuilder(folder / "spill")
+        ids_writer, texts_writer = StringStoreWriter(folder / "doc_ids.bin"), StringStoreWriter(folder / "texts.bin")
+        analyzed: list[list[str]] = []  # the rank_bm25 backend only
+        rows = iter(corpus)
+        position = 0
+        with tqdm(desc="indexing", unit="doc", delay=2, disable=show_progress is False,
+                  total=len(corpus) if hasattr(corpus, "__len__") else None) as progress:
+            while batch := list(islice(rows, batch_docs)):
+                documents = [_as_document(row, position + i) for i, row in enumerate(batch)]
+                contents = [d.contents for d in documents]
+                ids_writer.add([d.doc_id for d in documents])
+                texts_writer.add(contents)
+                if backend == "rank_bm25":
+                    analyzed.extend(self.analyzer(text) for text in contents)
+                else:
+                    term_ids, lengths = encoder.encode(contents)
+                    postings.add(term_ids, lengths, len(encoder.vocabulary))
+                position += len(batch)
+                progress.update(len(batch))
+        if position == 0:
             raise ValueError("cannot index an empty corpus")
-        self.doc_ids = [d.doc_id for d in documents]
-        if len(set(self.doc_ids)) != len(self.doc_ids):
-            raise ValueError("corpus has duplicate doc ids")
-        if show_progress is None:
-            show_progress = len(documents) > 20_000
-        analyzed = [self.analyzer(d.contents) for d in tqdm(documents, desc="analyzing", unit="doc",
-                                                              disable=not show_progress)]
-        self._texts = [d.contents for d in documents]
-        self._build(analyzed)
-
-    # --- building ------------------------------------------------------------------------------
-
-    def _build(self, analyzed: list[list[str]]) -> None:
-        if self.backend == "rank_bm25":
+        self.doc_ids = ids_writer.finish()
+        self._texts = texts_writer.finish()
+        duplicates = self.doc_ids.duplicates()
+        if duplicates:
+            listed = ", ".join(f"{doc_id!r} (documents {a} and {b})" for doc_id, a, b in duplicates)
+            raise ValueError(f"corpus has duplicate doc ids: {listed}")
+        if backend == "rank_bm25":
             self._rank_bm25 = _LuceneRankBM25(analyzed, self.k1, self.b, self.length_norm)
             return
-        vocabulary: dict[str, int] = {}
-        term_ids = np.fromiter((vocabulary.setdefault(t, len(vocabulary)) for doc in analyzed for t in doc),
-                               dtype=np.int64)
-        lengths = np.fromiter((len(doc) for doc in analyzed), dtype=np.int64, count=len(analyzed))
-        doc_index = np.repeat(np.arange(len(analyzed)), lengths)
-        tf = sp.csr_matrix((np.ones(len(term_ids), dtype=np.float64), (term_ids, doc_index)),
-                           shape=(len(vocabulary), len(analyzed)))
-        tf.sum_duplicates()
-        self.vocabulary = vocabulary
-        self.doc_lengths = lengths
-        self.scores = self._score_matrix(tf, lengths)
+        self.vocabulary = encoder.vocabulary
+        indptr, docs, tfs, lengths = postings.finish(len(self.vocabulary))
+        self._set_postings(indptr, docs, tfs, _smallest_uint(lengths))
+
+    def _set_postings(self, indptr: np.ndarray, docs: np.ndarray, tfs: np.ndarray, doc_lengths: np.ndarray) -> None:
+        """Install the postings and derive what scoring needs: idf per term, a norm table and codes."""
+        self.indptr, self.docs, self.tfs, self.doc_lengths = indptr, docs, tfs, doc_lengths
+        doc_count = int(np.count_nonzero(doc_lengths))  # Lucene counts documents that have the field
+        avgdl = float(doc_lengths.sum(dtype=np.int64)) / max(doc_count, 1)
+        self.idf = lucene_idf(np.diff(indptr).astype(np.float64), doc_count)
+        if self.length_norm == "lucene":
+            table = np.array([lucene_decoded_length(byte) for byte in range(256)], dtype=np.float64)
+            self._norm_codes = _lucene_norm_bytes(doc_lengths)
+        else:
+            table = np.arange(int(doc_lengths.max()) + 1, dtype=np.float64)
+            self._norm_codes = doc_lengths
+        self._norm_table = self.k1 * (1 - self.b + self.b * table / avgdl)
+        self._scratch = np.zeros((0, len(doc_lengths)), dtype=np.float64)
+        self._touched = np.zeros((0, len(doc_lengths) + 1), dtype=np.int32)
 
     @property
-    def _doc_id_array(self) -> np.ndarray:
-        if getattr(self, "_doc_id_objects", None) is None:
-            self._doc_id_objects = np.array(self.doc_ids, dtype=object)
-        return self._doc_id_objects
-
-    @property
-    def _doc_positions(self) -> dict[str, int]:
-        """Doc id → position in ``doc_ids``, built on first use."""
-        if getattr(self, "_doc_position_map", None) is None:
-            self._doc_position_map = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
-        return self._doc_position_map
-
-    def _score_matrix(self, tf: sp.csr_matrix, lengths: np.ndarray) -> sp.csr_matrix:
-        """Term × document matrix of each term's BM25 contribution to each document."""
-        doc_count = int((lengths > 0).sum())  # Lucene counts documents that have the field
-        avgdl = lengths.sum() / max(doc_count, 1)
-        dl = lucene_lengths(lengths) if self.length_norm == "lucene" else lengths.astype(np.float64)
-        norm = self.k1 * (1 - self.b + self.b * dl / avgdl)
-        doc_freq = np.diff(tf.indptr)
-        idf = lucene_idf(doc_freq, doc_count)
-        scores = tf.copy()
-        freq = scores.data
-        scores.data = np.repeat(idf, doc_freq) * freq / (freq + norm[scores.indices])
-        return scores
+    def _doc_id_array(self) -> np.ndarray | None:
+        """All doc ids as one object array, for fast hit building; only for corpora up to 2M documents
+        (a Python string per document is what the compact store avoids)."""
+        if getattr(self, "_doc_id_objects", None) is None and len(self.doc_ids) <= 2_000_000:
+            self._doc_id_objects = np.array(list(self.doc_ids), dtype=object)
+        return getattr(self, "_doc_id_objects", None)
 
     # --- searching -----------------------------------------------------------------------------
 
@@ -200,7 +239,7 @@ class InMemoryBM25:
             top = TopKArrays(np.full((len(queries), k), -1, dtype=np.int64), np.zeros((len(queries), k)),
                              np.array([len(h) for h in hits], dtype=np.int64))
             for q, query_hits in enumerate(hits):
-                top.doc_indices[q, :len(query_hits)] = [self._doc_positions[h.doc_id] for h in query_hits]
+                top.doc_indices[q, :len(query_hits)] = self.doc_ids.positions([h.doc_id for h in query_hits])
                 top.scores[q, :len(query_hits)] = [h.score for h in query_hits]
             return top
         return self._search_batch(queries, k)
@@ -226,18 +265,30 @@ class InMemoryBM25:
             query_terms.extend(counts)
             query_weights.extend(counts.values())
             query_ptr.append(len(query_terms))
-        docs, scores, counts = top_k_batch(
-            self.scores.indptr, self.scores.indices, self.scores.data, len(self.doc_ids),
-            np.array(query_ptr, dtype=np.int64), np.array(query_terms, dtype=np.int64),
-            np.array(query_weights, dtype=np.float64), min(k, len(self.doc_ids)),
-            max(1, min(numba.get_num_threads(), len(queries))))
+        threads = max(1, min(numba.get_num_threads(), len(queries)))
+        with self._lock:  # the scratch rows are shared by calls; the kernel leaves them zero
+            if self._scratch.shape[0] < threads:
+                self._scratch = np.zeros((threads, len(self.doc_ids)), dtype=np.float64)
+                self._touched = np.zeros((threads, len(self.doc_ids) + 1), dtype=np.int32)
+            docs, scores, counts = top_k_batch(
+                self.indptr, self.docs, self.tfs, self.idf, self._norm_codes, self._norm_table,
+                np.array(query_ptr, dtype=np.int64), np.array(query_terms, dtype=np.int64),
+                np.array(query_weights, dtype=np.float64), min(k, len(self.doc_ids)),
+                self._scratch[:threads], self._touched[:threads])
         if k > len(self.doc_ids):  # keep the promised (n, k) shape
             docs = np.pad(docs, ((0, 0), (0, k - docs.shape[1])), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, k - scores.shape[1])))
         return TopKArrays(docs, scores, counts)
 
     def _hits(self, top: TopKArrays) -> list[list[Hit]]:
-        ids, scores = self._doc_id_array[top.doc_indices].tolist(), top.scores.tolist()
+        all_ids = self._doc_id_array
+        if all_ids is not None:
+            ids = all_ids[top.doc_indices].tolist()
+        else:
+            width = top.doc_indices.shape[1]
+            flat = self.doc_ids.take(np.maximum(top.doc_indices, 0))
+            ids = [flat[q * width:(q + 1) * width] for q in range(len(top.doc_indices))]
+        scores = top.scores.tolist()
         ranks = range(1, top.scores.shape[1] + 1)
         with _collector_paused():
             return [list(map(_make_hit, zip(ids[q][:n], scores[q][:n], ranks)))
@@ -253,15 +304,16 @@ class InMemoryBM25:
             keep = scores >= kth_best  # every tie at the boundary, so the tie-break below decides
             doc_indices, scores = doc_indices[keep], scores[keep]
         order = np.lexsort((doc_indices, -scores))[:k]
-        return [Hit(self.doc_ids[doc_indices[i]], float(scores[i]), rank)
-                for rank, i in enumerate(order, start=1)]
+        ids = self.doc_ids.take(doc_indices[order])
+        return [Hit(doc_id, float(scores[i]), rank) for rank, (doc_id, i) in enumerate(zip(ids, order), start=1)]
 
     def fetch_texts(self, doc_ids: Sequence[str]) -> list[str]:
         """The indexed text (title and text joined) of each doc id, for the reranker."""
-        try:
-            return [self._texts[self._doc_positions[doc_id]] for doc_id in doc_ids]
-        except KeyError as exc:
-            raise KeyError(f"doc id {exc.args[0]!r} is not in this index") from None
+        positions = self.doc_ids.positions(doc_ids)
+        if (positions < 0).any():
+            missing = doc_ids[int(np.flatnonzero(positions < 0)[0])]
+            raise KeyError(f"doc id {missing!r} is not in this index")
+        return self._texts.take(positions)
 
     # --- saving --------------------------------------------------------------------------------
 
@@ -277,38 +329,45 @@ class InMemoryBM25:
                 "library": "esrerank", "library_version": library_version}
 
     def save(self, folder) -> None:
-        """Save to ``folder``: ``params.json`` (k1, b, analyzer, versions), the score matrix, ids, terms."""
+        """Save to ``folder``: ``params.json`` (k1, b, analyzer, versions), the postings as ``.npy`` arrays,
+        the vocabulary, and the id and text buffers. ``load`` memory-maps them."""
         if self.backend != "fast":
             raise ValueError("only the fast backend can be saved")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        sp.save_npz(folder / "scores.npz", self.scores)
-        np.save(folder / "doc_lengths.npy", self.doc_lengths)
+        for name in ("indptr", "docs", "tfs", "doc_lengths"):
+            np.save(folder / f"{name}.npy", getattr(self, name))
         terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
         (folder / "vocabulary.json").write_text(json.dumps(terms), encoding="utf-8")
-        (folder / "doc_ids.json").write_text(json.dumps(self.doc_ids), encoding="utf-8")
-        (folder / "texts.json").write_text(json.dumps(self._texts), encoding="utf-8")
+        self.doc_ids.copy_to(folder / "doc_ids.bin")
+        self._texts.copy_to(folder / "texts.bin")
         (folder / "params.json").write_text(json.dumps(self.params(), indent=2), encoding="utf-8")
 
     @classmethod
     def load(cls, folder) -> "InMemoryBM25":
+        """Open a saved index. The arrays and buffers are memory-mapped: loading reads the vocabulary and
+        little else, and pages are read from disk as queries touch them."""
         folder = Path(folder)
         params_path = folder / "params.json"
         if not params_path.is_file():
             raise FileNotFoundError(f"{params_path}: not found; is {folder} a saved InMemoryBM25 index?")
         params = json.loads(params_path.read_text(encoding="utf-8"))
         if params.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{params_path}: index format {params.get('format_version')} is not {FORMAT_VERSION}")
+            raise ValueError(f"{params_path}: index format {params.get('format_version')} is not "
+                             f"{FORMAT_VERSION}; build the index again with this version")
         index = cls.__new__(cls)
         index.k1, index.b = params["k1"], params["b"]
         index.analyzer = get_analyzer(params["analyzer"])
         index.backend, index.length_norm = "fast", params["length_norm"]
-        index.scores = sp.load_npz(folder / "scores.npz").tocsr()
-        index.doc_lengths = np.load(folder / "doc_lengths.npy")
+        index._lock = threading.Lock()
+        index._scratch_folder = None
         terms = json.loads((folder / "vocabulary.json").read_text(encoding="utf-8"))
         index.vocabulary = {t: i for i, t in enumerate(terms)}
-        index.doc_ids = json.loads((folder / "doc_ids.json").read_text(encoding="utf-8"))
-        index._texts = json.loads((folder / "texts.json").read_text(encoding="utf-8"))
+        index.doc_ids = StringStore.load(folder / "doc_ids.bin")
+        index._texts = StringStore.load(folder / "texts.bin")
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r")
+                  for name in ("indptr", "docs", "tfs", "doc_lengths")}
+        index._set_postings(**arrays)
         return index
 
 
