@@ -82,7 +82,7 @@ def main() -> None:
     count = get(f"{args.url}/{args.index}/_count")["count"]
     indices = get(f"{args.url}/_cat/indices/{args.index}*?format=json&bytes=b")
     report = {
-        "engine": args.engine, "version": get(args.url)["version"]["number"], "documents": total,
+        "engine": args.engine, "version": next(iter(get(f"{args.url}/_nodes/_local?filter_path=nodes.*.version")["nodes"].values()))["version"], "documents": total,
         "count_in_index": count, "count_matches": count == total,
         "killed_after_s": round(first["seconds"], 1), "engine_had_indexed_at_kill": first["indexed_by_engine"],
         "resumed_run_s": round(second["seconds"], 1), "total_s": round(first["seconds"] + second["seconds"], 1),

@@ -41,7 +41,7 @@ from .analysis import TermEncoder, get_analyzer
 from .postings import PostingsBuilder
 from .records import Document, Hit
 from .string_store import StringStore, StringStoreWriter
-from .topk_kernel import top_k_batch
+from .topk_kernel import BLOCK_DOCS, top_k_batch
 
 FORMAT_VERSION = 2  # 1: a scipy score matrix and JSON ids/texts (before the compact postings)
 BACKENDS = ("fast", "rank_bm25")
@@ -194,6 +194,7 @@ class InMemoryBM25:
             table = np.arange(int(doc_lengths.max()) + 1, dtype=np.float64)
             self._norm_codes = doc_lengths
         self._norm_table = self.k1 * (1 - self.b + self.b * table / avgdl)
+        self._block_docs = BLOCK_DOCS
         self._scratch = np.zeros((0, len(doc_lengths)), dtype=np.float64)
         self._touched = np.zeros((0, len(doc_lengths) + 1), dtype=np.int32)
 
@@ -274,7 +275,7 @@ class InMemoryBM25:
                 self.indptr, self.docs, self.tfs, self.idf, self._norm_codes, self._norm_table,
                 np.array(query_ptr, dtype=np.int64), np.array(query_terms, dtype=np.int64),
                 np.array(query_weights, dtype=np.float64), min(k, len(self.doc_ids)),
-                self._scratch[:threads], self._touched[:threads])
+                self._scratch[:threads], self._touched[:threads], self._block_docs)
         if k > len(self.doc_ids):  # keep the promised (n, k) shape
             docs = np.pad(docs, ((0, 0), (0, k - docs.shape[1])), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, k - scores.shape[1])))

