@@ -395,13 +395,29 @@ class SearchEngineBM25:
         if task is None:  # a server that ran the merge within the request
             return
         while True:
-            status = self.rest.request("GET", f"/_tasks/{task}")
+            try:
+                status = self.rest.request("GET", f"/_tasks/{task}")
+            except EngineError as exc:
+                # When the merge ends the server stores its result in the .tasks index. Where that index
+                # cannot be allocated (seen here with Elasticsearch: disk above a watermark while the
+                # merge doubled the index), the task cannot be read: the index's own segments tell.
+                if exc.status not in (404, 503):
+                    raise
+                if self._merged(name):
+                    return
+                status = {}
             if status.get("completed"):
                 if status.get("error"):
                     raise EngineError(500, f"force merge of {name} failed: {error_reason(status)}")
                 return
             logger.info("waiting for the force merge of %s (task %s)", name, task)
             time.sleep(poll_s)
+
+    def _merged(self, name: str) -> bool:
+        """No merge running and at most one segment per shard."""
+        stats = self.rest.request("GET", f"/{name}/_stats/merge,segments")["_all"]["primaries"]
+        shards = int(self.rest.request("GET", f"/{name}/_settings")[name]["settings"]["index"]["number_of_shards"])
+        return stats["merges"]["current"] == 0 and stats["segments"]["count"] <= shards
 
     def point_alias(self, alias: str, index: str) -> list[str]:
         """Point ``alias`` at ``index`` alone, atomically; returns the indices it pointed to before."""
