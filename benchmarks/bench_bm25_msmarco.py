@@ -164,6 +164,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-bm25"))
     parser.add_argument("--systems", nargs="+", default=["esrerank", "bm25s-numba"])
     parser.add_argument("--out", type=Path, help="write the results as JSON here too")
+    parser.add_argument("--steps", default="build,query", help="build,query (default) or query: reuse the built indexes")
     parser.add_argument("--system", help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--step", choices=["build", "query"], help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -174,7 +175,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     results = {}
     for system in args.systems:
-        runs = [("build", 1)] + [("query", t) for t in (1, 2)]
+        runs = [("build", 1)] * ("build" in args.steps) + [("query", t) for t in (1, 2)]
         results[system] = {}
         for step, threads in runs:
             command = [sys.executable, __file__, "--system", system, "--step", step, "--threads", str(threads),

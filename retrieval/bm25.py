@@ -31,13 +31,14 @@ from contextlib import contextmanager
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numba
 import numpy as np
 from tqdm.auto import tqdm
 
-from .analysis import TermEncoder, get_analyzer
+from .analysis import get_analyzer
+from .encoding_pool import EncodingPool
 from .postings import PostingsBuilder
 from .records import Document, Hit
 from .string_store import StringStore, StringStoreWriter
@@ -124,11 +125,14 @@ class InMemoryBM25:
             smaller ones lower the peak memory of the build.
         scratch_dir: where the text/id buffers and the build's spilled batches go (default: the system's
             temporary folder); removed with the index unless it was saved there.
+        workers: processes that analyze the text (default 1: this one). Analysis is most of a build's
+            time; on a machine with cores to spare, ``os.cpu_count()`` shortens a large build (the
+            workers start in ~1 s, so it does not pay for small corpora).
     """
 
     def __init__(self, corpus: Iterable, k1: float = 0.9, b: float = 0.4, analyzer: str = "english",
                  backend: str = "fast", length_norm: str = "exact", show_progress: bool | None = None,
-                 batch_docs: int = 50_000, scratch_dir: str | os.PathLike | None = None):
+                 batch_docs: int = 50_000, scratch_dir: str | os.PathLike | None = None, workers: int = 1):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         if length_norm not in LENGTH_NORMS:
@@ -146,27 +150,36 @@ class InMemoryBM25:
         self._scratch_folder = tempfile.TemporaryDirectory(prefix="esrerank-bm25-", dir=scratch_dir)
         folder = Path(self._scratch_folder.name)
 
-        encoder = TermEncoder(self.analyzer)
         postings = PostingsBuilder(folder / "spill")
         ids_writer, texts_writer = StringStoreWriter(folder / "doc_ids.bin"), StringStoreWriter(folder / "texts.bin")
-        analyzed: list[list[str]] = []  # the rank_bm25 backend only
         rows = iter(corpus)
-        position = 0
-        with tqdm(desc="indexing", unit="doc", delay=2, disable=show_progress is False,
-                  total=len(corpus) if hasattr(corpus, "__len__") else None) as progress:
+        counted = 0
+
+        def text_batches() -> Iterator[list[str]]:
+            """The corpus in batches of texts; their ids and texts are stored as they go by."""
+            nonlocal counted
             while batch := list(islice(rows, batch_docs)):
-                documents = [_as_document(row, position + i) for i, row in enumerate(batch)]
+                documents = [_as_document(row, counted + i) for i, row in enumerate(batch)]
                 contents = [d.contents for d in documents]
                 ids_writer.add([d.doc_id for d in documents])
                 texts_writer.add(contents)
-                if backend == "rank_bm25":
+                counted += len(batch)
+                yield contents
+
+        analyzed: list[list[str]] = []  # the rank_bm25 backend only
+        with EncodingPool(self.analyzer.name, workers if backend == "fast" else 1) as pool, \
+                tqdm(desc="indexing", unit="doc", delay=2, disable=show_progress is False,
+                     total=len(corpus) if hasattr(corpus, "__len__") else None) as progress:
+            if backend == "rank_bm25":
+                for contents in text_batches():
                     analyzed.extend(self.analyzer(text) for text in contents)
-                else:
-                    term_ids, lengths = encoder.encode(contents)
-                    postings.add(term_ids, lengths, len(encoder.vocabulary))
-                position += len(batch)
-                progress.update(len(batch))
-        if position == 0:
+                    progress.update(len(contents))
+            else:
+                for term_ids, lengths in pool.encode_batches(text_batches()):
+                    postings.add(term_ids, lengths, len(pool.vocabulary))
+                    progress.update(len(lengths))
+            pool.close()
+        if counted == 0:
             raise ValueError("cannot index an empty corpus")
         self.doc_ids = ids_writer.finish()
         self._texts = texts_writer.finish()
@@ -177,7 +190,7 @@ class InMemoryBM25:
         if backend == "rank_bm25":
             self._rank_bm25 = _LuceneRankBM25(analyzed, self.k1, self.b, self.length_norm)
             return
-        self.vocabulary = encoder.vocabulary
+        self.vocabulary = pool.vocabulary
         indptr, docs, tfs, lengths = postings.finish(len(self.vocabulary))
         self._set_postings(indptr, docs, tfs, _smallest_uint(lengths))
 

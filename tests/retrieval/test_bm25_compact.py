@@ -103,3 +103,14 @@ def test_string_store_round_trips_and_finds_values(tmp_path):
     with pytest.raises(IndexError):
         store[len(values)]
     assert math.isclose(store.offsets[-1], sum(len(v.encode()) for v in values))
+
+
+def test_two_analysis_processes_build_the_same_index(vaswani_collection):
+    documents = vaswani_collection.documents
+    one = InMemoryBM25(documents, batch_docs=1000)
+    two = InMemoryBM25(iter(documents), batch_docs=1000, workers=2)
+    assert sorted(two.vocabulary) == sorted(one.vocabulary)
+    queries = [q.text for q in vaswani_collection.queries]
+    assert two.search_many(queries, 100) == one.search_many(queries, 100)
+    same_terms = [one.vocabulary[t] for t in sorted(one.vocabulary)], [two.vocabulary[t] for t in sorted(one.vocabulary)]
+    assert np.array_equal(np.diff(one.indptr)[same_terms[0]], np.diff(two.indptr)[same_terms[1]])
