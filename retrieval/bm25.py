@@ -104,11 +104,11 @@ class InMemoryBM25:
     """BM25 over an in-memory corpus, scored with Lucene's formula.
 
     The corpus is streamed once, ``batch_docs`` documents at a time: it can be a generator over a file
-    far larger than memory (``InMemoryBM25(iter_msmarco_collection("collection.tsv"))`` holds MS MARCO's
-    8.8M passages in ~2.5 GB). What stays in memory is compact: postings of int32 document positions and
-    uint8 term frequencies (``retrieval.postings``), one length per document, term ids instead of
-    strings; texts and ids go to a buffer file in ``scratch_dir`` that is memory-mapped (see
-    ``retrieval.string_store``).
+    far larger than memory: ``InMemoryBM25(iter_msmarco_collection("collection.tsv"))`` built an
+    8.8M-passage MS MARCO-shaped corpus with a peak of 3 GB. What stays in memory is compact: postings of
+    int32 document positions and uint8 term frequencies (``retrieval.postings``), one length per
+    document, term ids instead of strings; texts and ids go to a buffer file in ``scratch_dir`` that is
+    memory-mapped (see ``retrieval.string_store``).
 
     Args:
         corpus: iterable of ``{"_id", "title", "text"}`` mappings or :class:`Document` records; title and
