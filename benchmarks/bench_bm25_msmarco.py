@@ -81,7 +81,6 @@ def build(system: str, data: Path, folder: Path) -> dict:
 
 def query(system: str, data: Path, folder: Path, k: int, num_queries: int, threads: int, sample: int) -> dict:
     import numba
-    import numpy as np
 
     queries = read_queries(data, num_queries)
     numba.set_num_threads(threads)
@@ -110,7 +109,6 @@ def query(system: str, data: Path, folder: Path, k: int, num_queries: int, threa
         retriever.retrieve(tokens, k=k, show_progress=False, n_threads=threads)
         query_s = time.perf_counter() - started
         identical = None
-    del np
     return {"threads": threads, "load_s": load_s, "qps": len(queries) / query_s, "queries": len(queries),
             "query_peak_rss_mb": peak_rss_mb(), "identical_top_k": identical}
 
@@ -120,6 +118,8 @@ def exact_agreement(index, queries: list[str], top, k: int) -> str:
     import numpy as np
 
     same = 0
+    all_lengths = np.asarray(index.doc_lengths, dtype=np.float64)
+    avgdl = all_lengths.sum() / np.count_nonzero(all_lengths)
     for q, text in enumerate(queries):
         scores = np.zeros(len(index))
         counts: dict[int, int] = {}
@@ -130,8 +130,7 @@ def exact_agreement(index, queries: list[str], top, k: int) -> str:
             lo, hi = index.indptr[term], index.indptr[term + 1]
             docs = np.asarray(index.docs[lo:hi])
             tf = np.asarray(index.tfs[lo:hi], dtype=np.float64)
-            dl = np.asarray(index.doc_lengths, dtype=np.float64)[docs]
-            avgdl = float(index.doc_lengths.sum(dtype=np.int64)) / np.count_nonzero(index.doc_lengths)
+            dl = all_lengths[docs]
             norm = index.k1 * (1 - index.b + index.b * dl / avgdl)
             scores[docs] += weight * (index.idf[term] * tf / (tf + norm))
         matched = np.flatnonzero(scores > 0)

@@ -91,11 +91,6 @@ def _lucene_norm_bytes(lengths: np.ndarray) -> np.ndarray:
     return np.array([lucene_encoded_length(int(n)) for n in unique], dtype=np.uint8)[inverse]
 
 
-def _smallest_uint(values: np.ndarray) -> np.ndarray:
-    top = int(values.max()) if len(values) else 0
-    return values.astype(np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32)
-
-
 def lucene_idf(doc_freq: np.ndarray | float, doc_count: int) -> np.ndarray | float:
     return np.log1p((doc_count - doc_freq + 0.5) / (doc_freq + 0.5))
 
@@ -191,8 +186,7 @@ class InMemoryBM25:
             self._rank_bm25 = _LuceneRankBM25(analyzed, self.k1, self.b, self.length_norm)
             return
         self.vocabulary = pool.vocabulary
-        indptr, docs, tfs, lengths = postings.finish(len(self.vocabulary))
-        self._set_postings(indptr, docs, tfs, _smallest_uint(lengths))
+        self._set_postings(*postings.finish(len(self.vocabulary)))
 
     def _set_postings(self, indptr: np.ndarray, docs: np.ndarray, tfs: np.ndarray, doc_lengths: np.ndarray) -> None:
         """Install the postings and derive what scoring needs: idf per term, a norm table and codes."""

@@ -20,6 +20,11 @@ import numba
 import numpy as np
 
 
+def smallest_uint_dtype(largest: int):
+    """The narrowest unsigned integer type that holds ``largest``."""
+    return np.uint8 if largest < 2**8 else np.uint16 if largest < 2**16 else np.uint32
+
+
 @numba.njit(cache=True)
 def _count_document_terms(term_ids, lengths, last_doc, slot, out_terms, out_tfs, out_unique):
     """Distinct terms of each document with their frequencies, in document order. ``last_doc`` (one
@@ -88,17 +93,18 @@ class PostingsBuilder:
         self._doc_freq += np.bincount(terms, minlength=len(self._doc_freq))
         self.max_tf = max(self.max_tf, int(tfs.max()) if n else 0)
         path = self.scratch / f"batch-{len(self._batches):06d}.npz"
-        np.savez(path, terms=terms, tfs=tfs.astype(np.uint16) if n and tfs.max() < 2**16 else tfs, unique=unique)
+        np.savez(path, terms=terms, tfs=tfs.astype(smallest_uint_dtype(int(tfs.max()) if n else 0)), unique=unique)
         self._batches.append((path, self.num_docs, len(lengths)))
         self._lengths.append(np.asarray(lengths, dtype=np.int64))
         self.num_docs += len(lengths)
 
     def finish(self, vocabulary_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(indptr, docs, tfs, document lengths); removes the spilled batches."""
+        """(indptr, docs, tfs, document lengths), tfs and lengths in their narrowest unsigned type; removes
+        the spilled batches."""
         doc_freq = self._doc_freq[:vocabulary_size]
         indptr = np.zeros(vocabulary_size + 1, dtype=np.int64)
         np.cumsum(doc_freq, out=indptr[1:])
-        tf_dtype = np.uint8 if self.max_tf < 2**8 else np.uint16 if self.max_tf < 2**16 else np.uint32
+        tf_dtype = smallest_uint_dtype(self.max_tf)
         doc_dtype = np.int32 if self.num_docs < 2**31 else np.int64
         docs = np.empty(int(indptr[-1]), dtype=doc_dtype)
         tfs = np.empty(int(indptr[-1]), dtype=tf_dtype)
@@ -111,4 +117,4 @@ class PostingsBuilder:
             path.unlink()
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
         self._batches, self._lengths = [], []
-        return indptr, docs, tfs, lengths
+        return indptr, docs, tfs, lengths.astype(smallest_uint_dtype(int(lengths.max()) if len(lengths) else 0))
