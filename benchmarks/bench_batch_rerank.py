@@ -5,14 +5,16 @@ Steps (each can be run alone with --steps):
 - ``prepare``: BM25 top-``depth`` for the first ``--queries`` queries from a saved InMemoryBM25 index
   (``bench_bm25_msmarco.py`` leaves one), written as a TREC run, with the candidates' texts.
 - ``speed``: pairs/s of a real-size cross-encoder (MiniLM-L6 shape) on the first ``--speed-queries``
-  queries × ``depth`` candidates, in this process on this machine's device.
+  queries × ``depth`` candidates, in this process on this machine's device (``--dtype``, ``--devices``:
+  several run the data-parallel job, one process each). ``--resume`` continues a run file a killed
+  call left; the ``rates`` step then reads the pairs/s of each durable chunk from its progress file.
 - ``resume``: every query × ``depth`` reranked by a tiny BERT (2 layers, 32 wide, built here, so the run is
   minutes, not hours), once uninterrupted and once SIGKILLed when half the queries are durable and
   then run again; the two run files must be byte-identical and the second run must not rescore what
   was durable.
-- ``project``: MS MARCO dev (6,980 queries × 1,000) wall time from the measured CPU speed and from the
-  GPU speed sentence-transformers documents for ms-marco-MiniLM-L6-v2 (1,800 docs/s on a V100,
-  https://sbert.net/docs/pretrained-models/ce-msmarco.html), not measured here.
+- ``project``: MS MARCO dev (6,980 queries × 1,000) wall time from the speed step's measured speed (on
+  one and, ×8, eight GPUs when it ran on one) and from the GPU speed sentence-transformers documents for
+  ms-marco-MiniLM-L6-v2 (1,800 docs/s on a V100, https://sbert.net/docs/pretrained-models/ce-msmarco.html).
 
     python benchmarks/bench_batch_rerank.py --index /tmp/bench-bm25/esrerank \\
         --data ../data/msmarco-shaped [--queries 200] [--depth 1000] [--speed-queries 5]
@@ -73,16 +75,65 @@ def speed(args) -> dict:
     # Without --model: all-MiniLM-L6-v2 (PyPI) with a seeded classification head, the shape and so the
     # speed of cross-encoder/ms-marco-MiniLM-L6-v2, which cannot be downloaded here
     path = args.model or init_cross_encoder(local_minilm_path(), args.work / "minilm-ce", seed=0)
-    model = CrossEncoder(str(path), max_length=args.max_length)
-    out = args.work / "speed.trec"
-    for path in (out, out.with_name(out.name + ".progress.jsonl")):
-        path.unlink(missing_ok=True)
-    report = rerank_run_file(queries, candidates, texts, model, out, show_progress=False)
+    out = args.speed_out or args.work / "speed.trec"
+    devices = [device for device in args.devices.split(",") if device] if args.devices else []
+    stale = [out, out.with_name(out.name + ".progress.jsonl")]
+    stale += [out.with_name(f"{out.name}.part-{i}{suffix}") for i in range(len(devices))
+              for suffix in ("", ".progress.jsonl")]
+    for stale_path in stale if not args.resume else []:
+        stale_path.unlink(missing_ok=True)
+    if len(devices) > 1:  # the data-parallel job: one process per device, parts merged at the end
+        from pipelines.batch_rerank import rerank_run_file_on_devices
+
+        report = rerank_run_file_on_devices(queries, candidates, texts, str(path), devices, out,
+                                            {"max_length": args.max_length, "dtype": args.dtype})
+        device, dtype = ",".join(devices), args.dtype
+    else:
+        model = CrossEncoder(str(path), max_length=args.max_length, dtype=args.dtype,
+                             device=devices[0] if devices else None)
+        report = rerank_run_file(queries, candidates, texts, model, out, show_progress=False,
+                                 queries_per_chunk=args.queries_per_chunk)
+        device, dtype = str(model.device), str(model.dtype)
     result = {"model": str(args.model or "all-MiniLM-L6-v2 + seeded head (ms-marco-MiniLM-L6-v2's shape)"),
-              "device": str(model.device), "dtype": str(model.dtype), "max_length": args.max_length,
-              "pairs": report.pairs, "seconds": report.seconds, "pairs_per_s": report.pairs / report.seconds}
+              "device": device, "device_name": device_name(device), "dtype": dtype,
+              "max_length": args.max_length, "pairs": report.pairs, "seconds": report.seconds,
+              "pairs_per_s": report.pairs / report.seconds}
     print(json.dumps(result))
     return result
+
+
+def chunk_rates(progress: Path, depth: int, pauses: Path | None) -> dict:
+    """pairs/s of a run file made over several calls (killed and resumed), from its progress records:
+    each durable chunk's pairs over the time since the record before it in the same call; chunks that
+    overlap a pause (lines "START END" in Unix time, when the job was stopped for other work) are left out."""
+    records = [json.loads(line) for line in progress.read_text().splitlines() if line.endswith("}")]
+    windows = [tuple(map(float, line.split())) for line in pauses.read_text().splitlines()] if pauses else []
+    pairs = seconds = 0.0
+    skipped = 0
+    for before, after in zip(records, records[1:]):
+        if after.get("resumed") or "at" not in before or after["done"] == before["done"]:
+            continue
+        if any(start < after["at"] and end > before["at"] for start, end in windows):
+            skipped += 1
+            continue
+        pairs += (after["done"] - before["done"]) * depth
+        seconds += after["at"] - before["at"]
+    result = {"queries_done": records[-1]["done"], "complete": bool(records[-1].get("complete")),
+              "calls": 1 + sum(1 for r in records if r.get("resumed")), "pairs_timed": int(pairs),
+              "seconds_timed": round(seconds, 1), "chunks_left_out_for_pauses": skipped,
+              "pairs_per_s": round(pairs / seconds, 2) if seconds else None}
+    print(json.dumps(result))
+    return result
+
+
+def device_name(device: str) -> str:
+    import platform
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device.split(",")[0]))
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def tiny_model(work: Path) -> Path:
@@ -158,7 +209,13 @@ def project(speed_result: dict | None) -> dict:
               "documented_v100_pairs_per_s": DOCUMENTED_V100_PAIRS_PER_S,
               "projected_1_v100_min": round(MSMARCO_DEV_PAIRS / DOCUMENTED_V100_PAIRS_PER_S / 60, 1),
               "projected_8_v100_min": round(MSMARCO_DEV_PAIRS / DOCUMENTED_V100_PAIRS_PER_S / 8 / 60, 1)}
-    if speed_result:
+    if speed_result and speed_result["device"].startswith("cuda"):
+        # measured on one GPU; eight is that figure times eight (the job shares queries, nothing else)
+        result["measured_gpu"] = speed_result["device_name"]
+        result["measured_gpu_pairs_per_s"] = round(speed_result["pairs_per_s"], 1)
+        result["projected_1_gpu_min"] = round(MSMARCO_DEV_PAIRS / speed_result["pairs_per_s"] / 60, 1)
+        result["projected_8_gpu_min"] = round(MSMARCO_DEV_PAIRS / speed_result["pairs_per_s"] / 8 / 60, 1)
+    elif speed_result:
         result["measured_cpu_pairs_per_s"] = round(speed_result["pairs_per_s"], 1)
         result["projected_this_cpu_h"] = round(MSMARCO_DEV_PAIRS / speed_result["pairs_per_s"] / 3600, 1)
     print(json.dumps(result))
@@ -174,6 +231,14 @@ def main() -> None:
     parser.add_argument("--speed-queries", type=int, default=5)
     parser.add_argument("--model", help="cross-encoder for the speed step (default: the MiniLM-L6 shipped on PyPI)")
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--dtype", default="auto", help="speed step: the model's dtype (default auto)")
+    parser.add_argument("--speed-out", type=Path, help="speed step: the run file (default WORK/speed.trec)")
+    parser.add_argument("--resume", action="store_true",
+                        help="speed step: continue the run file a killed call left (see its progress file)")
+    parser.add_argument("--pauses", type=Path, help="rates step: file of 'START END' times the job was stopped")
+    parser.add_argument("--queries-per-chunk", type=int, default=32, help="speed step: queries made durable at once")
+    parser.add_argument("--devices", default="",
+                        help="speed step: the device (default: the model's choice), or several, one process each")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-rerank"))
     parser.add_argument("--steps", default="prepare,speed,resume,project")
     parser.add_argument("--out", type=Path, help="write the results as JSON here too")
@@ -193,6 +258,9 @@ def main() -> None:
         results["speed"] = speed(args)
     if "resume" in steps:
         results["resume"] = resume(args)
+    if "rates" in steps:
+        results["rates"] = chunk_rates((args.speed_out or args.work / "speed.trec").with_name(
+            (args.speed_out or args.work / "speed.trec").name + ".progress.jsonl"), args.depth, args.pauses)
     if "project" in steps:
         results["project"] = project(results.get("speed"))
     if args.out:

@@ -124,11 +124,13 @@ def rerank_run_file(queries: Sequence[Query], candidates: Run, texts: Mapping[st
     with open(out, "a+b") as run_file, open(_progress_path(out), "a", encoding="utf-8") as progress:
         run_file.truncate(offset)  # drop what a kill left after the last recorded point
         run_file.seek(offset)
+        # "at" (Unix time) on every record: how fast each chunk went, across kills and resumes
         if done == 0 and offset == 0:
             progress.truncate(0)
-            _append(progress, {"fingerprint": fingerprint, "done": 0, "offset": 0})
-        elif done:
+            _append(progress, {"fingerprint": fingerprint, "done": 0, "offset": 0, "at": round(time.time(), 3)})
+        else:
             logger.info("resuming %s after %d of %d queries", out, done, len(queries))
+            _append(progress, {"done": done, "offset": offset, "resumed": True, "at": round(time.time(), 3)})
         pairs = 0
         bar = tqdm(total=len(queries), initial=done, desc="reranking", unit="query", disable=not show_progress)
         for start in range(done, len(queries), queries_per_chunk):
@@ -139,10 +141,10 @@ def rerank_run_file(queries: Sequence[Query], candidates: Run, texts: Mapping[st
             run_file.flush()
             os.fsync(run_file.fileno())
             done = start + len(chunk)
-            _append(progress, {"done": done, "offset": run_file.tell()})
+            _append(progress, {"done": done, "offset": run_file.tell(), "at": round(time.time(), 3)})
             bar.update(len(chunk))
         bar.close()
-        _append(progress, {"done": done, "offset": run_file.tell(), "complete": True})
+        _append(progress, {"done": done, "offset": run_file.tell(), "complete": True, "at": round(time.time(), 3)})
     return BatchRerankReport(str(out), len(queries) - resumed_after, resumed_after, pairs,
                              time.perf_counter() - started)
 

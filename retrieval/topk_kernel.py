@@ -77,6 +77,17 @@ def _replace_root(score, doc, size, heap_scores, heap_docs):
     _sift_down(heap_scores, heap_docs, size, 0)
 
 
+SCAN_RUN = 64  # documents counted at once in the selection pass
+
+
+@numba.njit(cache=True)
+def _count_above(scratch, start, end, threshold):
+    count = 0
+    for doc in range(start, end):
+        count += scratch[doc] > threshold
+    return count
+
+
 @numba.njit(cache=True)
 def _one_query(indptr, docs, tfs, idf, norm_codes, norm_table, terms, weights, k, block_docs, scratch, touched,
                heap_scores, heap_docs, out_docs, out_scores):
@@ -114,17 +125,23 @@ def _one_query(indptr, docs, tfs, idf, norm_codes, norm_table, terms, weights, k
             while doc < block_end and size < k:
                 score = scratch[doc]
                 if score != 0.0:
-                    scratch[doc] = 0.0
                     size = _push(score, doc, size, heap_scores, heap_docs)
-                    root_score, root_doc = heap_scores[0], heap_docs[0]
+                    root_score = heap_scores[0]
                 doc += 1
+            # Once the heap is full, few documents beat its root: a run of SCAN_RUN documents is first
+            # counted for any score above the root (a loop the compiler vectorizes) and only examined one
+            # by one when it has one. Strictly above: a tie loses to the kept document, whose index is
+            # smaller since documents come in index order.
             while doc < block_end:
-                score = scratch[doc]
-                scratch[doc] = 0.0
-                if score > root_score or (score == root_score and doc < root_doc):
-                    _replace_root(score, doc, size, heap_scores, heap_docs)
-                    root_score, root_doc = heap_scores[0], heap_docs[0]
-                doc += 1
+                run_end = min(doc + SCAN_RUN, block_end)
+                if _count_above(scratch, doc, run_end, root_score) > 0:
+                    for candidate in range(doc, run_end):
+                        score = scratch[candidate]
+                        if score > root_score:
+                            _replace_root(score, candidate, size, heap_scores, heap_docs)
+                            root_score = heap_scores[0]
+                doc = run_end
+            scratch[block_start:block_end] = 0.0
     else:
         n_touched = 0
         for t in range(len(terms)):
