@@ -3,7 +3,13 @@
 #
 #   bash .ci/servers.sh start [elasticsearch|opensearch|opensearch-ml|all] [--port N] [--dir DIR] [--keep-data]
 #   bash .ci/servers.sh stop  [elasticsearch|opensearch|opensearch-ml|all] [--dir DIR]
+#   bash .ci/servers.sh start|stop opensearch-cluster [--node N] [--keep-data]
 #   bash .ci/servers.sh status
+#
+# opensearch-cluster: three OpenSearch 3.6.0 nodes on loopback (HTTP 9211-9213, transport 9311-9313, data
+# under /tmp/esrerank-servers/opensearch-cluster/node-N) that discover each other; --node N (1-3) starts or
+# stops one node, keeping its data so it rejoins (a whole-cluster start wipes the data unless --keep-data).
+# Heap 512m a node (1.5 GB for the three), or $ESRERANK_SERVER_HEAP.
 #
 # Defaults: Elasticsearch 8.19.21 on 127.0.0.1:9200, OpenSearch 3.6.0 on 127.0.0.1:9201 (the BM25 tests),
 # OpenSearch 2.19.1 with ML Commons and neural-search on 127.0.0.1:9202 (reranking inside the engine:
@@ -115,16 +121,39 @@ readable() {  # the server user must read a distribution inside root's home
     chmod -R o+rX "$1"
 }
 
-start_one() {
-    local name=$1 port=$2 dir=$3 engine=$1 home java prefix heap="${ESRERANK_SERVER_HEAP:-512m}"
+CLUSTER_NODES=3
+CLUSTER_HTTP_PORT=9211  # node N answers on 9210 + N, transport on 9310 + N
+cluster_settings() {  # the -E options that make node N one of the three
+    local seeds="" names="" n
+    for n in $(seq "$CLUSTER_NODES"); do
+        seeds+="${seeds:+,}127.0.0.1:$((CLUSTER_HTTP_PORT + 99 + n))"; names+="${names:+,}node-$n"
+    done
+    echo "-E cluster.name=esrerank-cluster -E node.name=node-$1 -E discovery.seed_hosts=$seeds"
+    echo "-E cluster.initial_cluster_manager_nodes=$names"
+    # Replicas need room on another node, and the default watermarks count the whole shared disk of a
+    # development machine (85% used refuses every replica): ask for free space in bytes instead.
+    echo "-E cluster.routing.allocation.disk.watermark.low=2gb -E cluster.routing.allocation.disk.watermark.high=1gb"
+    echo "-E cluster.routing.allocation.disk.watermark.flood_stage=512mb"
+}
+
+start_one() {  # name port dir [cluster node number]
+    launch_one "$@" && wait_healthy "$1" "$2" "wait_for_status=yellow" "$3"
+}
+
+launch_one() {
+    local name=$1 port=$2 dir=$3 node=${4:-} engine=$1 home java prefix heap="${ESRERANK_SERVER_HEAP:-512m}" topology
     if curl -sf "http://127.0.0.1:$port/_cluster/health" >/dev/null 2>&1; then
         log "$name already answers on port $port"; return 0
     fi
-    if [ "$name" = opensearch-ml ]; then
+    if [ -n "$node" ]; then
+        engine=opensearch; home=$(distribution opensearch); java=$(find_java 21 99)
+        topology=$(cluster_settings "$node")
+    elif [ "$name" = opensearch-ml ]; then
         engine=opensearch; home=$(ml_distribution); java=$(find_java 17 23); heap="${ESRERANK_SERVER_HEAP:-1g}"
     else
         home=$(distribution "$engine"); java=$(find_java 21 99)
     fi
+    [ -n "$node" ] || topology="-E discovery.type=single-node"
     readable "$home"
     id "$SERVER_USER" >/dev/null 2>&1 || useradd --system --shell /usr/sbin/nologin "$SERVER_USER"
     if [ "$keep_data" = 1 ]; then rm -rf "$dir/config"; else rm -rf "$dir/data" "$dir/logs" "$dir/config"; fi
@@ -148,12 +177,15 @@ YAML
     log "starting $name on 127.0.0.1:$port (java $java, data $dir)"
     (cd "$dir" && runuser -u "$SERVER_USER" -- env "${prefix}_JAVA_HOME=$java" "${prefix}_JAVA_OPTS=-Xms$heap -Xmx$heap" \
         "${prefix}_PATH_CONF=$dir/config" "$home/bin/$engine" -d -p "$dir/pid" \
-        -E discovery.type=single-node -E network.host=127.0.0.1 -E http.port="$port" \
+        $topology -E network.host=127.0.0.1 -E http.port="$port" \
         -E transport.port="$((port + 100))" -E path.data="$dir/data" -E path.logs="$dir/logs" \
         $([ "$engine" = elasticsearch ] && echo "-E xpack.security.enabled=false") >"$dir/stdout.log" 2>&1) || {
         log "$name failed to start:"; tail -30 "$dir/stdout.log" >&2; exit 1; }
-    local waited=0
-    until curl -sf "http://127.0.0.1:$port/_cluster/health?wait_for_status=yellow&timeout=5s" >/dev/null 2>&1; do
+}
+
+wait_healthy() {  # name port health-query: wait until the node answers the cluster health query
+    local name=$1 port=$2 query=$3 dir=${4:-$RUN_ROOT/$1} waited=0
+    until curl -sf "http://127.0.0.1:$port/_cluster/health?$query&timeout=5s" >/dev/null 2>&1; do
         sleep 2; waited=$((waited + 2))
         if [ "$waited" -ge "$HEALTH_TIMEOUT_S" ]; then
             log "$name not healthy after ${HEALTH_TIMEOUT_S}s; last log lines:"
@@ -161,7 +193,28 @@ YAML
             exit 1
         fi
     done
-    log "$name healthy on port $port after ${waited}s (pid $(cat "$dir/pid"))"
+    log "$name healthy on port $port after ${waited}s ($query)"
+}
+
+cluster() {  # start|stop [node]: the three-node OpenSearch cluster, or one of its nodes
+    local action=$1 only=$2 root="${dir:-$RUN_ROOT/opensearch-cluster}" n nodes
+    if [ -n "$only" ]; then
+        [[ "$only" =~ ^[1-9]$ ]] && [ "$only" -le "$CLUSTER_NODES" ] || { log "--node takes 1..$CLUSTER_NODES"; exit 2; }
+        nodes=$only
+    else
+        nodes=$(seq "$CLUSTER_NODES")
+    fi
+    for n in $nodes; do
+        if [ "$action" = stop ]; then stop_one "opensearch-cluster node-$n" "$root/node-$n"; continue; fi
+        # a node started alone rejoins with its data; a fresh cluster starts from nothing unless told
+        ( [ -n "$only" ] && keep_data=1; launch_one "opensearch-cluster-node-$n" "$((CLUSTER_HTTP_PORT + n - 1))" "$root/node-$n" "$n" )
+    done
+    if [ "$action" = start ]; then
+        for n in $nodes; do
+            wait_healthy "opensearch-cluster node-$n" "$((CLUSTER_HTTP_PORT + n - 1))" \
+                "wait_for_nodes=$CLUSTER_NODES&wait_for_status=yellow" "$root/node-$n"
+        done
+    fi
 }
 
 stop_one() {
@@ -180,14 +233,25 @@ action=${1:-}; shift || true
 target=all
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then target=$1; shift; fi
 port=""; dir=""; keep_data=0
+node=""
 while [ $# -gt 0 ]; do
     case $1 in
         --keep-data) keep_data=1; shift ;;
+        --node) node=$2; shift 2 ;;
         --port) port=$2; shift 2 ;;
         --dir) dir=$2; shift 2 ;;
         *) log "unknown option $1"; exit 2 ;;
     esac
 done
+if [ "$target" = opensearch-cluster ]; then
+    case $action in
+        start|stop) cluster "$action" "$node" ;;
+        status) curl -s "http://127.0.0.1:$CLUSTER_HTTP_PORT/_cat/nodes?v" || echo "opensearch-cluster: node-1 not answering" ;;
+        *) log "usage: $0 start|stop|status opensearch-cluster [--node N]"; exit 2 ;;
+    esac
+    exit 0
+fi
+[ -z "$node" ] || { log "--node applies to opensearch-cluster only"; exit 2; }
 engines=(elasticsearch opensearch opensearch-ml)
 [ "$target" = all ] || engines=("$target")
 
@@ -196,7 +260,7 @@ for engine in "${engines[@]}"; do
         elasticsearch) default_port=9200 ;;
         opensearch) default_port=9201 ;;
         opensearch-ml) default_port=9202 ;;
-        *) log "unknown server $engine (elasticsearch, opensearch, opensearch-ml or all)"; exit 2 ;;
+        *) log "unknown server $engine (elasticsearch, opensearch, opensearch-ml, opensearch-cluster or all)"; exit 2 ;;
     esac
     case $action in
         start) start_one "$engine" "${port:-$default_port}" "${dir:-$RUN_ROOT/$engine}" ;;

@@ -170,13 +170,18 @@ class SearchEngineBM25:
         search_pipeline: an OpenSearch search pipeline every search goes through (e.g. one that reranks
             the hits inside the engine, made by ``esrerank register opensearch``); the query text goes
             with it in ``ext.rerank.query_context``. Default None.
+        dfs: search with ``dfs_query_then_fetch``: every shard first reports its term statistics, so
+            BM25 scores use the whole index's document counts and lengths, as one shard would. Default
+            None: on when the index (or the indices behind the alias) has more than one primary shard,
+            where plain ``query_then_fetch`` scores each shard with its own statistics and the ranking is
+            no longer exact BM25; False trades that for one round trip less per search.
     """
 
     engine = "engine"
     _adapter = None
 
     def __init__(self, url: str = "http://127.0.0.1:9200", index: str = "esrerank", msearch_batch: int = 64,
-                 request_timeout: float = 120.0, search_pipeline: str | None = None):
+                 request_timeout: float = 120.0, search_pipeline: str | None = None, dfs: bool | None = None):
         if search_pipeline is not None and self.engine != "opensearch":
             raise ValueError("search pipelines are OpenSearch's; Elasticsearch reranks through a retriever")
         self.url = url
@@ -185,6 +190,24 @@ class SearchEngineBM25:
         self.search_pipeline = search_pipeline
         self.rest = self._adapter(url, request_timeout)
         self._meta: dict | None = None
+        self._dfs = dfs
+
+    @property
+    def dfs(self) -> bool:
+        """Whether searches use ``dfs_query_then_fetch`` (see the class docstring), decided on first use."""
+        if self._dfs is None:
+            shards = self.primary_shards(self.index)
+            self._dfs = shards > 1
+            if self._dfs:
+                logger.info("%s has %d primary shards: searching with dfs_query_then_fetch (global term "
+                            "statistics, exact BM25); dfs=False skips it", self.index, shards)
+        return self._dfs
+
+    def primary_shards(self, name: str) -> int:
+        """Primary shards of an index, or of all the indices an alias points to."""
+        settings = self.rest.request("GET", f"/{name}/_settings",
+                                     params={"filter_path": "*.settings.index.number_of_shards"})
+        return sum(int(entry["settings"]["index"]["number_of_shards"]) for entry in settings.values())
 
     # --- reading the index's recorded settings --------------------------------------------------
 
@@ -249,7 +272,10 @@ class SearchEngineBM25:
                                             params=self._search_params()))
 
     def _search_params(self) -> dict | None:
-        return {"search_pipeline": self.search_pipeline} if self.search_pipeline else None
+        params = {"search_pipeline": self.search_pipeline} if self.search_pipeline else {}
+        if self.dfs:
+            params["search_type"] = "dfs_query_then_fetch"
+        return params or None
 
     score_scale = 1.0
 
@@ -416,7 +442,7 @@ class SearchEngineBM25:
     def _merged(self, name: str) -> bool:
         """No merge running and at most one segment per shard."""
         stats = self.rest.request("GET", f"/{name}/_stats/merge,segments")["_all"]["primaries"]
-        shards = int(self.rest.request("GET", f"/{name}/_settings")[name]["settings"]["index"]["number_of_shards"])
+        shards = self.primary_shards(name)
         return stats["merges"]["current"] == 0 and stats["segments"]["count"] <= shards
 
     def point_alias(self, alias: str, index: str) -> list[str]:

@@ -49,6 +49,10 @@ def add_retriever_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url",
                         help="engine URL (default http://127.0.0.1:9200 for elasticsearch, :9201 for opensearch)")
     parser.add_argument("--index", help="engine index or alias (as built by 'esrerank index')")
+    parser.add_argument("--no-dfs", dest="dfs", action="store_const", const=False, default=None,
+                        help="engine: plain query_then_fetch even on several shards (faster, per-shard BM25 "
+                             "statistics); by default an index of more than one shard is searched with "
+                             "dfs_query_then_fetch, exact BM25")
 
 
 def add_search_pipeline_arg(parser: argparse.ArgumentParser) -> None:
@@ -149,14 +153,15 @@ def first_stage_from(args, documents=None):
 
     if not args.index:
         raise DataError("--index", f"--retriever {args.retriever} needs --index NAME")
-    engine = connect(args.retriever, engine_url(args), args.index)
+    engine = connect(args.retriever, engine_url(args), args.index, dfs=args.dfs)
     meta = engine.meta
     if meta and (meta.get("k1"), meta.get("b"), meta.get("analyzer")) != (args.k1, args.b, args.analyzer):
         logger.warning("index %s was built with k1=%s, b=%s, analyzer=%s; those apply, not the flags", args.index,
                        meta.get("k1"), meta.get("b"), meta.get("analyzer"))
     described = (f"k1={meta.get('k1')}, b={meta.get('b')}, analyzer={meta.get('analyzer')}, "
                  f"{meta.get('analysis')} analysis" if meta else "an index esrerank did not build")
-    return engine, f"{args.retriever} {engine.url}/{args.index} ({described})"
+    search_type = "dfs_query_then_fetch" if engine.dfs else "query_then_fetch"
+    return engine, f"{args.retriever} {engine.url}/{args.index} ({described}, {search_type})"
 
 
 def reranker_from(args):

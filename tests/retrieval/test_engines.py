@@ -62,6 +62,30 @@ def test_engine_top10_and_scores_match_in_memory(engine, name, analyzer, collect
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", ["scifact", "vaswani", "cranfield"])
+def test_three_shards_search_with_dfs_and_match_in_memory(engine, name, collections):
+    collection = collections[name]
+    alias = f"test-shards-{name}"
+    searcher = _engine(engine, alias)
+    build_index(searcher, collection.documents, alias, f"shared:{name}",
+                IndexConfig(k1=0.9, b=0.4, analyzer="english", shards=3), batch_docs=500, show_progress=False)
+    memory = InMemoryBM25(collection.documents, k1=0.9, b=0.4, analyzer="english", length_norm="lucene")
+    texts = [q.text for q in collection.queries]
+    ids = [q.query_id for q in collection.queries]
+    expected = dict(zip(ids, memory.search_many(texts, 10)))
+    with_dfs = connect(engine, searcher.url, alias)  # dfs decided from the index: 3 shards, so on
+    assert with_dfs.dfs and with_dfs.primary_shards(alias) == 3
+    agreement = top_k_agreement(expected, dict(zip(ids, with_dfs.search_many(texts, 10))), k=10)
+    assert agreement.same_up_to_ties_share >= 0.99
+    assert agreement.max_relative_score_diff <= 1e-3
+    # without DFS each shard scores with its own statistics: the check above would fail
+    per_shard = connect(engine, searcher.url, alias, dfs=False)
+    drift = top_k_agreement(expected, dict(zip(ids, per_shard.search_many(texts, 10))), k=10)
+    assert drift.max_relative_score_diff > 1e-3
+
+
+@pytest.mark.server
 @pytest.mark.parametrize("name", ["scifact", "vaswani", "cranfield"])
 def test_english_and_standard_analyzers_equal_the_servers(name, collections):
     # OpenSearch's distribution has analysis-common, so its built-in analyzers are the oracle.
