@@ -69,18 +69,35 @@ def check_url(url: str) -> str:
     return url
 
 
+def node_urls(url: str) -> list[str]:
+    """The nodes of ``url``: one URL, or several separated by commas (nodes of one cluster)."""
+    nodes = [check_url(node.strip()) for node in url.split(",") if node.strip()]
+    if not nodes:
+        raise DataError(url, "no server URL given")
+    return nodes
+
+
+def _failover(nodes: list[str], sniff: bool) -> dict:
+    """Client options shared by both libraries: a request whose node cannot be reached goes to another
+    node (connection errors only: 429s are the bulk loader's to retry with backoff, and other statuses
+    are answers); with ``sniff`` the client asks the cluster for its other nodes at start and on failure."""
+    retries = len(nodes) - 1 if not sniff else max(len(nodes) - 1, 4)
+    return {"max_retries": retries, "retry_on_status": (), "retry_on_timeout": False, "sniff_on_start": sniff}
+
+
 # --- REST adapters ------------------------------------------------------------------------------------
 
 class _ElasticsearchRest:
     engine = "elasticsearch"
 
-    def __init__(self, url: str, request_timeout: float):
+    def __init__(self, url: str, request_timeout: float, sniff: bool = False):
         import elasticsearch
 
         self._errors = elasticsearch
-        self.url = check_url(url)
-        self.client = elasticsearch.Elasticsearch(url, request_timeout=request_timeout, max_retries=0,
-                                                  retry_on_timeout=False)
+        nodes = node_urls(url)
+        self.url = url
+        self.client = elasticsearch.Elasticsearch(nodes, request_timeout=request_timeout,
+                                                  sniff_on_node_failure=sniff, **_failover(nodes, sniff))
 
     def request(self, method: str, path: str, body: Any = None, params: dict | None = None) -> Any:
         headers = {"accept": "application/json"}
@@ -99,13 +116,15 @@ class _ElasticsearchRest:
 class _OpenSearchRest:
     engine = "opensearch"
 
-    def __init__(self, url: str, request_timeout: float):
+    def __init__(self, url: str, request_timeout: float, sniff: bool = False):
         import opensearchpy
 
         self._errors = opensearchpy
-        self.url = check_url(url)
-        self.client = opensearchpy.OpenSearch([url], timeout=request_timeout, max_retries=0, retry_on_timeout=False,
-                                              pool_maxsize=16)  # parallel bulk workers share the client
+        nodes = node_urls(url)
+        self.url = url
+        self.client = opensearchpy.OpenSearch(nodes, timeout=request_timeout, sniff_on_connection_fail=sniff,
+                                              pool_maxsize=16,  # parallel bulk workers share the client
+                                              **_failover(nodes, sniff))
 
     def request(self, method: str, path: str, body: Any = None, params: dict | None = None) -> Any:
         headers = {"content-type": "application/x-ndjson"} if isinstance(body, str) else None
@@ -175,20 +194,25 @@ class SearchEngineBM25:
             None: on when the index (or the indices behind the alias) has more than one primary shard,
             where plain ``query_then_fetch`` scores each shard with its own statistics and the ranking is
             no longer exact BM25; False trades that for one round trip less per search.
+        sniff: ask the cluster for its nodes at start (and again when one fails) and spread requests
+            over them. Default False: a server in a container often publishes addresses the client cannot
+            reach. Several nodes can also be given in ``url``, separated by commas; either way a request
+            whose node cannot be reached is sent to another.
     """
 
     engine = "engine"
     _adapter = None
 
     def __init__(self, url: str = "http://127.0.0.1:9200", index: str = "esrerank", msearch_batch: int = 64,
-                 request_timeout: float = 120.0, search_pipeline: str | None = None, dfs: bool | None = None):
+                 request_timeout: float = 120.0, search_pipeline: str | None = None, dfs: bool | None = None,
+                 sniff: bool = False):
         if search_pipeline is not None and self.engine != "opensearch":
             raise ValueError("search pipelines are OpenSearch's; Elasticsearch reranks through a retriever")
         self.url = url
         self.index = index
         self.msearch_batch = msearch_batch
         self.search_pipeline = search_pipeline
-        self.rest = self._adapter(url, request_timeout)
+        self.rest = self._adapter(url, request_timeout, sniff)
         self._meta: dict | None = None
         self._dfs = dfs
 
@@ -247,13 +271,31 @@ class SearchEngineBM25:
             for query in batch:
                 lines.append({})
                 lines.append(self._query_body(query, k))
-            response = self.rest.request("POST", f"/{self.index}/_msearch", body=ndjson(lines),
-                                         params=self._search_params())
-            for item in response["responses"]:
-                if "error" in item:
-                    raise EngineError(item.get("status", 500), error_reason(item))
-                results.append(self._hits(item))
+            results.extend(self._complete_msearch(ndjson(lines)))
         return results
+
+    def _complete_msearch(self, body: str, attempts: int = 4) -> list[list[Hit]]:
+        """One ``_msearch``, asked again (up to ``attempts`` times, 0.5 s, 1 s, 2 s apart) while any of its
+        searches misses shards or fails on the server's side (5xx): a node that just died leaves shards
+        unanswered until the cluster has promoted their replicas, and partial hits must never pass for
+        the top k. Other errors (a bad query: 4xx) are raised at once."""
+        for attempt in range(attempts):
+            response = self.rest.request("POST", f"/{self.index}/_msearch", body=body, params=self._search_params())
+            items = response["responses"]
+            for item in items:
+                if "error" in item and item.get("status", 500) < 500:
+                    raise EngineError(item["status"], error_reason(item))
+            failed = [item for item in items if "error" in item or item.get("_shards", {}).get("failed")]
+            if not failed:
+                return [self._hits(item) for item in items]
+            problem = (f"HTTP {failed[0].get('status')}: {error_reason(failed[0])}" if "error" in failed[0] else
+                       f"{failed[0]['_shards']['failed']} of {failed[0]['_shards']['total']} shards failed")
+            if attempt + 1 < attempts:
+                logger.warning("%d of %d searches failed or missed shards (%s); asking again", len(failed),
+                               len(items), problem)
+                time.sleep(0.5 * 2**attempt)
+        raise EngineError(503, f"searches still failing after {attempts} attempts ({problem}): partial results "
+                               "refused")
 
     def _search_through_pipeline(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         # _msearch takes no search_pipeline (OpenSearch 2.19: neither as a parameter nor in its header
@@ -268,8 +310,12 @@ class SearchEngineBM25:
 
     def search_one_request(self, query: str, k: int = 10) -> list[Hit]:
         """One ``_search`` request (the per-query baseline the benchmark compares ``_msearch`` with)."""
-        return self._hits(self.rest.request("POST", f"/{self.index}/_search", body=self._query_body(query, k),
-                                            params=self._search_params()))
+        response = self.rest.request("POST", f"/{self.index}/_search", body=self._query_body(query, k),
+                                     params=self._search_params())
+        if response.get("_shards", {}).get("failed"):
+            shards = response["_shards"]
+            raise EngineError(503, f"{shards['failed']} of {shards['total']} shards failed: partial results refused")
+        return self._hits(response)
 
     def _search_params(self) -> dict | None:
         params = {"search_pipeline": self.search_pipeline} if self.search_pipeline else {}

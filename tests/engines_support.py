@@ -13,6 +13,9 @@ URLS = {
     "opensearch": os.environ.get("ESRERANK_OS_URL", "http://127.0.0.1:9201"),
     # OpenSearch 2.19.1 with ML Commons and neural-search: reranking inside the engine
     "opensearch-ml": os.environ.get("ESRERANK_OS_ML_URL", "http://127.0.0.1:9202"),
+    # three OpenSearch 3.6.0 nodes (servers.sh start opensearch-cluster), every node named
+    "opensearch-cluster": os.environ.get("ESRERANK_OS_CLUSTER_URL",
+                                         "http://127.0.0.1:9211,http://127.0.0.1:9212,http://127.0.0.1:9213"),
 }
 
 
@@ -20,7 +23,7 @@ def require_server(engine: str) -> str:
     """The engine's URL; skip (or fail, where CI requires servers) when nothing answers there."""
     url = URLS[engine]
     try:
-        with urllib.request.urlopen(f"{url}/_cluster/health", timeout=3) as response:
+        with urllib.request.urlopen(f"{url.split(',')[0]}/_cluster/health", timeout=3) as response:
             response.read()
     except OSError as exc:
         message = f"no {engine} at {url} ({exc}); start one with: bash .ci/servers.sh start {engine}"

@@ -13,7 +13,10 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--data", required=True,
                         help="BEIR folder, MS MARCO collection.tsv, or 'msmarco-passage' (HF datasets copy)")
     parser.add_argument("--engine", choices=["elasticsearch", "opensearch"], default="elasticsearch")
-    parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200, or :9201 for opensearch)")
+    parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200, or :9201 for opensearch); "
+                                      "several nodes of a cluster separated by commas")
+    parser.add_argument("--sniff", action="store_true",
+                        help="learn the cluster's other nodes from the one given, and fail over to them")
     parser.add_argument("--index", required=True, help="alias to build; the data goes to a versioned index behind it")
     add_first_stage_args(parser)
     parser.add_argument("--analysis", choices=["auto", "native", "client"], default="auto",
@@ -23,7 +26,8 @@ def add_parser(commands, common) -> None:
                         help="documents per bulk request (default 1000)")
     parser.add_argument("--workers", type=positive_int, default=2, help="concurrent bulk requests (default 2)")
     parser.add_argument("--shards", type=positive_int, default=1,
-                        help="primary shards (default 1: exact BM25 statistics)")
+                        help="primary shards (default 1; with more, searches use dfs_query_then_fetch "
+                             "for exact BM25 statistics)")
     parser.add_argument("--replicas", type=non_negative_int, default=0, help="replicas once loaded (default 0)")
     parser.add_argument("--dead-letter", help="JSON-lines file for what could not be indexed "
                         "(default <index>.dead-letter.jsonl)")
@@ -41,7 +45,7 @@ def run(args) -> int:
 
     corpus = open_corpus(args.data)
     dead_letter = Path(args.dead_letter or f"{args.index}.dead-letter.jsonl")
-    engine = connect(args.engine, engine_url(args), args.index)
+    engine = connect(args.engine, engine_url(args), args.index, sniff=args.sniff)
     settings = IndexConfig(k1=args.k1, b=args.b, analyzer=args.analyzer, analysis=args.analysis,
                              shards=args.shards, replicas=args.replicas)
     try:

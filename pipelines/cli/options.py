@@ -47,7 +47,10 @@ def add_retriever_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retriever", choices=["memory", "elasticsearch", "opensearch"], default="memory",
                         help="first stage: in-memory BM25 (default) or a real engine")
     parser.add_argument("--url",
-                        help="engine URL (default http://127.0.0.1:9200 for elasticsearch, :9201 for opensearch)")
+                        help="engine URL (default http://127.0.0.1:9200 for elasticsearch, :9201 for opensearch); "
+                             "several nodes of a cluster separated by commas")
+    parser.add_argument("--sniff", action="store_true",
+                        help="engine: learn the cluster's other nodes from the one given, and fail over to them")
     parser.add_argument("--index", help="engine index or alias (as built by 'esrerank index')")
     parser.add_argument("--no-dfs", dest="dfs", action="store_const", const=False, default=None,
                         help="engine: plain query_then_fetch even on several shards (faster, per-shard BM25 "
@@ -153,7 +156,7 @@ def first_stage_from(args, documents=None):
 
     if not args.index:
         raise DataError("--index", f"--retriever {args.retriever} needs --index NAME")
-    engine = connect(args.retriever, engine_url(args), args.index, dfs=args.dfs)
+    engine = connect(args.retriever, engine_url(args), args.index, dfs=args.dfs, sniff=args.sniff)
     meta = engine.meta
     if meta and (meta.get("k1"), meta.get("b"), meta.get("analyzer")) != (args.k1, args.b, args.analyzer):
         logger.warning("index %s was built with k1=%s, b=%s, analyzer=%s; those apply, not the flags", args.index,
