@@ -101,7 +101,8 @@ def _source(document: Document, settings: IndexConfig) -> dict:
 
 def send_bulk(engine: SearchEngineBM25, index: str, documents: list[Document], settings: IndexConfig,
               backoff: Backoff, dead_letters: DeadLetters) -> tuple[int, int, int]:
-    """Index one batch; returns (indexed, failed, retried). Raises IndexingAborted when retries run out."""
+    """Index one batch; returns (indexed, failed, retried). Raises IndexingAborted when retries of the
+    whole request, or of documents refused with 429/5xx, run out."""
     pending, failed, retried = [], 0, 0
     for doc in documents:  # the server would reject the whole request for one such id
         if len(doc.doc_id.encode("utf-8")) > 512:
@@ -125,7 +126,7 @@ def send_bulk(engine: SearchEngineBM25, index: str, documents: list[Document], s
             logger.warning("bulk request failed (%s); retrying %d documents in %.0f s", exc, len(pending), delay)
             time.sleep(delay)
             continue
-        retry = []
+        retry, transient = [], ""
         for doc, item in zip(pending, response["items"]):
             result = item["index"]
             status = result.get("status", 500)
@@ -133,6 +134,7 @@ def send_bulk(engine: SearchEngineBM25, index: str, documents: list[Document], s
                 continue
             if status == 429 or status >= 500:
                 retry.append(doc)
+                transient = transient or f"HTTP {status}: {error_reason(result)}"
             else:
                 failed += 1
                 dead_letters.write({"doc_id": doc.doc_id, "status": status, "reason": error_reason(result),
@@ -140,13 +142,12 @@ def send_bulk(engine: SearchEngineBM25, index: str, documents: list[Document], s
         if retry:
             delay = next(delays, None)
             if delay is None:
-                for doc in retry:
-                    dead_letters.write({"doc_id": doc.doc_id, "status": 429, "reason": "still rejected after retries",
-                                        "document": {"title": doc.title, "text": doc.text}})
-                failed += len(retry)
-                break
+                # Still busy or unavailable (a node gone, its shards not back): the documents are not
+                # bad, so they are not dead letters; the load stops where it is acknowledged, to resume.
+                raise IndexingAborted(f"{len(retry)} documents still refused after {backoff.max_retries} retries "
+                                      f"({transient})")
             retried += len(retry)
-            logger.info("%d documents rejected (429/5xx); retrying in %.0f s", len(retry), delay)
+            logger.info("%d documents refused (%s); retrying in %.0f s", len(retry), transient, delay)
             time.sleep(delay)
         pending = retry
     return len(documents) - failed, failed, retried
