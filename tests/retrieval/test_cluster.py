@@ -16,6 +16,7 @@ import pytest
 from engines_support import require_server
 from run_agreement import top_k_agreement
 
+from retrieval.bm25 import InMemoryBM25
 from retrieval.corpus import load_beir
 from retrieval.engines import IndexConfig, connect
 from retrieval.indexing import build_index
@@ -51,6 +52,32 @@ def kill_node(node: int) -> None:
 def start_node(node: int) -> None:
     subprocess.run(["bash", ".ci/servers.sh", "start", "opensearch-cluster", "--node", str(node)], cwd=REPO,
                    check=True, capture_output=True, timeout=300)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name,split", [("scifact", "train"), ("vaswani", "test"), ("cranfield", "test")])
+def test_three_shards_one_replica_on_three_nodes_equal_in_memory_bm25(name, split, request):
+    url = require_server("opensearch-cluster")
+    collection = load_beir(request.getfixturevalue(name), split)
+    alias = f"test-cluster-parity-{name}"
+    searcher = connect("opensearch", url, alias)
+    for index in searcher.list_indices(f"{alias}*"):
+        searcher.rest.request("DELETE", f"/{index}")
+    build_index(searcher, collection.documents, alias, f"shared:{name}",
+                IndexConfig(k1=0.9, b=0.4, analyzer="english", shards=3, replicas=1), batch_docs=500,
+                show_progress=False)
+    assert health(url.split(",")[0], "wait_for_status=green&timeout=90s")["status"] == "green"
+    memory = InMemoryBM25(collection.documents, k1=0.9, b=0.4, analyzer="english", length_norm="lucene")
+    texts = [q.text for q in collection.queries]
+    expected = dict(enumerate(memory.search_many(texts, 10)))
+    with_dfs = top_k_agreement(expected, dict(enumerate(searcher.search_many(texts, 10))), k=10)
+    plain = connect("opensearch", url, alias, dfs=False)
+    without = top_k_agreement(expected, dict(enumerate(plain.search_many(texts, 10))), k=10)
+    print(f"{name}: {len(texts)} queries; DFS: same top 10 up to ties {with_dfs.same_up_to_ties_share:.3f}, max "
+          f"relative score diff {with_dfs.max_relative_score_diff:.2e}; without DFS: "
+          f"{without.same_up_to_ties_share:.3f}, {without.max_relative_score_diff:.2e}")
+    assert searcher.dfs and with_dfs.same_up_to_ties_share >= 0.99 and with_dfs.max_relative_score_diff <= 1e-3
+    assert without.max_relative_score_diff > 1e-3
 
 
 @pytest.mark.server
