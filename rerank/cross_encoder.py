@@ -331,7 +331,8 @@ class CrossEncoder:
         if self.device.type != "cuda":
             return tensor.to(self.device)
         # A pinned staging buffer per input and thread, grown as needed, instead of pinning each batch:
-        # pin_memory() allocates page-locked memory every call (0.9 s of 3.6 s for 32,000 pairs, H100).
+        # pin_memory() allocates page-locked memory every call. (Its 0.9 s of 3.6 s in an H100 profile
+        # was mostly waiting for the GIL held by the tokenizing thread, now off; see tokenize_ahead.)
         # Reusing it is safe: the previous batch's copy is complete once its logits came back (.cpu()).
         buffers = self._pinned.__dict__
         staging = buffers.get(name)
