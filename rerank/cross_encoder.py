@@ -96,8 +96,11 @@ class CrossEncoder:
             scored again in float32 (from a float32 copy of the weights), so that the top ``exact_top_k`` of
             each query, order included, is the one float32 gives. Default 10 (what nDCG@10 and RR@10 read;
             its cost is measured in the README). ``None`` turns it off.
-            The error bound is learnt from the rescored pairs: 1.5 × the largest difference seen (the first
-            call also rescores a sample of 64 pairs to start it).
+            The error bound starts, for every ranking, from the same value: 1.5 × the largest difference
+            between the two precisions on a fixed built-in sample of 64 pairs (scored once, on first need),
+            and grows within that ranking to 1.5 × the largest difference seen among its rescored pairs.
+            So a ranking's scores depend on its own pairs only, never on earlier calls or on other rankings
+            scored in the same call.
         runtime: ``"torch"`` (default); on CPU, ``"onnx"`` (ONNX Runtime, float32) or ``"onnx-int8"`` (int8
             dynamic quantization), from the ``onnx`` extra: for CPUs without bf16 hardware (int8 changes
             rankings; see the README).
@@ -155,7 +158,7 @@ class CrossEncoder:
             raise ValueError(f"exact_top_k must be None or at least 1, got {exact_top_k}")
         self.exact_top_k = exact_top_k
         self._exact_model = None  # float32 weights, loaded on first need
-        self._error_bound: float | None = None  # learnt largest |reduced - float32| score difference
+        self._start_error_bound: float | None = None  # from the fixed calibration sample, on first need
         self._trust_remote_code = trust_remote_code
         self._pinned = threading.local()  # CUDA staging buffers, one set per calling thread
 
@@ -280,32 +283,53 @@ class CrossEncoder:
                     progress.update(len(batch))
 
     def _rescore_top_in_float32(self, rankings: list, tokens: TokenizedPairs, scores: np.ndarray) -> None:
-        """Score again in float32 the pairs whose place in their query's top ``exact_top_k`` the reduced
-        precision could have got wrong, learning the error bound from the pairs it rescores."""
+        """Score again in float32 the pairs whose place in their ranking's top ``exact_top_k`` the reduced
+        precision could have got wrong. Each ranking learns its own error bound from its own rescored pairs,
+        starting from the model's fixed calibration bound, so its scores do not depend on anything else."""
         if self._exact_model is None:
             self._exact_model = self._load_weights(torch.float32)
+        if self._start_error_bound is None:
+            self._start_error_bound = self._calibrate_error_bound()
         groups: dict = {}
         for i, label in enumerate(rankings):
             groups.setdefault(label, []).append(i)
-        groups = {q: np.array(g) for q, g in groups.items()}
+        groups = {label: np.array(rows) for label, rows in groups.items()}
+        owner = np.empty(len(scores), dtype=np.int64)  # ranking number of each pair
+        for number, rows in enumerate(groups.values()):
+            owner[rows] = number
+        bounds = np.full(len(groups), self._start_error_bound)
         reduced = scores.copy()
         rescored = np.zeros(len(scores), dtype=bool)
-        if self._error_bound is None:  # start the bound from a sample spread over the input
-            sample = np.unique(np.linspace(0, len(scores) - 1, num=min(64, len(scores))).astype(np.int64))
-            self._rescore(sample, tokens, scores, reduced, rescored)
         while True:  # a larger bound can make more pairs ambiguous: repeat until none is left
-            todo = np.setdiff1d(_ambiguous_pairs(groups, reduced, self.exact_top_k, self._error_bound),
-                                np.flatnonzero(rescored))
+            todo = np.setdiff1d(_ambiguous_pairs(groups, reduced, self.exact_top_k, bounds), np.flatnonzero(rescored))
             if len(todo) == 0:
                 return
-            self._rescore(todo, tokens, scores, reduced, rescored)
+            self._score(self._exact_model, tokens, todo, scores)
+            rescored[todo] = True
+            seen = np.zeros(len(groups))
+            np.maximum.at(seen, owner[todo], np.abs(scores[todo] - reduced[todo]).astype(np.float64))
+            bounds = np.maximum(bounds, 1.5 * seen)
+            logger.debug("rescored %d pairs in float32; largest ranking error bound now %.4g", len(todo), bounds.max())
 
-    def _rescore(self, indices, tokens: TokenizedPairs, scores, reduced, rescored) -> None:
-        self._score(self._exact_model, tokens, indices, scores)
-        rescored[indices] = True
-        seen = float(np.abs(scores[indices] - reduced[indices]).max())
-        self._error_bound = max(self._error_bound or 0.0, 1.5 * seen)
-        logger.debug("rescored %d pairs in float32; error bound now %.4g", len(indices), self._error_bound)
+    def _calibrate_error_bound(self) -> float:
+        """1.5 × the largest |reduced - float32| score difference on a fixed sample: 64 pairs of words drawn
+        with a fixed seed from the tokenizer's vocabulary, spread over the lengths up to ``max_length``. The
+        same model, precision and machine always give the same value."""
+        words = sorted(token for token in self.tokenizer.get_vocab()
+                       if token.isalpha() and token.isascii() and len(token) > 2)
+        if not words:  # a vocabulary without plain words (byte-level BPE): its tokens as they are
+            words = sorted(self.tokenizer.get_vocab())
+        rng = np.random.default_rng(0)
+        lengths = np.linspace(4, max(8, self.max_length - 16), num=64).astype(int)
+        pairs = [(" ".join(rng.choice(words, size=6)), " ".join(rng.choice(words, size=int(n)))) for n in lengths]
+        tokens = self._tokenize(pairs)
+        reduced, exact = np.empty(len(pairs), np.float32), np.empty(len(pairs), np.float32)
+        everything = np.arange(len(pairs))
+        self._score(self.model, tokens, everything, reduced)
+        self._score(self._exact_model, tokens, everything, exact)
+        bound = 1.5 * float(np.abs(reduced - exact).max())
+        logger.debug("start error bound %.4g (from %d calibration pairs)", bound, len(pairs))
+        return bound
 
     def _batches(self, order: np.ndarray, lengths: np.ndarray):
         """Cut pairs sorted longest first into batches whose padded size fits the token budget."""
@@ -349,21 +373,23 @@ class CrossEncoder:
                 f"runtime={self.runtime!r})")
 
 
-def _ambiguous_pairs(groups: dict, scores: np.ndarray, top_k: int, error: float) -> np.ndarray:
-    """Pairs whose rank among their query's best ``top_k`` could change if each score moved by up to
-    ``error``: those that could be in the top k (within 2 × error of the k-th score) and have another
-    pair of the same query within 2 × error. Scoring exactly those again makes the top k exact: a pair
-    further than 2 × error from every other keeps its order against all of them."""
+def _ambiguous_pairs(groups: dict, scores: np.ndarray, top_k: int, error) -> np.ndarray:
+    """Pairs whose rank among their ranking's best ``top_k`` could change if each score moved by up to the
+    ranking's ``error`` (one number for all, or one per group, in the order of ``groups``): those that could
+    be in the top k (within 2 × error of the k-th score) and have another pair of the same ranking within
+    2 × error. Scoring exactly those again makes the top k exact: a pair further than 2 × error from every
+    other keeps its order against all of them."""
+    errors = np.broadcast_to(np.asarray(error, dtype=np.float64), (len(groups),))
     ambiguous = []
-    for indices in groups.values():
+    for indices, reach in zip(groups.values(), 2 * errors):
         ranked = indices[np.argsort(-scores[indices], kind="stable")]
         values = scores[ranked]
         kth = values[min(top_k, len(values)) - 1]
-        in_reach = values >= kth - 2 * error
+        in_reach = values >= kth - reach
         gaps = values[:-1] - values[1:]
         close = np.zeros(len(values), dtype=bool)
-        close[:-1] |= gaps <= 2 * error
-        close[1:] |= gaps <= 2 * error
+        close[:-1] |= gaps <= reach
+        close[1:] |= gaps <= reach
         ambiguous.append(ranked[in_reach & close])
     return np.concatenate(ambiguous) if ambiguous else np.zeros(0, dtype=np.int64)
 
