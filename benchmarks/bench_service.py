@@ -6,6 +6,14 @@ The service runs as its own process (`esrerank serve`); clients are threads with
 Model: a local cross-encoder folder, by default all-MiniLM-L6-v2 with a seeded one-label head.
 
     python benchmarks/bench_service.py [--seconds 60] [--clients 16] [--docs 100] [--model DIR]
+
+With ``--against-infinity PYTHON`` (the interpreter of a virtual environment with ``infinity-emb[server,torch,
+optimum]``; it pins an older sentence-transformers and numpy than esrerank's, so it lives in its own) it
+instead serves the same model with ``esrerank serve`` and with ``infinity_emb v2`` (engines torch and
+optimum), one at a time, and sends each the same load: 16 clients and 1 client, 60 s each, with requests
+of 100 documents (OpenSearch sends every hit) and of 10 (Elasticsearch's ``rank_window_size`` default).
+Prints requests/s, docs/s, p50/p99 latency and errors for each, and esrerank's docs/s over the best
+infinity engine's.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,7 +51,7 @@ def start_service(model: str, port: int, max_wait_ms: float) -> subprocess.Popen
     return process
 
 
-def load(port: int, requests: list[bytes], clients: int, seconds: float) -> dict:
+def load(port: int, requests: list[bytes], clients: int, seconds: float, path: str = "/v1/rerank") -> dict:
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -54,7 +63,7 @@ def load(port: int, requests: list[bytes], clients: int, seconds: float) -> dict
         while time.monotonic() < stop:
             started = time.perf_counter()
             try:
-                status, _ = post(connection, "/v1/rerank", requests[i % len(requests)])
+                status, _ = post(connection, path, requests[i % len(requests)])
             except OSError:
                 status = 0
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
@@ -96,6 +105,67 @@ def bad_requests(port: int) -> list[tuple[str, int, str]]:
     return results
 
 
+def start_infinity(python: str, model: str, port: int, engine: str) -> subprocess.Popen:
+    process = subprocess.Popen([python, "-m", "infinity_emb.cli", "v2", "--model-id", model, "--engine", engine,
+                                "--device", "cpu", "--port", str(port), "--served-model-name", "reranker",
+                                "--log-level", "warning"],
+                               env={**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"})
+    deadline = time.monotonic() + 600  # the optimum engine exports the model to ONNX first
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"infinity ({engine}) exited with {process.returncode} before serving")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return process
+        except OSError:
+            time.sleep(1)
+    process.kill()
+    raise SystemExit(f"infinity ({engine}) did not answer /health in 600 s")
+
+
+def compare_with_infinity(args, model: str) -> None:
+    """The same model, the same load, esrerank serve vs infinity_emb (each engine), one server at a time."""
+    servers = {"esrerank serve": None, "infinity torch": "torch", "infinity optimum": "optimum"}
+    shapes = {}
+    for docs in (100, 10):
+        pairs = msmarco_like_pairs(num_queries=40, passages_per_query=docs)
+        shapes[docs] = [json.dumps({"query": pairs[i][0], "documents": [p for _, p in pairs[i:i + docs]],
+                                    "model": "reranker"}).encode() for i in range(0, len(pairs), docs)]
+    rows = {}
+    for server, engine in servers.items():
+        process = (start_service(model, args.port, 5.0) if engine is None
+                   else start_infinity(str(args.against_infinity), model, args.port, engine))
+        path = "/v1/rerank" if engine is None else "/rerank"
+        try:
+            load(args.port, shapes[10], 2, 5, path)  # warm-up
+            for docs, requests in shapes.items():
+                for clients in (args.clients, 1):
+                    result = load(args.port, requests, clients, args.seconds, path)
+                    rows[(server, docs, clients)] = result
+                    print(f"{server:<18} {docs:>4} docs {clients:>3} clients: {result['rps']:7.2f} req/s "
+                          f"{result['rps'] * docs:8.0f} docs/s p50 {result['p50_ms']:7.0f} ms p99 {result['p99_ms']:7.0f} ms "
+                          f"errors {result['errors']}", flush=True)
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    print(f"\n{'server':<18} {'docs':>5} {'clients':>8} {'req/s':>7} {'docs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for (server, docs, clients), r in rows.items():
+        print(f"{server:<18} {docs:>5} {clients:>8} {r['rps']:>7.2f} {r['rps'] * docs:>8.0f} {r['p50_ms']:>8.0f} "
+              f"{r['p99_ms']:>8.0f} {r['errors']:>7}")
+    for docs in shapes:
+        for clients in (args.clients, 1):
+            ours = rows[("esrerank serve", docs, clients)]
+            theirs = {s: rows[(s, docs, clients)] for s in servers if s != "esrerank serve" and (s, docs, clients) in rows}
+            best = max(theirs, key=lambda s: theirs[s]["rps"])
+            print(f"{docs} docs, {clients} clients: esrerank / {best}: {ours['rps'] / theirs[best]['rps']:.2f}x docs/s, "
+                  f"p99 {ours['p99_ms']:.0f} vs {theirs[best]['p99_ms']:.0f} ms")
+    out = args.out or Path(tempfile.gettempdir()) / "bench_service_infinity.json"
+    out.write_text(json.dumps([{"server": s, "docs": d, "clients": c, **r} for (s, d, c), r in rows.items()], indent=2))
+    print(f"results: {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60)
@@ -103,10 +173,16 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=100)
     parser.add_argument("--model")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--against-infinity", type=Path, metavar="PYTHON",
+                        help="compare with infinity_emb run by this interpreter (see above)")
+    parser.add_argument("--out", type=Path, help="JSON results (with --against-infinity)")
     args = parser.parse_args()
     from rerank.heads import init_cross_encoder, local_minilm_path
 
     model = args.model or str(init_cross_encoder(local_minilm_path(), tempfile.mkdtemp(prefix="minilm-ce-"), seed=0))
+    if args.against_infinity:
+        compare_with_infinity(args, model)
+        return
     pairs = msmarco_like_pairs(num_queries=40, passages_per_query=args.docs)
     requests = [json.dumps({"query": pairs[i][0], "documents": [p for _, p in pairs[i:i + args.docs]]}).encode()
                 for i in range(0, len(pairs), args.docs)]

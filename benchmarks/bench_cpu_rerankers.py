@@ -1,0 +1,365 @@
+"""Every CPU reranker a user could pick, side by side on one machine, in one run (issue 14).
+
+The same cross-encoder (a local MiniLM-L6 folder), the same pairs, max length 512, one system at a time,
+each in its own process (a fresh interpreter: no warm caches or thread pools carried between systems):
+
+- esrerank: its default (``dtype="auto"``), and named options;
+- sentence-transformers' ``CrossEncoder``: float32 (its default), bf16 weights;
+- in the peers' virtual environment (optimum-intel and optimum-onnx pin an older transformers than
+  esrerank's, so they live in their own; ``--peers-python``): sentence-transformers' ONNX and OpenVINO
+  backends, ``optimum-onnx`` (ONNX Runtime float32, and its int8 dynamic quantization for AVX2),
+  ``optimum-intel`` with OpenVINO (float32, bf16 inference precision, int8 static quantization with
+  NNCF), and ``flashrank`` reading that int8 ONNX model as a local model.
+
+Pair sets: MS MARCO-like (seeded queries of ~6 words and passages of ~60 words with a long tail, cut from
+SciFact) and SciFact lengths (SciFact training queries and their BM25 top 100 abstracts). Calibration
+data for static quantization is another seeded MS MARCO-like set, never the measured pairs.
+
+For each system: pairs/s (best of ``--repeats`` timed passes after a warm-up call), and against
+sentence-transformers float32 (the reference): queries whose top 10 is the same list, and the largest
+|score difference|. Then esrerank's default against the fastest peer that keeps float32's top 10 for every
+query, and against sentence-transformers bf16.
+
+    python benchmarks/bench_cpu_rerankers.py --work DIR [--peers-python ~/.cache/esrerank-peers/peers/bin/python]
+        [--model DIR] [--sets msmarco,scifact] [--systems a,b,...] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TRAINED_MODEL = ROOT.parent / "runs" / "ablation" / "default" / "model"  # SciFact-trained MiniLM, if made here
+DEFAULT_PEERS_PYTHON = Path.home() / ".cache" / "esrerank-peers" / "peers" / "bin" / "python"
+
+# name -> (environment, description); environment "main" runs with this interpreter, "peers" with --peers-python
+SYSTEMS = {
+    "esrerank default": ("main", "CrossEncoder(model) — dtype auto, runtime auto"),
+    "esrerank float32 torch": ("main", "CrossEncoder(model, dtype='float32', runtime='torch')"),
+    "st fp32": ("main", "sentence-transformers CrossEncoder, defaults (float32)"),
+    "st bf16": ("main", "sentence-transformers CrossEncoder, model_kwargs dtype=bfloat16"),
+    "st onnx": ("peers", "sentence-transformers CrossEncoder(backend='onnx')"),
+    "st openvino": ("peers", "sentence-transformers CrossEncoder(backend='openvino')"),
+    "optimum-onnx fp32": ("peers", "ORTModelForSequenceClassification (ONNX Runtime float32)"),
+    "onnxruntime int8": ("peers", "ORTQuantizer, AutoQuantizationConfig.avx2(is_static=False, per_channel=True)"),
+    "flashrank int8": ("peers", "flashrank.Ranker reading the onnxruntime int8 model as a local model"),
+    "openvino fp32": ("peers", "optimum-intel OVModelForSequenceClassification"),
+    "openvino bf16": ("peers", "optimum-intel, ov_config INFERENCE_PRECISION_HINT=bf16"),
+    "openvino int8": ("peers", "optimum-intel OVQuantizer, OVQuantizationConfig (NNCF static int8)"),
+}
+REFERENCE = "st fp32"
+
+
+# --- workloads (main environment) --------------------------------------------------------------------
+
+def msmarco_set(seed: int, queries: int) -> list[tuple[str, str]]:
+    sys.path.insert(0, str(HERE))
+    from msmarco_like import msmarco_like_pairs
+
+    return msmarco_like_pairs(num_queries=queries, passages_per_query=100, seed=seed)
+
+
+def scifact_set(data: Path, queries: int) -> list[tuple[str, str]]:
+    sys.path.insert(0, str(ROOT))
+    from retrieval.bm25 import InMemoryBM25
+    from retrieval.corpus import iter_beir_corpus, read_beir_queries
+
+    corpus = {doc.doc_id: doc.contents for doc in iter_beir_corpus(data / "corpus.jsonl")}
+    index = InMemoryBM25(({"_id": i, "text": t} for i, t in corpus.items()), k1=0.9, b=0.4)
+    chosen = read_beir_queries(data / "queries.jsonl")[:queries]
+    return [(query.text, corpus[hit.doc_id]) for query in chosen for hit in index.search(query.text, 100)]
+
+
+# --- one system in its own process -----------------------------------------------------------------------
+
+def sorted_batches(pairs, batch_size: int = 32):
+    """Length-sorted batches of 32, as sentence-transformers' predict makes them: the peers that have no
+    predict of their own get the same batching, so none loses to padding."""
+    order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def hf_predictor(model, tokenizer, max_length: int):
+    def predict(pairs):
+        scores = np.empty(len(pairs), dtype=np.float32)
+        for batch in sorted_batches(pairs):
+            inputs = tokenizer([pairs[i][0] for i in batch], [pairs[i][1] for i in batch], padding=True,
+                               truncation="longest_first", max_length=max_length, return_tensors="pt")
+            scores[batch] = model(**inputs).logits[:, 0].detach().float().numpy()
+        return scores
+    return predict
+
+
+def calibration_inputs(tokenizer, pairs, max_length: int) -> list[dict]:
+    return [dict(tokenizer(q, d, truncation="longest_first", max_length=max_length, return_tensors="np"))
+            for q, d in pairs]
+
+
+def build_system(name: str, model: str, max_length: int, work: Path, calibration: list):
+    """Load ``name`` and return its predict(pairs) -> float32 logits."""
+    import torch
+
+    identity = torch.nn.Identity()
+    if name.startswith("esrerank"):
+        sys.path.insert(0, str(ROOT))
+        from rerank.cross_encoder import CrossEncoder
+
+        kwargs = {} if name == "esrerank default" else {"dtype": "float32", "runtime": "torch"}
+        encoder = CrossEncoder(model, max_length=max_length, show_progress=False, **kwargs)
+        print(f"  {encoder!r}", file=sys.stderr)
+        return encoder.predict
+    if name.startswith("st "):
+        from sentence_transformers import CrossEncoder
+
+        kwargs = {"activation_fn": identity, "max_length": max_length}
+        if name == "st bf16":
+            kwargs["model_kwargs"] = {"dtype": torch.bfloat16}
+        elif name in ("st onnx", "st openvino"):
+            kwargs["backend"] = name.split()[1]
+        encoder = CrossEncoder(model, **kwargs)
+        return lambda pairs: encoder.predict(pairs, batch_size=32, show_progress_bar=False)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if name == "optimum-onnx fp32":
+        from optimum.onnxruntime import ORTModelForSequenceClassification
+
+        return hf_predictor(ORTModelForSequenceClassification.from_pretrained(model, export=True), tokenizer, max_length)
+    if name in ("onnxruntime int8", "flashrank int8"):
+        folder = quantized_onnx(model, work)
+        if name == "onnxruntime int8":
+            from optimum.onnxruntime import ORTModelForSequenceClassification
+
+            onnx = ORTModelForSequenceClassification.from_pretrained(folder, file_name="model_quantized.onnx")
+            return hf_predictor(onnx, tokenizer, max_length)
+        return flashrank_predictor(folder, model, max_length, work)
+    if name.startswith("openvino"):
+        from optimum.intel import OVModelForSequenceClassification
+
+        if name == "openvino int8":
+            folder = work / "openvino-int8"
+            if not (folder / "openvino_model.xml").is_file():
+                import nncf
+                from optimum.intel import OVConfig, OVQuantizationConfig, OVQuantizer
+
+                fp32 = OVModelForSequenceClassification.from_pretrained(model, export=True, compile=False)
+                OVQuantizer.from_pretrained(fp32).quantize(
+                    calibration_dataset=nncf.Dataset(calibration), save_directory=folder,
+                    ov_config=OVConfig(quantization_config=OVQuantizationConfig()))
+            return hf_predictor(OVModelForSequenceClassification.from_pretrained(folder), tokenizer, max_length)
+        ov_config = {"INFERENCE_PRECISION_HINT": "bf16"} if name == "openvino bf16" else {"INFERENCE_PRECISION_HINT": "f32"}
+        return hf_predictor(OVModelForSequenceClassification.from_pretrained(model, export=True, ov_config=ov_config),
+                            tokenizer, max_length)
+    raise SystemExit(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+
+
+def quantized_onnx(model: str, work: Path) -> Path:
+    folder = work / "onnxruntime-int8"
+    if not (folder / "model_quantized.onnx").is_file():
+        from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+        exported = ORTModelForSequenceClassification.from_pretrained(model, export=True)
+        exported.save_pretrained(work / "onnx-fp32")
+        ORTQuantizer.from_pretrained(work / "onnx-fp32").quantize(
+            save_dir=folder, quantization_config=AutoQuantizationConfig.avx2(is_static=False, per_channel=True))
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(model).save_pretrained(folder)
+    return folder
+
+
+def flashrank_predictor(onnx_folder: Path, model: str, max_length: int, work: Path):
+    """flashrank loads models by name from its cache folder; a folder of that name holding our int8 model
+    under the file name it expects is read as it is (nothing downloaded)."""
+    import shutil
+
+    from flashrank import Ranker, RerankRequest
+    from flashrank.Config import model_file_map
+
+    name = "ms-marco-MiniLM-L-12-v2"
+    cache = work / "flashrank-cache"
+    target = cache / name
+    if not target.is_dir():
+        target.mkdir(parents=True)
+        for item in onnx_folder.iterdir():
+            if item.suffix in (".json", ".txt"):
+                shutil.copy(item, target / item.name)
+        shutil.copy(onnx_folder / "model_quantized.onnx", target / model_file_map[name])
+    ranker = Ranker(model_name=name, cache_dir=str(cache), max_length=max_length, log_level="WARNING")
+
+    def predict(pairs):
+        # flashrank's unit is one query and its passages, all in one ONNX call; it returns sigmoid scores
+        scores = np.empty(len(pairs), dtype=np.float32)
+        start = 0
+        while start < len(pairs):
+            end = start
+            while end < len(pairs) and pairs[end][0] == pairs[start][0]:
+                end += 1
+            passages = [{"id": i, "text": pairs[i][1]} for i in range(start, end)]
+            for hit in ranker.rerank(RerankRequest(query=pairs[start][0], passages=passages)):
+                probability = min(max(float(hit["score"]), 1e-7), 1 - 1e-7)
+                scores[hit["id"]] = np.log(probability / (1 - probability))  # back to a logit
+            start = end
+        return scores
+    return predict
+
+
+def run_worker(args) -> None:
+    """Child process: load one system, warm it up, time it on each pair set, write scores and rates."""
+    import torch
+
+    spec = json.loads(Path(args.worker_spec).read_text())
+    work = Path(spec["work"])
+    calibration = None
+    if spec["system"] == "openvino int8":
+        from transformers import AutoTokenizer
+
+        calibration = calibration_inputs(AutoTokenizer.from_pretrained(spec["model"]),
+                                         [tuple(p) for p in spec["calibration"]], spec["max_length"])
+    started = time.perf_counter()
+    predict = build_system(spec["system"], spec["model"], spec["max_length"], work, calibration)
+    load_s = time.perf_counter() - started
+    result = {"system": spec["system"], "load_s": load_s, "torch_threads": torch.get_num_threads(), "sets": {}}
+    for set_name, pairs in spec["sets"].items():
+        pairs = [tuple(p) for p in pairs]
+        predict(pairs[:64])  # warm-up: first-call allocations, kernel selection
+        best, scores = 0.0, None
+        for _ in range(spec["repeats"]):
+            began = time.perf_counter()
+            scores = np.asarray(predict(pairs), dtype=np.float32)
+            best = max(best, len(pairs) / (time.perf_counter() - began))
+        result["sets"][set_name] = {"pairs_per_s": best, "scores": scores.tolist()}
+        print(f"  {spec['system']:<24} {set_name:<8} {best:8.1f} pairs/s", file=sys.stderr, flush=True)
+    Path(spec["out"]).write_text(json.dumps(result))
+
+
+# --- the parent: workloads, one process per system, the table ------------------------------------------
+
+def top10_same_order(scores: np.ndarray, reference: np.ndarray, queries: list[str]) -> tuple[int, int]:
+    same = total = 0
+    labels = np.array(queries)
+    for query in dict.fromkeys(queries):
+        rows = np.flatnonzero(labels == query)
+        same += list(rows[np.argsort(-scores[rows], kind="stable")][:10]) == \
+            list(rows[np.argsort(-reference[rows], kind="stable")][:10])
+        total += 1
+    return same, total
+
+
+def cpu_summary() -> dict:
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, help="folder for pairs, exported models and results")
+    parser.add_argument("--model", help="local cross-encoder folder (default: the SciFact-trained MiniLM of "
+                                        "this checkout's runs/, else MiniLM with a seeded head)")
+    parser.add_argument("--peers-python", type=Path, default=DEFAULT_PEERS_PYTHON)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact-train")
+    parser.add_argument("--sets", default="msmarco,scifact")
+    parser.add_argument("--msmarco-queries", type=int, default=20)
+    parser.add_argument("--scifact-queries", type=int, default=5)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--worker-spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker_spec:
+        run_worker(args)
+        return
+    if args.work is None:
+        parser.error("--work is required")
+    args.work.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if model is None:
+        if TRAINED_MODEL.is_dir():
+            model = str(TRAINED_MODEL)
+        else:
+            sys.path.insert(0, str(ROOT))
+            from rerank.heads import init_cross_encoder, local_minilm_path
+
+            model = str(init_cross_encoder(local_minilm_path(), args.work / "minilm-ce", seed=0))
+    sets = {}
+    for set_name in args.sets.split(","):
+        if set_name == "msmarco":
+            sets[set_name] = msmarco_set(seed=0, queries=args.msmarco_queries)
+        elif set_name == "scifact":
+            sets[set_name] = scifact_set(args.data, args.scifact_queries)
+        else:
+            parser.error(f"unknown pair set {set_name!r}; use msmarco, scifact")
+    calibration = msmarco_set(seed=1, queries=3)[::3]  # 100 pairs, not among the measured ones
+    systems = [s for s in args.systems.split(",") if s]
+    if REFERENCE not in systems:
+        systems.insert(0, REFERENCE)
+    results = {}
+    for name in systems:
+        if name not in SYSTEMS:
+            parser.error(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+        environment = SYSTEMS[name][0]
+        python = sys.executable if environment == "main" else str(args.peers_python)
+        if environment == "peers" and not Path(python).is_file():
+            print(f"skipping {name}: no peers environment at {python}", file=sys.stderr)
+            continue
+        spec_path = args.work / f"spec-{name.replace(' ', '_')}.json"
+        out = args.work / f"result-{name.replace(' ', '_')}.json"
+        spec_path.write_text(json.dumps({"system": name, "model": model, "max_length": args.max_length,
+                                         "work": str(args.work), "repeats": args.repeats, "out": str(out),
+                                         "sets": sets, "calibration": calibration}))
+        print(f"{name} ({SYSTEMS[name][1]})", file=sys.stderr, flush=True)
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        done = subprocess.run([python, __file__, "--worker-spec", str(spec_path)], env=env)
+        if done.returncode != 0 or not out.is_file():
+            print(f"  {name} failed (exit {done.returncode})", file=sys.stderr)
+            continue
+        results[name] = json.loads(out.read_text())
+    report = {"cpu": cpu_summary(), "model": model, "max_length": args.max_length, "sets": {}}
+    for set_name, pairs in sets.items():
+        queries = [q for q, _ in pairs]
+        reference = np.array(results[REFERENCE]["sets"][set_name]["scores"], dtype=np.float32)
+        rows = {}
+        for name, result in results.items():
+            scores = np.array(result["sets"][set_name]["scores"], dtype=np.float32)
+            same, total = top10_same_order(scores, reference, queries)
+            rows[name] = {"pairs_per_s": result["sets"][set_name]["pairs_per_s"], "top10_same": same, "queries": total,
+                          "max_abs_diff": float(np.abs(scores - reference).max()), "load_s": result["load_s"]}
+        exact_peers = {n: r for n, r in rows.items() if not n.startswith("esrerank") and r["top10_same"] == r["queries"]}
+        best_exact = max(exact_peers, key=lambda n: exact_peers[n]["pairs_per_s"]) if exact_peers else None
+        report["sets"][set_name] = {"pairs": len(pairs), "systems": rows, "best_exact_peer": best_exact}
+        print(f"\n{set_name}: {len(pairs)} pairs, {len(set(queries))} queries, max length {args.max_length}, "
+              f"CPU {report['cpu']}")
+        print(f"{'system':<24} {'pairs/s':>8} {'vs best exact peer':>19} {'vs st bf16':>11} {'top-10 same order':>18} "
+              f"{'max |Δ| vs st fp32':>19}")
+        for name, row in rows.items():
+            vs_best = row["pairs_per_s"] / rows[best_exact]["pairs_per_s"] if best_exact else float("nan")
+            vs_bf16 = row["pairs_per_s"] / rows["st bf16"]["pairs_per_s"] if "st bf16" in rows else float("nan")
+            print(f"{name:<24} {row['pairs_per_s']:>8.1f} {vs_best:>18.2f}x {vs_bf16:>10.2f}x "
+                  f"{row['top10_same']:>13}/{row['queries']:<4} {row['max_abs_diff']:>19.2e}")
+        print(f"best peer keeping float32's top 10: {best_exact}")
+    (args.work / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"\nreport: {args.work / 'report.json'}")
+
+
+if __name__ == "__main__":
+    main()
