@@ -220,6 +220,9 @@ def run_worker(args) -> None:
     """Child process: load one system, warm it up, time it on each pair set, write scores and rates."""
     import torch
 
+    sys.path.insert(0, str(HERE))
+    from bench_cross_encoder import best_rate  # warm-up call, then the best of the timed passes
+
     spec = json.loads(Path(args.worker_spec).read_text())
     work = Path(spec["work"])
     calibration = None
@@ -234,12 +237,7 @@ def run_worker(args) -> None:
     result = {"system": spec["system"], "load_s": load_s, "torch_threads": torch.get_num_threads(), "sets": {}}
     for set_name, pairs in spec["sets"].items():
         pairs = [tuple(p) for p in pairs]
-        predict(pairs[:64])  # warm-up: first-call allocations, kernel selection
-        best, scores = 0.0, None
-        for _ in range(spec["repeats"]):
-            began = time.perf_counter()
-            scores = np.asarray(predict(pairs), dtype=np.float32)
-            best = max(best, len(pairs) / (time.perf_counter() - began))
+        best, scores = best_rate(predict, pairs, spec["repeats"])
         result["sets"][set_name] = {"pairs_per_s": best, "scores": scores.tolist()}
         print(f"  {spec['system']:<24} {set_name:<8} {best:8.1f} pairs/s", file=sys.stderr, flush=True)
     Path(spec["out"]).write_text(json.dumps(result))
