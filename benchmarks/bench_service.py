@@ -7,8 +7,10 @@ Model: a local cross-encoder folder, by default all-MiniLM-L6-v2 with a seeded o
 
     python benchmarks/bench_service.py [--seconds 60] [--clients 16] [--docs 100] [--model DIR]
 
-With ``--against-infinity PYTHON`` (the interpreter of a virtual environment with ``infinity-emb[server,torch,
-optimum]``; it pins an older sentence-transformers and numpy than esrerank's, so it lives in its own) it
+With ``--against-infinity PYTHON`` (the interpreter of a virtual environment with infinity-emb; it pins an
+older sentence-transformers and numpy than esrerank's, so it lives in its own; the set that imports, made
+with ``pip install "infinity-emb[server,torch,optimum]==0.0.78" "sentence-transformers>=3.4,<4"
+"transformers<4.49" "numpy<2" "datasets<3" "pyarrow<17" torch "optimum[onnxruntime]>=1.24,<2"``) it
 instead serves the same model with ``esrerank serve`` and with ``infinity_emb v2`` (engines torch and
 optimum), one at a time, and sends each the same load: 16 clients and 1 client, 60 s each, with requests
 of 100 documents (OpenSearch sends every hit) and of 10 (Elasticsearch's ``rank_window_size`` default).

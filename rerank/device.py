@@ -36,7 +36,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """Map ``dtype`` (``"auto"``, ``"float32"``, ``"bfloat16"``, ``"float16"``) to a torch dtype.
 
     ``"auto"`` picks the fastest type that keeps rankings: bf16 on GPUs that support it (fp16 on older
-    ones), bf16 on CPUs with hardware bf16, fp32 otherwise.
+    ones), bf16 on CPUs with hardware bf16, fp32 otherwise. On CPUs the choice follows the instruction set,
+    from measurements (README, "Which CPU path is fastest"), never from a timing at load time, which would
+    make the scores depend on the machine's load: with AMX, bf16 (+ float32 rescoring of the top 10) ran
+    2.3x float32; with AVX2 only, bf16 is emulated (0.14x float32 on the GEMMs) and int8 gained nothing
+    (fbgemm 1.09x on the GEMMs, ONNX Runtime and OpenVINO slower end to end), so float32. AVX512-BF16
+    without AMX is taken to be like AMX (not measured by this project).
     """
     if dtype != "auto":
         if dtype not in DTYPES:

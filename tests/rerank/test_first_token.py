@@ -1,0 +1,80 @@
+"""The last layer computed for the first token only must give the unmodified model's scores."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import CrossEncoder as SentenceTransformersCrossEncoder
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
+)
+
+from rerank.cross_encoder import CrossEncoder
+from rerank.first_token import FirstTokenLayer, first_token_last_layer
+
+SIZES = dict(vocab_size=200, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+             max_position_embeddings=64, num_labels=1)
+MODELS = {"bert": (BertConfig, BertForSequenceClassification),
+          "roberta": (RobertaConfig, RobertaForSequenceClassification),
+          "xlm-roberta": (XLMRobertaConfig, XLMRobertaForSequenceClassification)}
+
+
+def padded_batch(seed: int = 0):
+    """Five sequences of different lengths, right-padded: the masks must keep padding out of attention."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [20, 3, 11, 20, 7]
+    input_ids = torch.randint(5, 200, (len(lengths), max(lengths)), generator=generator)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, length in enumerate(lengths):
+        attention_mask[row, :length] = 1
+        input_ids[row, length:] = 1  # pad id of both configs
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("model_type", list(MODELS))
+def test_first_token_layer_gives_the_full_models_logits(model_type, attention):
+    config_class, model_class = MODELS[model_type]
+    torch.manual_seed(0)
+    full = model_class(config_class(**SIZES, attn_implementation=attention)).eval()
+    cut = copy.deepcopy(full)
+    assert first_token_last_layer(cut)
+    base = getattr(cut, "bert", None) or cut.roberta
+    assert isinstance(base.encoder.layer[-1], FirstTokenLayer)
+    assert not isinstance(base.encoder.layer[0], FirstTokenLayer)
+    batch = padded_batch()
+    with torch.inference_mode():
+        expected = full(**batch).logits
+        got = cut(**batch).logits
+        alone = cut(**{name: tensor[1:2, :3] for name, tensor in batch.items()}).logits  # no padding at all
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(alone, expected[1:2], atol=1e-6, rtol=0)
+    assert first_token_last_layer(cut)  # applying it twice changes nothing
+    assert not isinstance(base.encoder.layer[-1].layer, FirstTokenLayer)
+
+
+def test_other_architectures_run_unchanged():
+    model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=200, dim=32, n_layers=2, n_heads=4,
+                                                                 hidden_dim=64, num_labels=1)).eval()
+    assert not first_token_last_layer(model)
+
+
+def test_minilm_scores_with_and_without_the_cut_equal_sentence_transformers(minilm_cross_encoder):
+    pairs = [("what is bm25", "BM25 is a ranking function used by search engines " * n) for n in range(1, 30)]
+    pairs += [("a much longer query about ranking functions and search", "bananas"), ("", "empty query")]
+    reference = SentenceTransformersCrossEncoder(str(minilm_cross_encoder), max_length=128,
+                                                 activation_fn=torch.nn.Identity()).predict(pairs, batch_size=16)
+    cut = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32")
+    full = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32", first_token_only=False)
+    assert isinstance(cut.model.bert.encoder.layer[-1], FirstTokenLayer)
+    assert not isinstance(full.model.bert.encoder.layer[-1], FirstTokenLayer)
+    np.testing.assert_allclose(cut.predict(pairs), reference, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(full.predict(pairs), reference, atol=1e-5, rtol=0)
