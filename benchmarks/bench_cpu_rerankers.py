@@ -21,7 +21,8 @@ sentence-transformers float32 (the reference): queries whose top 10 is the same 
 query, and against sentence-transformers bf16.
 
     python benchmarks/bench_cpu_rerankers.py --work DIR [--peers-python ~/.cache/esrerank-peers/peers/bin/python]
-        [--model DIR] [--sets msmarco,scifact] [--systems a,b,...] [--repeats 2]
+        [--model DIR] [--sets msmarco,scifact] [--systems a,b,...] [--repeats 2] [--slow-queries 2] [--plot PNG]
+    python benchmarks/bench_cpu_rerankers.py --work DIR --from-results [--plot PNG]   # table again, nothing run
 """
 
 from __future__ import annotations
@@ -198,6 +199,11 @@ def flashrank_predictor(onnx_folder: Path, model: str, max_length: int, work: Pa
             if item.suffix in (".json", ".txt"):
                 shutil.copy(item, target / item.name)
         shutil.copy(onnx_folder / "model_quantized.onnx", target / model_file_map[name])
+        # flashrank truncates at min(max_length, the tokenizer's model_max_length): a model trained at 128
+        # would be cut at 128 while every other system reads max_length tokens
+        config = json.loads((target / "tokenizer_config.json").read_text())
+        config["model_max_length"] = max(max_length, config.get("model_max_length", 0))
+        (target / "tokenizer_config.json").write_text(json.dumps(config))
     ranker = Ranker(model_name=name, cache_dir=str(cache), max_length=max_length, log_level="WARNING")
 
     def predict(pairs):
@@ -267,7 +273,8 @@ def cpu_summary() -> dict:
     except OSError:
         pass
     return {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]}
+            "isa": [f for f in ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+                    if f in flags]}
 
 
 def main() -> None:
@@ -284,9 +291,12 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--slow-queries", type=int, default=2,
-                        help="queries per set for the systems emulated on CPUs without bf16 hardware (st bf16, "
-                             "openvino bf16 where no avx512_bf16/amx): ~6x slower there, so they are timed on the "
-                             "first N queries of each set only (default 2)")
+                        help="queries per set (the first N x 100 pairs) for the systems that crawl on this CPU: "
+                             "bf16 without bf16 hardware (emulated: st bf16 ran 0.14x st fp32 on AVX2) and OpenVINO "
+                             "int8 without VNNI (0.3x); default 2")
+    parser.add_argument("--from-results", action="store_true",
+                        help="run nothing: the table, report and chart from the results already in --work")
+    parser.add_argument("--plot", type=Path, help="save a bar chart of the table here (PNG)")
     parser.add_argument("--worker-spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker_spec:
@@ -294,6 +304,15 @@ def main() -> None:
         return
     if args.work is None:
         parser.error("--work is required")
+    if args.from_results:
+        reference = json.loads((args.work / f"spec-{REFERENCE.replace(' ', '_')}.json").read_text())
+        results = {}
+        for name in SYSTEMS:
+            out = args.work / f"result-{name.replace(' ', '_')}.json"
+            if out.is_file():
+                results[name] = json.loads(out.read_text())
+        report_table(args, reference["model"], reference["max_length"], reference["sets"], results)
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     model = args.model
     if model is None:
@@ -316,7 +335,9 @@ def main() -> None:
     systems = [s for s in args.systems.split(",") if s]
     if REFERENCE not in systems:
         systems.insert(0, REFERENCE)
-    bf16_hardware = any(f in cpu_summary()["isa"] for f in ("avx512_bf16", "amx_bf16"))
+    isa = cpu_summary()["isa"]
+    bf16_hardware = any(f in isa for f in ("avx512_bf16", "amx_bf16"))
+    int8_hardware = any(f in isa for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
     results = {}
     for name in systems:
         if name not in SYSTEMS:
@@ -329,7 +350,7 @@ def main() -> None:
         spec_path = args.work / f"spec-{name.replace(' ', '_')}.json"
         out = args.work / f"result-{name.replace(' ', '_')}.json"
         system_sets = sets
-        if name.endswith("bf16") and not bf16_hardware:
+        if (name.endswith("bf16") and not bf16_hardware) or (name == "openvino int8" and not int8_hardware):
             system_sets = {s: pairs[:100 * args.slow_queries] for s, pairs in sets.items()}
         spec_path.write_text(json.dumps({"system": name, "model": model, "max_length": args.max_length,
                                          "work": str(args.work), "repeats": args.repeats, "out": str(out),
@@ -341,7 +362,12 @@ def main() -> None:
             print(f"  {name} failed (exit {done.returncode})", file=sys.stderr)
             continue
         results[name] = json.loads(out.read_text())
-    report = {"cpu": cpu_summary(), "model": model, "max_length": args.max_length, "sets": {}}
+    report_table(args, model, args.max_length, sets, results)
+
+
+def report_table(args, model: str, max_length: int, sets: dict, results: dict) -> None:
+    """Print the table of each pair set, write ``report.json`` into ``--work``, draw ``--plot``."""
+    report = {"cpu": cpu_summary(), "model": model, "max_length": max_length, "sets": {}}
     for set_name, pairs in sets.items():
         queries = [q for q, _ in pairs]
         reference = np.array(results[REFERENCE]["sets"][set_name]["scores"], dtype=np.float32)
@@ -353,10 +379,12 @@ def main() -> None:
             rows[name] = {"pairs_per_s": result["sets"][set_name]["pairs_per_s"], "top10_same": same, "queries": total,
                           "max_abs_diff": float(np.abs(scores - reference[:len(scores)]).max()),
                           "pairs": len(scores), "load_s": result["load_s"]}
-        exact_peers = {n: r for n, r in rows.items() if not n.startswith("esrerank") and r["top10_same"] == r["queries"]}
+        # peers timed on the first queries only (--slow-queries) ran other pairs: not comparable, not chosen
+        exact_peers = {n: r for n, r in rows.items() if not n.startswith("esrerank") and r["pairs"] == len(pairs)
+                       and r["top10_same"] == r["queries"]}
         best_exact = max(exact_peers, key=lambda n: exact_peers[n]["pairs_per_s"]) if exact_peers else None
         report["sets"][set_name] = {"pairs": len(pairs), "systems": rows, "best_exact_peer": best_exact}
-        print(f"\n{set_name}: {len(pairs)} pairs, {len(set(queries))} queries, max length {args.max_length}, "
+        print(f"\n{set_name}: {len(pairs)} pairs, {len(set(queries))} queries, max length {max_length}, "
               f"CPU {report['cpu']}")
         print(f"{'system':<24} {'pairs/s':>8} {'vs best exact peer':>19} {'vs st bf16':>11} {'top-10 same order':>18} "
               f"{'max |Δ| vs st fp32':>19}")
@@ -366,9 +394,35 @@ def main() -> None:
             subset = f"  (first {row['pairs']} pairs)" if row["pairs"] < len(pairs) else ""
             print(f"{name:<24} {row['pairs_per_s']:>8.1f} {vs_best:>18.2f}x {vs_bf16:>10.2f}x "
                   f"{row['top10_same']:>13}/{row['queries']:<4} {row['max_abs_diff']:>19.2e}{subset}")
-        print(f"best peer keeping float32's top 10: {best_exact}")
+        print(f"best peer keeping float32's top 10 (of those timed on all pairs): {best_exact}")
     (args.work / "report.json").write_text(json.dumps(report, indent=2))
     print(f"\nreport: {args.work / 'report.json'}")
+    if args.plot:
+        plot_report(report, args.plot)
+        print(f"chart: {args.plot}")
+
+
+def plot_report(report: dict, path: Path) -> None:
+    """One bar chart per pair set: pairs/s of each system, dark where its top 10 equals float32's for every
+    query, light where it does not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = report["sets"]
+    figure, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.5), squeeze=False)
+    for axis, (set_name, result) in zip(axes[0], sets.items()):
+        rows = sorted(result["systems"].items(), key=lambda item: item[1]["pairs_per_s"])
+        exact = [row["top10_same"] == row["queries"] for _, row in rows]
+        labels = [name + (f" ({row['pairs']} pairs)" if row["pairs"] < result["pairs"] else "") for name, row in rows]
+        axis.barh(labels, [row["pairs_per_s"] for _, row in rows],
+                  color=["#1f5f99" if e else "#a6c8e6" for e in exact])
+        axis.set_title(f"{set_name}: {result['pairs']} pairs, max length {report['max_length']}")
+        axis.set_xlabel("pairs/s (dark: same top 10 as float32 for every query)")
+    figure.suptitle(f"CPU rerankers, one run: {report['cpu']['cores']} cores, {', '.join(report['cpu']['isa'])}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -46,9 +46,10 @@ VARIANTS = {  # name -> (CrossEncoder keyword arguments, attention kernel)
 def computed_tokens(encoder, pairs) -> tuple[float, float]:
     """Tokens the model computes (batch size × longest sequence of the batch, summed over the batches the
     encoder cuts) per pair, and per real token (1.0: no padding). With MaxP the sequences are the windows."""
+    sequences = pairs
     if encoder.passages.mode == "maxp":
-        pairs, _ = window_pairs(encoder.tokenizer, pairs, encoder.max_length, encoder.passages)
-    tokens = encoder._tokenize(pairs)
+        sequences, _ = window_pairs(encoder.tokenizer, pairs, encoder.max_length, encoder.passages)
+    tokens = encoder._tokenize(sequences)
     order = np.argsort(-tokens.lengths, kind="stable")
     computed = sum(len(batch) * int(tokens.lengths[batch[0]]) for batch in encoder._batches(order, tokens.lengths))
     return computed / len(pairs), computed / int(tokens.lengths.sum())

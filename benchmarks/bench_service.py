@@ -129,7 +129,7 @@ def start_infinity(python: str, model: str, port: int, engine: str) -> subproces
 
 def compare_with_infinity(args, model: str) -> None:
     """The same model, the same load, esrerank serve vs infinity_emb (each engine), one server at a time."""
-    servers = {"esrerank serve": None, "infinity torch": "torch", "infinity optimum": "optimum"}
+    servers = {"esrerank serve": None, **{f"infinity {engine}": engine for engine in args.infinity_engines.split(",")}}
     shapes = {}
     for docs in (100, 10):
         pairs = msmarco_like_pairs(num_queries=40, passages_per_query=docs)
@@ -137,8 +137,12 @@ def compare_with_infinity(args, model: str) -> None:
                                     "model": "reranker"}).encode() for i in range(0, len(pairs), docs)]
     rows = {}
     for server, engine in servers.items():
-        process = (start_service(model, args.port, 5.0) if engine is None
-                   else start_infinity(str(args.against_infinity), model, args.port, engine))
+        try:
+            process = (start_service(model, args.port, 5.0) if engine is None
+                       else start_infinity(str(args.against_infinity), model, args.port, engine))
+        except SystemExit as failed:  # one engine that cannot start (its log is above) must not lose the others
+            print(f"{server}: not measured: {failed}", flush=True)
+            continue
         path = "/v1/rerank" if engine is None else "/rerank"
         try:
             load(args.port, shapes[10], 2, 5, path)  # warm-up
@@ -177,6 +181,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--against-infinity", type=Path, metavar="PYTHON",
                         help="compare with infinity_emb run by this interpreter (see above)")
+    parser.add_argument("--infinity-engines", default="torch,optimum",
+                        help="infinity engines to serve the model with, one at a time (default torch,optimum)")
     parser.add_argument("--out", type=Path, help="JSON results (with --against-infinity)")
     args = parser.parse_args()
     from rerank.heads import init_cross_encoder, local_minilm_path

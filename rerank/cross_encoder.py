@@ -342,11 +342,17 @@ class CrossEncoder:
         return bound
 
     def _batches(self, order: np.ndarray, lengths: np.ndarray):
-        """Cut pairs sorted longest first into batches whose padded size fits the token budget."""
+        """Cut pairs sorted longest first into batches whose padded size fits the token budget. On CPU a
+        batch also ends before the first pair shorter than 3/4 of its longest, so at most a quarter of
+        its work is padding: a 10-document request of MS MARCO-like passages was 44% padding in one
+        batch, and cut this way it scored 1.44x faster (README); large sorted inputs are cut as before.
+        (On a GPU, fewer, larger batches matter more than padding; not measured there, so unchanged.)"""
         start = 0
         while start < len(order):
             longest = int(lengths[order[start]])
             size = max(1, min(self.max_batch_size, self.max_batch_tokens // longest))
+            if self.device.type == "cpu":
+                size = max(1, int(np.count_nonzero(lengths[order[start:start + size]] * 4 >= longest * 3)))
             yield order[start:start + size]
             start += size
 
