@@ -44,9 +44,12 @@ class FirstTokenLayer(nn.Module):
         key = attention.key(hidden_states).view(batch, -1, heads, head_size).transpose(1, 2)
         value = attention.value(hidden_states).view(batch, -1, heads, head_size).transpose(1, 2)
         if attention_mask is not None:
-            if attention_mask.dim() != 4:
-                raise ValueError(f"expected a 4-d attention mask, got shape {tuple(attention_mask.shape)}")
-            attention_mask = attention_mask[:, :, :1]  # the first token's row (bool or additive, as given)
+            if attention_mask.dim() == 2:  # (batch, tokens) of 1/0, as some attention backends take it
+                attention_mask = attention_mask[:, None, None, :].bool()
+            elif attention_mask.dim() == 4:
+                attention_mask = attention_mask[:, :, :1]  # the first token's row (bool or additive, as given)
+            else:
+                raise ValueError(f"unexpected attention mask shape {tuple(attention_mask.shape)}")
         context = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
                                                              scale=attention.scaling)
         context = context.transpose(1, 2).reshape(batch, 1, heads * head_size)

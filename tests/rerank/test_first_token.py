@@ -78,3 +78,17 @@ def test_minilm_scores_with_and_without_the_cut_equal_sentence_transformers(mini
     assert not isinstance(full.model.bert.encoder.layer[-1], FirstTokenLayer)
     np.testing.assert_allclose(cut.predict(pairs), reference, atol=1e-5, rtol=0)
     np.testing.assert_allclose(full.predict(pairs), reference, atol=1e-5, rtol=0)
+
+
+def test_a_two_dimensional_mask_means_the_same_as_the_four_dimensional_one():
+    torch.manual_seed(0)
+    layer = FirstTokenLayer(BertForSequenceClassification(BertConfig(**SIZES)).eval().bert.encoder.layer[-1])
+    hidden = torch.randn(5, 20, 32)
+    mask = padded_batch()["attention_mask"]
+    with torch.inference_mode():
+        from_2d = layer(hidden, mask)
+        from_4d = layer(hidden, mask[:, None, None, :].expand(5, 1, 20, 20).bool())
+        unmasked = layer(hidden, None)
+    assert from_2d.shape == (5, 1, 32)
+    torch.testing.assert_close(from_2d, from_4d, atol=0, rtol=0)
+    assert not torch.allclose(from_2d[1], unmasked[1])  # padding kept out of attention
