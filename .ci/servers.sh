@@ -130,8 +130,12 @@ cluster_settings() {  # the -E options that make node N one of the three
     done
     echo "-E cluster.name=esrerank-cluster -E node.name=node-$1 -E discovery.seed_hosts=$seeds"
     echo "-E cluster.initial_cluster_manager_nodes=$names"
-    # Replicas need room on another node, and the default watermarks count the whole shared disk of a
-    # development machine (85% used refuses every replica): ask for free space in bytes instead.
+}
+
+disk_settings() {  # every node, single or clustered
+    # The default watermarks are shares of the whole shared disk of a development machine: at 85% used
+    # replicas are refused, at 90% even a new index's primary (a CI run once waited on a red index with
+    # 25 GB free): ask for free space in bytes instead.
     echo "-E cluster.routing.allocation.disk.watermark.low=2gb -E cluster.routing.allocation.disk.watermark.high=1gb"
     echo "-E cluster.routing.allocation.disk.watermark.flood_stage=512mb"
 }
@@ -177,7 +181,7 @@ YAML
     log "starting $name on 127.0.0.1:$port (java $java, data $dir)"
     (cd "$dir" && runuser -u "$SERVER_USER" -- env "${prefix}_JAVA_HOME=$java" "${prefix}_JAVA_OPTS=-Xms$heap -Xmx$heap" \
         "${prefix}_PATH_CONF=$dir/config" "$home/bin/$engine" -d -p "$dir/pid" \
-        $topology -E network.host=127.0.0.1 -E http.port="$port" \
+        $topology $(disk_settings) -E network.host=127.0.0.1 -E http.port="$port" \
         -E transport.port="$((port + 100))" -E path.data="$dir/data" -E path.logs="$dir/logs" \
         $([ "$engine" = elasticsearch ] && echo "-E xpack.security.enabled=false") >"$dir/stdout.log" 2>&1) || {
         log "$name failed to start:"; tail -30 "$dir/stdout.log" >&2; exit 1; }
