@@ -162,8 +162,10 @@ def compare_with_infinity(args, model: str) -> None:
               f"{r['p99_ms']:>8.0f} {r['errors']:>7}")
     for docs in shapes:
         for clients in (args.clients, 1):
-            ours = rows[("esrerank serve", docs, clients)]
             theirs = {s: rows[(s, docs, clients)] for s in servers if s != "esrerank serve" and (s, docs, clients) in rows}
+            if ("esrerank serve", docs, clients) not in rows or not theirs:
+                continue  # a server that could not start: nothing to compare (reported above)
+            ours = rows[("esrerank serve", docs, clients)]
             best = max(theirs, key=lambda s: theirs[s]["rps"])
             print(f"{docs} docs, {clients} clients: esrerank / {best}: {ours['rps'] / theirs[best]['rps']:.2f}x docs/s, "
                   f"p99 {ours['p99_ms']:.0f} vs {theirs[best]['p99_ms']:.0f} ms")

@@ -103,8 +103,8 @@ class CrossEncoder:
             So a ranking's scores depend on its own pairs only, never on earlier calls or on other rankings
             scored in the same call.
         runtime: ``"torch"`` (default); on CPU, ``"onnx"`` (ONNX Runtime, float32) or ``"onnx-int8"`` (int8
-            dynamic quantization), from the ``onnx`` extra: for CPUs without bf16 hardware (int8 changes
-            rankings; see the README).
+            dynamic quantization), from the ``onnx`` extra. Neither was faster than PyTorch on the CPUs
+            measured (AMX, AVX2; README), and int8 changes rankings.
         tokenize_ahead: tokenize the pairs in chunks of ``tokenize_chunk`` (default 2,048), the next chunk in a
             thread while the model scores this one. ``None`` (default): off. On CPU both share the same
             cores (5-8% slower on 2 cores); on an H100 the thread's Python work held the GIL while the
