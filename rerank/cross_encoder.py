@@ -23,7 +23,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -227,18 +227,33 @@ class CrossEncoder:
         scores = np.empty(len(pairs), dtype=np.float32)
         show = self.show_progress if self.show_progress is not None else len(pairs) > 10_000
         with tqdm(total=len(pairs), desc="reranking", unit="pair", disable=not show) as progress, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as tokenizing:
-            upcoming = tokenizing.submit(self._tokenize, pairs[:chunk])
-            for start in range(0, len(pairs), chunk):
-                tokens = upcoming.result()
-                if start + chunk < len(pairs):
-                    upcoming = tokenizing.submit(self._tokenize, pairs[start + chunk:start + 2 * chunk])
+                self._tokenized_chunks(pairs, chunk) as chunks:
+            start = 0
+            for tokens in chunks:
                 parts.append(tokens)
                 self._score(self.model, tokens, np.arange(len(tokens)), scores[start:start + len(tokens)], progress)
+                start += len(tokens)
         if self.exact_top_k is not None and self.dtype != torch.float32:
             labels = list(rankings) if rankings is not None else [q for q, _ in pairs]
             self._rescore_top_in_float32(labels, TokenizedPairs.concatenate(parts), scores)
         return scores
+
+    @contextmanager
+    def _tokenized_chunks(self, pairs: list[tuple[str, str]], chunk: int) -> Iterator[Iterator[TokenizedPairs]]:
+        """The pairs tokenized ``chunk`` at a time; with tokenize_ahead the next chunk in a thread. Without
+        it no thread is started: a service scoring small requests one at a time paid a thread per call."""
+        if not self.tokenize_ahead:
+            yield (self._tokenize(pairs[start:start + chunk]) for start in range(0, len(pairs), chunk))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as tokenizing:
+            def ahead() -> Iterator[TokenizedPairs]:
+                upcoming = tokenizing.submit(self._tokenize, pairs[:chunk])
+                for start in range(0, len(pairs), chunk):
+                    tokens = upcoming.result()
+                    if start + chunk < len(pairs):
+                        upcoming = tokenizing.submit(self._tokenize, pairs[start + chunk:start + 2 * chunk])
+                    yield tokens
+            yield ahead()
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
              return_documents: bool = False) -> list[dict]:

@@ -51,6 +51,9 @@ def make_handler(batcher: DynamicBatcher, limits: ServiceConfig, model_name: str
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, so load tests measure the service, not TCP set-up
+        # TCP_NODELAY: with Nagle's algorithm on, an answer's last segment waited for the client's delayed
+        # ACK, ~40 ms a request on Linux loopback (a 10-document request took 400 ms served, 360 in-process).
+        disable_nagle_algorithm = True
 
         def log_message(self, format, *args):  # noqa: A002 - the base class's name
             logger.debug("%s " + format, self.address_string(), *args)
