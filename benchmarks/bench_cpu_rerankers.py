@@ -18,7 +18,8 @@ data for static quantization is another seeded MS MARCO-like set, never the meas
 For each system: pairs/s (best of ``--repeats`` timed passes after a warm-up call), and against
 sentence-transformers float32 (the reference): queries whose top 10 is the same list, and the largest
 |score difference|. Then esrerank's default against the fastest peer that keeps float32's top 10 for every
-query, and against sentence-transformers bf16.
+query, and against sentence-transformers bf16. Last, the float32 ceiling of each pair set on this CPU
+(:func:`float32_ceiling`): the most pairs/s any exact float32 path could reach, and how close esrerank is.
 
     python benchmarks/bench_cpu_rerankers.py --work DIR [--peers-python ~/.cache/esrerank-peers/peers/bin/python]
         [--model DIR] [--sets msmarco,scifact] [--systems a,b,...] [--repeats 2] [--slow-queries 2] [--plot PNG]
@@ -365,6 +366,37 @@ def main() -> None:
     report_table(args, model, args.max_length, sets, results)
 
 
+def float32_ceiling(model: str, max_length: int, pairs) -> dict:
+    """The most pairs/s any exact float32 path can reach on this CPU: the floating-point work esrerank's
+    default must do for the mean pair (every matmul of the encoder at the pairs' real token lengths, no
+    padding; the last layer for the first token only, keys and values still for every token; embeddings,
+    layer norms, softmax and activations left out, so the bound is generous) over this CPU's float32
+    matmul rate at the model's own shapes, on all cores."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    config, tokenizer = AutoConfig.from_pretrained(model), AutoTokenizer.from_pretrained(model)
+    encoded = tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation=True, max_length=max_length)
+    lengths = np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.float64)
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    projections = 2 * 4 * h * h  # query, key, value and output projections of one token
+    feed_forward = 2 * 2 * h * i
+    attention = 2 * 2 * lengths * h  # one token's scores against every token, and its weighted sum of values
+    full_layer = lengths * (projections + feed_forward + attention)
+    last_layer = lengths * projections / 2 + projections / 2 + feed_forward + attention
+    flops = float(((layers - 1) * full_layer + last_layer).mean())
+    rate = 0.0
+    for rows, inner, outer in ((4096, h, i), (4096, i, h), (4096, h, h)):
+        x, weight = torch.randn(rows, inner), torch.randn(outer, inner)
+        torch.nn.functional.linear(x, weight)
+        started = time.perf_counter()
+        for _ in range(10):
+            torch.nn.functional.linear(x, weight)
+        rate = max(rate, 10 * 2 * rows * inner * outer / (time.perf_counter() - started))
+    return {"mean_tokens": float(lengths.mean()), "gflop_per_pair": flops / 1e9, "matmul_gflops": rate / 1e9,
+            "pairs_per_s": rate / flops}
+
+
 def report_table(args, model: str, max_length: int, sets: dict, results: dict) -> None:
     """Print the table of each pair set, write ``report.json`` into ``--work``, draw ``--plot``."""
     report = {"cpu": cpu_summary(), "model": model, "max_length": max_length, "sets": {}}
@@ -395,6 +427,15 @@ def report_table(args, model: str, max_length: int, sets: dict, results: dict) -
             print(f"{name:<24} {row['pairs_per_s']:>8.1f} {vs_best:>18.2f}x {vs_bf16:>10.2f}x "
                   f"{row['top10_same']:>13}/{row['queries']:<4} {row['max_abs_diff']:>19.2e}{subset}")
         print(f"best peer keeping float32's top 10 (of those timed on all pairs): {best_exact}")
+        ceiling = float32_ceiling(model, max_length, pairs)
+        report["sets"][set_name]["float32_ceiling"] = ceiling
+        default = rows.get("esrerank default", {}).get("pairs_per_s")
+        print(f"float32 ceiling: {ceiling['gflop_per_pair']:.2f} GFLOP a pair (mean {ceiling['mean_tokens']:.0f} tokens; "
+              f"the matmuls esrerank's default must do), this CPU's float32 matmul rate {ceiling['matmul_gflops']:.1f} "
+              f"GFLOP/s -> at most {ceiling['pairs_per_s']:.1f} pairs/s"
+              + (f"; esrerank default at {default / ceiling['pairs_per_s']:.0%} of it" if default else "")
+              + (f"; the ceiling is {ceiling['pairs_per_s'] / rows[best_exact]['pairs_per_s']:.2f}x the best exact peer"
+                 if best_exact else ""))
     (args.work / "report.json").write_text(json.dumps(report, indent=2))
     print(f"\nreport: {args.work / 'report.json'}")
     if args.plot:
