@@ -15,7 +15,11 @@ instead serves the same model with ``esrerank serve`` and with ``infinity_emb v2
 optimum), one at a time, and sends each the same load: 16 clients and 1 client, 60 s each, with requests
 of 100 documents (OpenSearch sends every hit) and of 10 (Elasticsearch's ``rank_window_size`` default).
 Prints requests/s, docs/s, p50/p99 latency and errors for each, and esrerank's docs/s over the best
-infinity engine's.
+infinity engine's. The optimum engine needs ``"torch==2.8.*"`` added to that install (optimum < 2's ONNX
+exporter imports a function later PyTorch releases dropped) and optimum pinned to ``1.24.0`` (later 1.x
+releases refuse the absolute ONNX path infinity passes for a local folder: "Trying to load /.../model.onnx
+but only found model.onnx"), and a model folder holding an ``.onnx`` file: the script exports the model's
+float32 ONNX into a copy of the folder for it (:func:`onnx_copy`).
 """
 
 from __future__ import annotations
@@ -107,7 +111,25 @@ def bad_requests(port: int) -> list[tuple[str, int, str]]:
     return results
 
 
+def onnx_copy(python: str, model: str) -> str:
+    """A copy of ``model`` with its float32 ONNX export beside it, made by optimum in infinity's environment:
+    infinity's optimum engine loads a cross-encoder's ``*.onnx`` file from the model folder and exports
+    none itself (it stops with "No onnx files found")."""
+    folder = Path(tempfile.mkdtemp(prefix="minilm-ce-onnx-"))
+    script = ("import sys\n"
+              "from optimum.onnxruntime import ORTModelForSequenceClassification\n"
+              "from transformers import AutoTokenizer\n"
+              "ORTModelForSequenceClassification.from_pretrained(sys.argv[1], export=True).save_pretrained(sys.argv[2])\n"
+              "AutoTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])\n")
+    done = subprocess.run([python, "-c", script, model, str(folder)], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        raise SystemExit(f"the ONNX export for infinity's optimum engine failed (exit {done.returncode})")
+    return str(folder)
+
+
 def start_infinity(python: str, model: str, port: int, engine: str) -> subprocess.Popen:
+    if engine == "optimum":
+        model = onnx_copy(python, model)
     process = subprocess.Popen([python, "-m", "infinity_emb.cli", "v2", "--model-id", model, "--engine", engine,
                                 "--device", "cpu", "--port", str(port), "--served-model-name", "reranker",
                                 "--log-level", "warning"],
