@@ -50,8 +50,8 @@ def computed_tokens(encoder, pairs) -> tuple[float, float]:
     if encoder.passages.mode == "maxp":
         sequences, _ = window_pairs(encoder.tokenizer, pairs, encoder.max_length, encoder.passages)
     tokens = encoder._tokenize(sequences)
-    order = np.argsort(-tokens.lengths, kind="stable")
-    computed = sum(len(batch) * int(tokens.lengths[batch[0]]) for batch in encoder._batches(order, tokens.lengths))
+    batches = encoder._batches(np.arange(len(tokens)), tokens.lengths)
+    computed = sum(len(batch) * int(tokens.lengths[batch[0]]) for batch in batches)
     return computed / len(pairs), computed / int(tokens.lengths.sum())
 
 

@@ -299,9 +299,8 @@ class CrossEncoder:
     def _score(self, model, tokens: TokenizedPairs, indices: np.ndarray, scores: np.ndarray, progress=None) -> None:
         """Score the pairs ``indices`` of ``tokens`` with ``model`` into ``scores`` (indexed like
         ``tokens``), longest first."""
-        order = indices[np.argsort(-tokens.lengths[indices], kind="stable")]
         with torch.inference_mode():
-            for batch in self._batches(order, tokens.lengths):
+            for batch in self._batches(indices, tokens.lengths):
                 inputs = tokens.padded(batch, int(tokens.lengths[batch[0]]), self._pad_id)
                 scores[batch] = self._forward(model, inputs)
                 if progress is not None:
@@ -356,12 +355,14 @@ class CrossEncoder:
         logger.debug("start error bound %.4g (from %d calibration pairs)", bound, len(pairs))
         return bound
 
-    def _batches(self, order: np.ndarray, lengths: np.ndarray):
-        """Cut pairs sorted longest first into batches whose padded size fits the token budget. On CPU a
+    def _batches(self, indices: np.ndarray, lengths: np.ndarray):
+        """Sort the pairs ``indices`` longest first (``lengths`` is indexed like the pairs; ties keep their
+        order) and cut them into batches whose padded size fits the token budget. On CPU a
         batch also ends before the first pair shorter than 3/4 of its longest, so at most a quarter of
         its work is padding: a 10-document request of MS MARCO-like passages was 44% padding in one
         batch, and cut this way it scored 1.44x faster (README); large sorted inputs are cut as before.
         (On a GPU, fewer, larger batches matter more than padding; not measured there, so unchanged.)"""
+        order = indices[np.argsort(-lengths[indices], kind="stable")]
         start = 0
         while start < len(order):
             longest = int(lengths[order[start]])
