@@ -366,13 +366,31 @@ def main() -> None:
     report_table(args, model, args.max_length, sets, results)
 
 
-def float32_ceiling(model: str, max_length: int, pairs) -> dict:
+def float32_matmul_rate(model: str) -> float:
+    """This CPU's float32 matmul rate in FLOP/s at the model's own linear-layer shapes (4,096 token rows),
+    on all cores: the best of the shapes, so a ceiling built on it is generous."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    h, i = config.hidden_size, config.intermediate_size
+    rate = 0.0
+    for rows, inner, outer in ((4096, h, i), (4096, i, h), (4096, h, h)):
+        x, weight = torch.randn(rows, inner), torch.randn(outer, inner)
+        torch.nn.functional.linear(x, weight)
+        started = time.perf_counter()
+        for _ in range(10):
+            torch.nn.functional.linear(x, weight)
+        rate = max(rate, 10 * 2 * rows * inner * outer / (time.perf_counter() - started))
+    return rate
+
+
+def float32_ceiling(model: str, max_length: int, pairs, matmul_rate: float) -> dict:
     """The most pairs/s any exact float32 path can reach on this CPU: the floating-point work esrerank's
     default must do for the mean pair (every matmul of the encoder at the pairs' real token lengths, no
     padding; the last layer for the first token only, keys and values still for every token; embeddings,
-    layer norms, softmax and activations left out, so the bound is generous) over this CPU's float32
-    matmul rate at the model's own shapes, on all cores."""
-    import torch
+    layer norms, softmax and activations left out, so the bound is generous) over ``matmul_rate``
+    (:func:`float32_matmul_rate`)."""
     from transformers import AutoConfig, AutoTokenizer
 
     config, tokenizer = AutoConfig.from_pretrained(model), AutoTokenizer.from_pretrained(model)
@@ -385,21 +403,14 @@ def float32_ceiling(model: str, max_length: int, pairs) -> dict:
     full_layer = lengths * (projections + feed_forward + attention)
     last_layer = lengths * projections / 2 + projections / 2 + feed_forward + attention
     flops = float(((layers - 1) * full_layer + last_layer).mean())
-    rate = 0.0
-    for rows, inner, outer in ((4096, h, i), (4096, i, h), (4096, h, h)):
-        x, weight = torch.randn(rows, inner), torch.randn(outer, inner)
-        torch.nn.functional.linear(x, weight)
-        started = time.perf_counter()
-        for _ in range(10):
-            torch.nn.functional.linear(x, weight)
-        rate = max(rate, 10 * 2 * rows * inner * outer / (time.perf_counter() - started))
-    return {"mean_tokens": float(lengths.mean()), "gflop_per_pair": flops / 1e9, "matmul_gflops": rate / 1e9,
-            "pairs_per_s": rate / flops}
+    return {"mean_tokens": float(lengths.mean()), "gflop_per_pair": flops / 1e9, "matmul_gflops": matmul_rate / 1e9,
+            "pairs_per_s": matmul_rate / flops}
 
 
 def report_table(args, model: str, max_length: int, sets: dict, results: dict) -> None:
     """Print the table of each pair set, write ``report.json`` into ``--work``, draw ``--plot``."""
     report = {"cpu": cpu_summary(), "model": model, "max_length": max_length, "sets": {}}
+    matmul_rate = float32_matmul_rate(model)  # a property of the machine: measured once for every pair set
     for set_name, pairs in sets.items():
         queries = [q for q, _ in pairs]
         reference = np.array(results[REFERENCE]["sets"][set_name]["scores"], dtype=np.float32)
@@ -427,7 +438,7 @@ def report_table(args, model: str, max_length: int, sets: dict, results: dict) -
             print(f"{name:<24} {row['pairs_per_s']:>8.1f} {vs_best:>18.2f}x {vs_bf16:>10.2f}x "
                   f"{row['top10_same']:>13}/{row['queries']:<4} {row['max_abs_diff']:>19.2e}{subset}")
         print(f"best peer keeping float32's top 10 (of those timed on all pairs): {best_exact}")
-        ceiling = float32_ceiling(model, max_length, pairs)
+        ceiling = float32_ceiling(model, max_length, pairs, matmul_rate)
         report["sets"][set_name]["float32_ceiling"] = ceiling
         default = rows.get("esrerank default", {}).get("pairs_per_s")
         print(f"float32 ceiling: {ceiling['gflop_per_pair']:.2f} GFLOP a pair (mean {ceiling['mean_tokens']:.0f} tokens; "
