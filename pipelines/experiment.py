@@ -70,8 +70,9 @@ def evaluate(collection: Collection, retriever: Retriever | None = None, reranke
         result = evaluate(load_collection("../shared/data/vaswani", "test"), reranker=CrossEncoder("path/to/model"))
         print(result.measures["bm25"]["nDCG@10"], result.measures["reranked"]["nDCG@10"])
     """
-    texts = collection.texts()
+    texts = None
     if candidates is not None:
+        texts = collection.texts()
         check_doc_ids(candidates, texts)
         first_stage = {q.query_id: list(candidates.get(q.query_id, []))[:retrieve_k] for q in collection.queries}
     else:
@@ -79,14 +80,41 @@ def evaluate(collection: Collection, retriever: Retriever | None = None, reranke
             from retrieval.bm25 import InMemoryBM25
 
             retriever = InMemoryBM25(collection.documents)
+            texts = collection.texts()
+        elif not hasattr(retriever, "fetch_texts"):
+            texts = collection.texts()
+        if hasattr(retriever, "missing_doc_ids"):  # an engine index: are the qrels' ids its ids?
+            check_judged_ids_in_index(retriever, collection.qrels)
         first_stage = first_stage_run(retriever, collection.queries, retrieve_k)
     per_query = {"bm25": per_query_scores(first_stage, collection.qrels)}
     final, comparisons = first_stage, []
     if reranker is not None:
-        pipeline = RetrieveRerank(None, reranker, retrieve_k=retrieve_k, rerank_k=rerank_k, texts=texts,
+        # the reranker reads what the first stage's index holds (an engine index: the fields its searcher
+        # names), so a user's own index is reranked on its own documents
+        pipeline = RetrieveRerank(retriever, reranker, retrieve_k=retrieve_k, rerank_k=rerank_k, texts=texts,
                                   fusion=fusion, alpha=alpha)
         final = pipeline.rerank_run(collection.queries, first_stage, show_progress=show_progress)
         per_query["reranked"] = per_query_scores(final, collection.qrels)
         comparisons = compare(per_query["bm25"], per_query["reranked"])
     return EvaluationResult({name: mean_scores(scores) for name, scores in per_query.items()}, per_query,
                             first_stage, final, comparisons)
+
+
+def check_judged_ids_in_index(retriever, qrels: Mapping[str, Mapping[str, int]]) -> None:
+    """The judged relevant documents must be in the engine's index under the ids the qrels use: none there is
+    an error (the ids are another scheme: ``--id-field``); some missing is a warning with their count."""
+    import logging
+
+    judged = sorted({doc for docs in qrels.values() for doc, grade in docs.items() if grade > 0})
+    if not judged:
+        return
+    missing = retriever.missing_doc_ids(judged)
+    if len(missing) == len(judged):
+        raise DataError("qrels", f"none of the {len(judged)} relevant documents the qrels name is in index "
+                                 f"{retriever.index!r} (qrels ids like {', '.join(map(repr, judged[:2]))}; the "
+                                 f"index's ids like {', '.join(map(repr, retriever.sample_doc_ids(2)))}); if the "
+                                 "ids are in a field of the documents, name it with --id-field")
+    if missing:
+        logging.getLogger(__name__).warning(
+            "%d of %d relevant documents the qrels name are not in index %s (e.g. %s): they count as not retrieved",
+            len(missing), len(judged), retriever.index, missing[0])

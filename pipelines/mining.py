@@ -107,16 +107,17 @@ def _query_rng(seed: int, query_id: str) -> random.Random:
 
 def mine_hard_negatives(queries: Sequence[Query], qrels: Mapping[str, Mapping[str, int]],
                         candidates: Mapping[str, Sequence[Hit]], texts: Mapping[str, str],
-                        config: MiningConfig | None = None, teacher=None,
-                        show_progress: bool = True) -> tuple[list[dict], MiningStats]:
+                        config: MiningConfig | None = None, teacher=None, show_progress: bool = True,
+                        random_pool: Sequence[str] | None = None) -> tuple[list[dict], MiningStats]:
     """Rows of the chosen format, and statistics. ``candidates``: first-stage hits per query id (at
-    least ``retrieve_k`` deep); ``texts``: doc id → text; ``teacher``: anything with ``predict(pairs)``."""
+    least ``retrieve_k`` deep); ``texts``: doc id → text; ``teacher``: anything with ``predict(pairs)``;
+    ``random_pool``: the documents easy negatives are drawn from (default: every document of ``texts``)."""
     config = config or MiningConfig()
     if (config.absolute_margin is not None or config.relative_margin is not None) and teacher is None:
         raise ValueError("a margin needs a teacher model")
     stats = MiningStats()
     rows: list[dict] = []
-    corpus_ids = list(texts) if config.num_random_negatives else []
+    corpus_ids = (list(texts) if random_pool is None else list(random_pool)) if config.num_random_negatives else []
     for query in tqdm(queries, desc="mining", unit="query", disable=not show_progress):
         stats.queries += 1
         positives = [d for d, grade in qrels.get(query.query_id, {}).items() if grade > 0 and d in texts]
@@ -288,10 +289,21 @@ def mine_collection(collection, retriever, out_dir, config: MiningConfig | None 
     held_out: list[Query] = []
     if dev_size:
         queries, held_out = split_queries(queries, dev_size, config.seed)
-    candidates = first_stage_run(retriever, queries + held_out, max(config.retrieve_k, dev_retrieve_k))
-    texts = collection.texts()
+    depth = max(config.retrieve_k, dev_retrieve_k)
+    texts, random_pool = collection.texts(), None
+    if hasattr(retriever, "missing_doc_ids"):
+        # An engine index. Ties in its order depend on its merge history, so they are put in doc id order,
+        # from a few hits deeper than needed so that which tied documents make the cut does not depend on it
+        # either. Texts are read as the index holds them, and easy negatives are drawn only among documents
+        # the first stage returned, so a production query's filters hold for every negative.
+        deeper = first_stage_run(retriever, queries + held_out, depth + TIE_MARGIN)
+        candidates = {qid: ties_by_doc_id(hits)[:depth] for qid, hits in deeper.items()}
+        texts = index_texts(retriever, candidates, collection.qrels)
+        random_pool = list(dict.fromkeys(h.doc_id for hits in candidates.values() for h in hits))
+    else:
+        candidates = first_stage_run(retriever, queries + held_out, depth)
     rows, stats = mine_hard_negatives(queries, collection.qrels, candidates, texts, config, teacher,
-                                      show_progress=show_progress)
+                                      show_progress=show_progress, random_pool=random_pool)
     save_mined(rows, stats, config, out_dir, extra={"first_stage": first_stage_description,
                                                     "data": collection.name,
                                                     "dev_queries": [q.query_id for q in held_out]})
@@ -300,6 +312,27 @@ def mine_collection(collection, retriever, out_dir, config: MiningConfig | None 
         samples = dev_samples(held_out, collection.qrels, candidates, texts, dev_retrieve_k)
         samples_path = save_dev_samples(samples, out_dir)
     return MiningReport(Path(out_dir), stats.summary(), [q.query_id for q in held_out], samples_path)
+
+
+TIE_MARGIN = 10  # hits searched past the depth an engine's run is cut at, for ties across the cut
+
+
+def ties_by_doc_id(hits: Sequence[Hit]) -> list[Hit]:
+    """Hits with equal scores in doc id order, ranks renumbered. An engine orders ties by its internal
+    document order, which depends on the index's segment and merge history: two indexes of the same
+    documents can order them differently, and a dataset mined from them would differ for no reason."""
+    ordered = sorted(hits, key=lambda hit: (-hit.score, hit.doc_id))
+    return [Hit(hit.doc_id, hit.score, rank) for rank, hit in enumerate(ordered, start=1)]
+
+
+def index_texts(searcher, candidates: Mapping[str, Sequence[Hit]], qrels) -> dict[str, str]:
+    """doc id → text as an engine index holds it (the fields its searcher reads), for every candidate and
+    every judged document the index has: mined from a user's index, training sees what the reranker will."""
+    judged = [doc for docs in qrels.values() for doc in docs]
+    missing = set(searcher.missing_doc_ids(judged)) if judged else set()
+    ids = list(dict.fromkeys([h.doc_id for hits in candidates.values() for h in hits] +
+                             [doc for doc in judged if doc not in missing]))
+    return dict(zip(ids, searcher.fetch_texts(ids))) if ids else {}
 
 
 def load_mined(dataset_dir):

@@ -22,8 +22,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 from .analysis import get_analyzer
+from .engine_query import EngineQuery
 from .errors import EsrerankError
 from .records import DataError, Hit
+from .source_fields import MappedField, check_fields, join_fields, mapped_fields, source_path, text_fields
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +155,15 @@ def ndjson(lines: Iterable[dict]) -> str:
     return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
 
 
+def read_id(hit: dict, id_field: str) -> list[str]:
+    """The values of ``id_field`` in a hit: from its ``_source``, or from its stored ``fields``."""
+    from .source_fields import read_path
+
+    if "_source" in hit:
+        return read_path(hit["_source"], id_field)
+    return [str(value) for value in hit.get("fields", {}).get(id_field, [])]
+
+
 # --- index settings ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -180,9 +191,26 @@ IndexSettings = IndexConfig  # the earlier name; kept for scripts that import it
 class SearchEngineBM25:
     """BM25 over an Elasticsearch/OpenSearch index (or alias), with the in-memory index's interface.
 
+    An index built by ``esrerank index`` is searched on its ``contents`` field and read from its ``title``
+    and ``text``. Any other index is searched with the user's own query (``query``) and read from the
+    fields the user names (``rerank_fields``, else the rule of :meth:`reranked_fields`).
+
     Args:
         url: the server, e.g. ``http://127.0.0.1:9200``.
         index: index or alias name.
+        query: the first stage as the user runs it: fields for a ``multi_match``, a query template or a
+            stored search template (:class:`retrieval.engine_query.EngineQuery`, made from the command
+            line's options by ``query_from_options``). Default None: esrerank's own ``match`` on
+            ``contents`` (an index esrerank built; any other index must name its query).
+        rerank_fields: the ``_source`` fields whose text the reranker reads, joined in this order (dotted
+            paths through objects and nested fields allowed). Default None: see :meth:`reranked_fields`.
+        id_field: a ``_source`` field holding the documents' ids (as the user's qrels name them), instead
+            of ``_id``. It must be searchable by exact value (``keyword``, a number, or a ``text`` field
+            with a ``keyword`` sub-field). Default None: ``_id``.
+        max_text_chars: the longest text read for one document; longer ones are cut (and counted in the
+            log). Default 20,000 characters: a 512-token pair reads about 2,500 characters of English, and
+            MaxP windows rarely need more than a few pages; the cap keeps a document that holds a whole
+            book from filling memory.
         msearch_batch: queries per ``_msearch`` request. Default 64: large enough to amortize the
             round trip, small enough to keep responses of 1,000 hits each moderate.
         request_timeout: seconds per request. Default 120 (bulk loads and force merges are slow).
@@ -205,16 +233,24 @@ class SearchEngineBM25:
 
     def __init__(self, url: str = "http://127.0.0.1:9200", index: str = "esrerank", msearch_batch: int = 64,
                  request_timeout: float = 120.0, search_pipeline: str | None = None, dfs: bool | None = None,
-                 sniff: bool = False):
+                 sniff: bool = False, query: EngineQuery | None = None, rerank_fields: Sequence[str] | None = None,
+                 id_field: str | None = None, max_text_chars: int = 20_000):
         if search_pipeline is not None and self.engine != "opensearch":
             raise ValueError("search pipelines are OpenSearch's; Elasticsearch reranks through a retriever")
         self.url = url
         self.index = index
         self.msearch_batch = msearch_batch
         self.search_pipeline = search_pipeline
+        self.query = query
+        self.rerank_fields = list(rerank_fields) if rerank_fields else None
+        self.id_field = id_field
+        self.max_text_chars = max_text_chars
         self.rest = self._adapter(url, request_timeout, sniff)
         self._meta: dict | None = None
         self._dfs = dfs
+        self._mapping: dict | None = None
+        self._checked = False
+        self._search_logged = False
 
     @property
     def dfs(self) -> bool:
@@ -247,6 +283,116 @@ class SearchEngineBM25:
             return " ".join(get_analyzer(self.meta["analyzer"])(query))
         return query
 
+    # --- the index's mapping, and checking the user's options against it ---------------------------
+
+    @property
+    def mapping(self) -> dict:
+        """The index's ``mappings`` (of the first index behind an alias)."""
+        if self._mapping is None:
+            answer = self.rest.request("GET", f"/{self.index}/_mapping")
+            self._mapping = next(iter(answer.values()))["mappings"] if answer else {}
+        return self._mapping
+
+    @property
+    def fields(self) -> dict[str, MappedField]:
+        """The index's fields by dotted path."""
+        return mapped_fields(self.mapping)
+
+    @property
+    def source_enabled(self) -> bool:
+        return self.mapping.get("_source", {}).get("enabled", True)
+
+    def reranked_fields(self) -> list[str]:
+        """The ``_source`` fields the reranker reads, in order: ``rerank_fields`` when given; for an index
+        esrerank built, ``title`` and ``text``; with ``query`` fields, the fields searched (boosts dropped,
+        a multi-field read from its parent, a wildcard from the text fields it matches); else every
+        ``text`` field of the mapping, title-like names (title, headline, subject, heading) first,
+        then by name."""
+        if self.rerank_fields:
+            return self.rerank_fields
+        if self.meta:
+            return ["title", "text"]
+        fields = self.fields
+        chosen: list[str] = []
+        if self.query is not None and self.query.fields:
+            import fnmatch
+
+            for name in self.query.field_names:
+                matches = ([path for path in text_fields(fields) if fnmatch.fnmatchcase(path, name)] if "*" in name
+                           else [source_path(name, fields)])
+                chosen.extend(path for path in matches if path not in chosen)
+            return chosen
+        return text_fields(fields)
+
+    def check(self) -> None:
+        """Check the options against the index once, before the first search: the index exists, named
+        fields are in its mapping, a query is named for an index esrerank did not build, the query
+        template is accepted by the engine, the documents' text can be read. Each problem is a
+        :class:`DataError` naming what the index has."""
+        if self._checked:
+            return
+        if not self.exists(self.index):
+            raise DataError("--index", f"{self.engine} at {self.url} has no index or alias {self.index!r}")
+        fields = self.fields
+        if self.query is not None and self.query.fields:
+            check_fields(self.query.field_names, fields, self.index, "--fields")
+        if self.rerank_fields:
+            check_fields(self.rerank_fields, fields, self.index, "--rerank-fields")
+        elif not self.reranked_fields():
+            raise DataError("--rerank-fields", f"index {self.index!r} has no text field to rerank: name the _source "
+                                               "fields that hold the text with --rerank-fields")
+        if self.id_field:
+            check_fields([self.id_field], fields, self.index, "--id-field")
+            self._id_lookup_field()
+        if not self.source_enabled:
+            unstored = [f for f in self.reranked_fields() + ([self.id_field] if self.id_field else [])
+                        if not fields.get(f, MappedField(f, "")).stored]
+            if unstored:
+                raise DataError("--index", f"index {self.index!r} has _source disabled and {', '.join(unstored)} "
+                                           "not stored: the reranker cannot read the documents' text; map the "
+                                           "fields with \"store\": true or enable _source")
+        if self.query is not None and (self.query.template is not None or self.query.template_id is not None):
+            self._check_template()
+        self._checked = True
+
+    def check_search(self) -> None:
+        """:meth:`check`, and that there is a query to search with: esrerank's own on an index it built, else
+        the one the user names."""
+        self.check()
+        if self.query is None and not self.meta and FIELD not in self.fields:
+            fields = self.fields
+            suggestion = ",".join(text_fields(fields)[:2]) or "FIELD"
+            raise DataError("--index", f"{self.index!r} was not built by 'esrerank index': name how to search it "
+                                       f"with --fields (e.g. --fields {suggestion}) or --query-template FILE; "
+                                       f"its text fields: {', '.join(text_fields(fields)) or 'none'}")
+        if not self._search_logged:
+            self._search_logged = True
+            logger.info("%s/%s: first stage %s; reranker reads %s; ids from %s", self.url, self.index,
+                        self.query.describe() if self.query else f"match on {FIELD}",
+                        ", ".join(self.reranked_fields()), self.id_field or "_id")
+
+    def _check_template(self) -> None:
+        """A stored template must exist and set ``size`` from ``{{size}}``; either template must be one the
+        engine accepts (one search is run with a probe text)."""
+        where = (self.query.source if self.query.template is not None
+                 else f"stored search template {self.query.template_id!r}")
+        if self.query.template_id is not None:
+            try:
+                rendered = self.rest.request("POST", "/_render/template",
+                                             body=self.query.template_params("probe", 7))["template_output"]
+            except EngineError as exc:
+                raise DataError("--query-template", f"{self.query.template_id!r} is neither a file nor a "
+                                                    f"search template {self.engine} can render: {exc}") from None
+            if str(rendered.get("size")) != "7":
+                raise DataError("--query-template", f"{where} does not take its size from the parameter "
+                                                    "{{size}}: esrerank asks for k hits; write \"size\": \"{{size}}\"")
+        try:
+            self._complete_msearch(self._msearch_body(["probe"], 1))
+        except EngineError as exc:
+            if exc.status >= 500:
+                raise
+            raise DataError(where, f"{self.engine} rejects the query: {exc}") from None
+
     # --- searching ------------------------------------------------------------------------------
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
@@ -262,17 +408,29 @@ class SearchEngineBM25:
         for number, query in enumerate(queries):
             if not isinstance(query, str) or not query.strip():
                 raise ValueError(f"query {number} is empty or not a string: {query!r}")
+        self.check_search()
         if self.search_pipeline:
             return self._search_through_pipeline(queries, k)
         results: list[list[Hit]] = []
         for start in range(0, len(queries), self.msearch_batch):
-            batch = queries[start:start + self.msearch_batch]
-            lines = []
-            for query in batch:
-                lines.append({})
-                lines.append(self._query_body(query, k))
-            results.extend(self._complete_msearch(ndjson(lines)))
+            results.extend(self._complete_msearch(self._msearch_body(queries[start:start + self.msearch_batch], k)))
+        if len(queries) > 1 and not any(results):
+            raise DataError("--index", f"none of the {len(queries)} queries found a document in {self.index!r} "
+                                       f"with {self.query.describe() if self.query else f'a match on {FIELD}'}: "
+                                       f"check the fields or the template; the index's text fields: "
+                                       f"{', '.join(text_fields(self.fields)) or 'none'}")
         return results
+
+    def _msearch_body(self, queries: Sequence[str], k: int) -> str:
+        lines = []
+        for query in queries:
+            lines.append({})
+            lines.append(self.query.template_params(query, k) if self._stored_template else self._query_body(query, k))
+        return ndjson(lines)
+
+    @property
+    def _stored_template(self) -> bool:
+        return self.query is not None and self.query.template_id is not None
 
     def _complete_msearch(self, body: str, attempts: int = 4) -> list[list[Hit]]:
         """One ``_msearch``, asked again (up to ``attempts`` times, 0.5 s, 1 s, 2 s apart) while any of its
@@ -280,7 +438,8 @@ class SearchEngineBM25:
         unanswered until the cluster has promoted their replicas, and partial hits must never pass for
         the top k. Other errors (a bad query: 4xx) are raised at once."""
         for attempt in range(attempts):
-            response = self.rest.request("POST", f"/{self.index}/_msearch", body=body, params=self._search_params())
+            endpoint = "_msearch/template" if self._stored_template else "_msearch"
+            response = self.rest.request("POST", f"/{self.index}/{endpoint}", body=body, params=self._search_params())
             items = response["responses"]
             for item in items:
                 if "error" in item and item.get("status", 500) < 500:
@@ -310,8 +469,13 @@ class SearchEngineBM25:
 
     def search_one_request(self, query: str, k: int = 10) -> list[Hit]:
         """One ``_search`` request (the per-query baseline the benchmark compares ``_msearch`` with)."""
-        response = self.rest.request("POST", f"/{self.index}/_search", body=self._query_body(query, k),
-                                     params=self._search_params())
+        self.check_search()
+        if self._stored_template:
+            response = self.rest.request("POST", f"/{self.index}/_search/template",
+                                         body=self.query.template_params(query, k), params=self._search_params())
+        else:
+            response = self.rest.request("POST", f"/{self.index}/_search", body=self._query_body(query, k),
+                                         params=self._search_params())
         if response.get("_shards", {}).get("failed"):
             shards = response["_shards"]
             raise EngineError(503, f"{shards['failed']} of {shards['total']} shards failed: partial results refused")
@@ -326,13 +490,31 @@ class SearchEngineBM25:
     score_scale = 1.0
 
     def _hits(self, response: dict) -> list[Hit]:
-        scale = self.score_scale
-        return [Hit(h["_id"], float(h["_score"]) * scale, rank)
+        # the engine's own scores for the user's query; esrerank's match on its own index is put on Lucene's
+        # scale (see ElasticsearchBM25.score_scale)
+        scale = self.score_scale if self.query is None else 1.0
+        return [Hit(self._doc_id(h), float(h["_score"]) * scale, rank)
                 for rank, h in enumerate(response["hits"]["hits"], start=1)]
 
+    def _doc_id(self, hit: dict) -> str:
+        if not self.id_field:
+            return hit["_id"]
+        values = read_id(hit, self.id_field)
+        if len(values) != 1:
+            raise DataError("--id-field", f"document {hit['_id']!r} of {self.index!r} has "
+                                          f"{'no' if not values else len(values)} values in {self.id_field!r}: "
+                                          "every document needs exactly one id there")
+        return values[0]
+
     def _query_body(self, query: str, k: int) -> dict:
-        body = {"query": {"match": {FIELD: {"query": self._query_text(query)}}}, "size": k,
-                "_source": False, "track_total_hits": False}
+        if self.query is not None:
+            body = self.query.body(self._query_text(query), k)
+        else:
+            body = {"query": {"match": {FIELD: {"query": self._query_text(query)}}}, "size": k}
+        body["_source"] = [self.id_field] if self.id_field and self.source_enabled else False
+        if self.id_field and not self.source_enabled:
+            body["stored_fields"] = [self.id_field]
+        body["track_total_hits"] = False
         if self.search_pipeline:
             # the reranker reads the documents' fields from _source and the query as the user wrote it
             body["_source"] = True
@@ -341,21 +523,91 @@ class SearchEngineBM25:
         return body
 
     def fetch_texts(self, doc_ids: Sequence[str]) -> list[str]:
-        """Title and text of each document (joined as the index field is), for the reranker."""
-        texts = {}
-        for start in range(0, len(doc_ids), 1000):
-            chunk = list(dict.fromkeys(doc_ids[start:start + 1000]))
-            response = self.rest.request("POST", f"/{self.index}/_mget", body={"ids": chunk},
-                                         params={"_source_includes": "title,text"})
-            for doc in response["docs"]:
-                if doc.get("found"):
-                    source = doc["_source"]
-                    title, text = source.get("title") or "", source.get("text") or ""
-                    texts[doc["_id"]] = f"{title} {text}" if title else text
-        missing = [d for d in doc_ids if d not in texts]
+        """The text the reranker reads for each document: its :meth:`reranked_fields` joined in order, cut at
+        ``max_text_chars``. Documents with no text there are reported (a warning with their ids); when no
+        document has any, or an id is not in the index, it is an error."""
+        self.check()
+        paths = self.reranked_fields()
+        sources = self._sources(list(dict.fromkeys(doc_ids)), paths)
+        missing = [d for d in doc_ids if d not in sources]
         if missing:
-            raise KeyError(f"{len(missing)} doc ids are not in index {self.index!r} (e.g. {missing[0]!r})")
+            raise DataError("--index", f"{len(missing)} documents are not in index {self.index!r} "
+                                       f"(e.g. {missing[0]!r}); ids there look like "
+                                       f"{', '.join(map(repr, self.sample_doc_ids(3)))}")
+        texts, empty, cut = {}, [], 0
+        for doc_id, source in sources.items():
+            text = join_fields(source, paths)
+            if not text:
+                empty.append(doc_id)
+            if len(text) > self.max_text_chars:
+                text, cut = text[: self.max_text_chars], cut + 1
+            texts[doc_id] = text
+        if empty and len(empty) == len(texts):
+            raise DataError("--rerank-fields", f"none of {len(texts)} documents of {self.index!r} has text in "
+                                               f"{', '.join(paths)}; its text fields: "
+                                               f"{', '.join(text_fields(self.fields)) or 'none'}")
+        if empty:
+            logger.warning("%d of %d documents of %s have no text in %s (e.g. %s): the reranker scores them on an "
+                           "empty text", len(empty), len(texts), self.index, ", ".join(paths), ", ".join(empty[:3]))
+        if cut:
+            logger.info("%d documents cut at %d characters", cut, self.max_text_chars)
         return [texts[d] for d in doc_ids]
+
+    def _sources(self, doc_ids: list[str], paths: list[str]) -> dict[str, dict]:
+        """doc id → its ``_source`` (or stored fields, when ``_source`` is disabled) restricted to ``paths``,
+        for the documents that are in the index."""
+        wanted = paths + ([self.id_field] if self.id_field else [])
+        found: dict[str, dict] = {}
+        for start in range(0, len(doc_ids), 1000):
+            chunk = doc_ids[start:start + 1000]
+            if not wanted:
+                read = {"_source": "false"}
+            elif self.source_enabled:
+                read = {"_source_includes": ",".join(wanted)}
+            else:
+                read = {"stored_fields": ",".join(wanted)}
+            if self.id_field:
+                body = {"query": {"terms": {self._id_lookup_field(): chunk}}, "size": len(chunk) * 2,
+                        "track_total_hits": False}
+                body.update({"_source": {"includes": wanted}} if self.source_enabled else {"stored_fields": wanted})
+                docs = self.rest.request("POST", f"/{self.index}/_search", body=body)["hits"]["hits"]
+            else:
+                docs = [d for d in self.rest.request("POST", f"/{self.index}/_mget", body={"ids": chunk},
+                                                     params=read)["docs"] if d.get("found")]
+            for doc in docs:
+                doc_id = self._doc_id(doc)
+                if doc_id in found:
+                    raise DataError("--id-field", f"two documents of {self.index!r} have the id {doc_id!r} in "
+                                                  f"{self.id_field!r}")
+                found[doc_id] = doc.get("_source", doc.get("fields", {}))
+        return found
+
+    def _id_lookup_field(self) -> str:
+        """The field an ``id_field`` value is looked up in by exact value: itself, or its keyword sub-field."""
+        fields = self.fields
+        field = fields[self.id_field]
+        if field.type in ("keyword", "constant_keyword", "long", "integer", "short", "byte", "unsigned_long"):
+            return self.id_field
+        keyword = next((f.path for f in fields.values() if f.parent == self.id_field and f.type == "keyword"), None)
+        if keyword is None:
+            raise DataError("--id-field", f"{self.id_field!r} is a {field.type} field of {self.index!r}: documents "
+                                          "are looked up by their id, so it must be keyword (or a number, or have a "
+                                          "keyword sub-field)")
+        return keyword
+
+    def missing_doc_ids(self, doc_ids: Sequence[str]) -> list[str]:
+        """The ids of ``doc_ids`` that no document of the index has (``_id``, or ``id_field``)."""
+        unique = list(dict.fromkeys(doc_ids))
+        present = set(self._sources(unique, []))
+        return [d for d in unique if d not in present]
+
+    def sample_doc_ids(self, count: int = 3) -> list[str]:
+        """A few documents' ids, to show what the index's ids look like."""
+        body = {"size": count, "_source": [self.id_field] if self.id_field else False, "track_total_hits": False}
+        if self.id_field and not self.source_enabled:
+            body.update({"_source": False, "stored_fields": [self.id_field]})
+        hits = self.rest.request("POST", f"/{self.index}/_search", body=body)["hits"]["hits"]
+        return [self._doc_id(h) for h in hits]
 
     def count(self, name: str | None = None) -> int:
         """Documents in ``name`` (default: this searcher's index), after a refresh."""
@@ -418,7 +670,8 @@ class SearchEngineBM25:
             self.rest.request("GET", f"/{name}/_settings")  # HEAD answers 404 without raising in one client
             return True
         except EngineError as exc:
-            if exc.status == 404:
+            # the engine's own "no such index"; a 404 from something that is not an engine is its error
+            if exc.status == 404 and "index_not_found" in str(exc):
                 return False
             raise
 

@@ -51,11 +51,35 @@ def add_retriever_args(parser: argparse.ArgumentParser) -> None:
                              "several nodes of a cluster separated by commas")
     parser.add_argument("--sniff", action="store_true",
                         help="engine: learn the cluster's other nodes from the one given, and fail over to them")
-    parser.add_argument("--index", help="engine index or alias (as built by 'esrerank index')")
+    parser.add_argument("--index", help="engine index or alias: one 'esrerank index' built, or your own (then "
+                        "name how to search it with --fields or --query-template)")
     parser.add_argument("--no-dfs", dest="dfs", action="store_const", const=False, default=None,
                         help="engine: plain query_then_fetch even on several shards (faster, per-shard BM25 "
                              "statistics); by default an index of more than one shard is searched with "
                              "dfs_query_then_fetch, exact BM25")
+    add_index_fields_args(parser)
+
+
+def add_index_fields_args(parser: argparse.ArgumentParser, search: bool = True) -> None:
+    """How your own index is searched and read: the same options for every subcommand that uses an index."""
+    from retrieval.engine_query import MATCH_TYPES
+
+    if search:
+        parser.add_argument("--fields", metavar="F1^B,F2",
+                            help="engine: search your index with a multi_match over these fields (boosts as "
+                            "field^2), e.g. --fields headline^2,body")
+        parser.add_argument("--match-type", choices=MATCH_TYPES, default="best_fields",
+                            help="engine: the multi_match type with --fields (default best_fields, the engines' own)")
+        parser.add_argument("--query-template", metavar="FILE|ID",
+                            help="engine: search your index with your own query: a JSON search body in which "
+                            "{{query}} stands for the query text (a file), or the id of a search template stored "
+                            "on the engine (params query and size)")
+    parser.add_argument("--rerank-fields", metavar="F1,F2",
+                        help="engine: the _source fields the reranker reads, joined in this order (dotted paths "
+                        "allowed); default: title,text on an index esrerank built, else the --fields searched, "
+                        "else the index's text fields, title-like names first")
+    parser.add_argument("--id-field", metavar="FIELD",
+                        help="engine: the _source field holding the ids your qrels use (default: _id)")
 
 
 def add_search_pipeline_arg(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +169,7 @@ def read_query_ids(path: str | None) -> set[str] | None:
 
 def first_stage_from(args, documents=None):
     """The retriever the flags name, and a line describing it."""
+    engine_fields = engine_fields_from(args)  # engine-only flags without an engine are refused here
     if args.retriever == "memory":
         from retrieval.bm25 import InMemoryBM25
 
@@ -156,15 +181,37 @@ def first_stage_from(args, documents=None):
 
     if not args.index:
         raise DataError("--index", f"--retriever {args.retriever} needs --index NAME")
-    engine = connect(args.retriever, engine_url(args), args.index, dfs=args.dfs, sniff=args.sniff)
+    engine = connect(args.retriever, engine_url(args), args.index, dfs=args.dfs, sniff=args.sniff,
+                     **engine_fields)
+    engine.check_search()  # before anything else runs: a wrong field or template is one line, at once
     meta = engine.meta
     if meta and (meta.get("k1"), meta.get("b"), meta.get("analyzer")) != (args.k1, args.b, args.analyzer):
         logger.warning("index %s was built with k1=%s, b=%s, analyzer=%s; those apply, not the flags", args.index,
                        meta.get("k1"), meta.get("b"), meta.get("analyzer"))
     described = (f"k1={meta.get('k1')}, b={meta.get('b')}, analyzer={meta.get('analyzer')}, "
-                 f"{meta.get('analysis')} analysis" if meta else "an index esrerank did not build")
+                 f"{meta.get('analysis')} analysis" if meta else "your index's own similarity")
+    query = engine.query.describe() if engine.query else "match on contents"
     search_type = "dfs_query_then_fetch" if engine.dfs else "query_then_fetch"
-    return engine, f"{args.retriever} {engine.url}/{args.index} ({described}, {search_type})"
+    return engine, (f"{args.retriever} {engine.url}/{args.index} ({query}; {described}, {search_type}; reranker "
+                    f"reads {','.join(engine.reranked_fields())})")
+
+
+def engine_fields_from(args) -> dict:
+    """The searcher's keyword arguments for the options of ``add_index_fields_args``."""
+    from retrieval.engine_query import parse_fields, query_from_options
+
+    named = {"fields": getattr(args, "fields", None), "query_template": getattr(args, "query_template", None)}
+    if getattr(args, "retriever", "memory") == "memory":
+        flags = [f"--{name.replace('_', '-')}" for name, value in
+                 {**named, "rerank_fields": args.rerank_fields, "id_field": args.id_field}.items() if value]
+        if flags:
+            raise DataError(flags[0], f"{flags[0]} is for an engine index: give --retriever elasticsearch|opensearch "
+                                      "and --index")
+        return {}
+    return {"query": query_from_options(named["fields"], named["query_template"], getattr(args, "match_type",
+                                                                                             "best_fields")),
+            "rerank_fields": parse_fields(args.rerank_fields, "--rerank-fields") if args.rerank_fields else None,
+            "id_field": args.id_field}
 
 
 def reranker_from(args):
@@ -179,7 +226,8 @@ def reranker_from(args):
                             "reranking inside the engine needs --retriever opensearch --index NAME")
         logger.info("reranking inside OpenSearch through search pipeline %s (--model is not used)",
                     args.search_pipeline)
-        searcher = connect("opensearch", engine_url(args), args.index, search_pipeline=args.search_pipeline)
+        searcher = connect("opensearch", engine_url(args), args.index, search_pipeline=args.search_pipeline,
+                           **engine_fields_from(args))
         return EngineReranker(searcher)
     if args.model.lower() == "none":
         return None

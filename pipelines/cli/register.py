@@ -19,9 +19,11 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--name", default="esrerank",
                         help="connector, model and search pipeline name (OpenSearch) or inference endpoint id "
                         "(Elasticsearch); default esrerank")
-    parser.add_argument("--rerank-fields", default="text",
+    parser.add_argument("--rerank-fields", default=None,
                         help="comma-separated _source fields sent to the reranker (OpenSearch joins several with "
-                        "no separator; default text)")
+                        "no separator); default: with --index, what 'evaluate' would read from it, else text")
+    parser.add_argument("--index", help="OpenSearch: the index the pipeline will search; --rerank-fields are checked "
+                        "against its mapping (and chosen from it when not given)")
     parser.add_argument("--api-key-file", help="the service's API key, for the engine to send "
                         "(default: $ESRERANK_API_KEY, else none)")
     parser.add_argument("--timeout-s", type=positive_int, default=30,
@@ -39,9 +41,7 @@ def run(args) -> int:
     api_key = read_api_key(args.api_key_file)
     rest = rest_client(args.engine, engine_url(args))
     if args.engine == "opensearch":
-        fields = [field.strip() for field in args.rerank_fields.split(",") if field.strip()]
-        if not fields:
-            raise DataError("--rerank-fields", "name at least one _source field")
+        fields = _rerank_fields(args)
         registration = register_opensearch(rest, args.service_url, args.name, fields, api_key=api_key,
                                            timeout_s=args.timeout_s, ignore_failure=args.fallback_to_bm25)
         print(registration.as_json())
@@ -49,3 +49,22 @@ def run(args) -> int:
         answer = register_elasticsearch(rest, args.service_url, args.name, api_key=api_key)
         print(json.dumps({"inference_id": answer.get("inference_id", args.name), "task_type": answer.get("task_type")}))
     return 0
+
+
+def _rerank_fields(args) -> list[str]:
+    """The fields named, checked against --index's mapping when one is given; else that index's default."""
+    from retrieval.engine_query import parse_fields
+
+    named = list(parse_fields(args.rerank_fields, "--rerank-fields")) if args.rerank_fields is not None else None
+    if not args.index:
+        return named or ["text"]
+    from retrieval.engines import connect
+
+    searcher = connect(args.engine, engine_url(args), args.index, rerank_fields=named)
+    if not searcher.exists(args.index):
+        raise DataError("--index", f"{args.engine} at {searcher.url} has no index or alias {args.index!r}")
+    from retrieval.source_fields import check_fields
+
+    fields = searcher.reranked_fields()
+    check_fields(fields, searcher.fields, args.index, "--rerank-fields")
+    return fields

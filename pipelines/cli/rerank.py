@@ -6,7 +6,16 @@ from pathlib import Path
 
 from retrieval.records import DataError
 
-from .options import add_model_run_args, cross_encoder_from, logger, non_negative_int, positive_int
+from .options import (
+    add_index_fields_args,
+    add_model_run_args,
+    cross_encoder_from,
+    engine_fields_from,
+    engine_url,
+    logger,
+    non_negative_int,
+    positive_int,
+)
 
 
 def add_parser(commands, common) -> None:
@@ -26,8 +35,31 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--devices", default="auto",
                         help="auto (default: every GPU, one process each, else the one device), or a list such "
                              "as cuda:0,cuda:1 or cpu")
+    parser.add_argument("--retriever", choices=["memory", "elasticsearch", "opensearch"], default="memory",
+                        help="where the documents' text comes from: the collection of --data (memory, default) or "
+                        "an engine index (the one the run was made from: --index, --rerank-fields, --id-field)")
+    parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200, or :9201 for opensearch)")
+    parser.add_argument("--index", help="engine index or alias holding the run's documents")
+    add_index_fields_args(parser, search=False)
     add_model_run_args(parser)
     parser.set_defaults(handler=run)
+
+
+def _texts(args, collection, candidates) -> dict[str, str]:
+    """doc id → text: the collection's, or what the engine index holds in the fields its searcher reads."""
+    if args.retriever == "memory":
+        engine_fields_from(args)  # engine-only flags without an engine are refused
+        return collection.texts()
+    from retrieval.engines import connect
+
+    if not args.index:
+        raise DataError("--index", f"--retriever {args.retriever} needs --index NAME")
+    searcher = connect(args.retriever, engine_url(args), args.index, **engine_fields_from(args))
+    searcher.check()
+    ids = list(dict.fromkeys(h.doc_id for hits in candidates.values() for h in hits))
+    logger.info("reading %d documents' text from %s/%s (%s)", len(ids), searcher.url, args.index,
+                ", ".join(searcher.reranked_fields()))
+    return dict(zip(ids, searcher.fetch_texts(ids)))
 
 
 def _devices(spec: str) -> list[str] | None:
@@ -55,6 +87,7 @@ def run(args) -> int:
         raise DataError(args.candidates, f"{len(missing)} queries of the run have no text in {collection.name} "
                                          f"({args.split}) (e.g. {missing[0]!r})")
     queries = [known[query_id] for query_id in candidates]
+    texts = _texts(args, collection, candidates)
     stat = Path(args.candidates).stat()
     fingerprint = {"candidates": f"{Path(args.candidates).resolve()}:{stat.st_size}:{stat.st_mtime_ns}",
                    "model": args.model, "rerank_k": args.rerank_k, "max_length": args.max_length,
@@ -66,12 +99,12 @@ def run(args) -> int:
         logger.info("reranking on %d devices: %s", len(devices), ", ".join(devices))
         model_options = {"max_length": args.max_length, "dtype": args.dtype, "passages": args.passages,
                          "runtime": args.runtime}
-        report = rerank_run_file_on_devices(queries, candidates, collection.texts(), args.model, devices, args.out,
+        report = rerank_run_file_on_devices(queries, candidates, texts, args.model, devices, args.out,
                                             model_options, **options)
     else:
         if args.devices not in ("auto", "") and not args.device:
             args.device = args.devices
-        report = rerank_run_file(queries, candidates, collection.texts(), cross_encoder_from(args, show_progress=False),
+        report = rerank_run_file(queries, candidates, texts, cross_encoder_from(args, show_progress=False),
                                  args.out,
                                  show_progress=not args.quiet, **options)
     print(f"reranked {report.queries} queries ({report.pairs} pairs, {report.pairs_per_second:.1f} pairs/s) into "
