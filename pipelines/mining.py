@@ -6,7 +6,9 @@ the positives (false-negative filter, with the margins of sentence-transformers'
 then ``num_negatives`` of them, the first ones or a seeded random sample, and ``num_random_negatives``
 easy negatives drawn at random from the whole corpus (positives and the hard negatives excluded): with
 only hard negatives a model never sees an obviously wrong document, and on SciFact it generalised worse
-(see the README's ablation).
+(see the README's ablation). Mined from an engine index (the user's own query), "the whole corpus" is every
+document the first stage returned for any query, so the query's filters hold for easy negatives too, and
+texts are read from the index as the reranker will read them.
 
 The window is over the candidate list *after* positives are removed, 0-based: positions
 ``range_min <= i < range_max``. Rows are written as a HF ``datasets`` dataset in one of the formats the
