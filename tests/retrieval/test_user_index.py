@@ -391,10 +391,10 @@ def test_documents_without_text_are_reported_and_none_with_text_is_an_error(user
 
 
 @pytest.mark.server
+# Elasticsearch only: OpenSearch's knn needs the k-NN plugin, which its BM25 test node does not have
+@pytest.mark.parametrize("user_indexes", ["elasticsearch"], indirect=True)
 def test_hybrid_template_with_a_knn_part_equals_the_engines_answer(user_indexes, tmp_path):
     engine, url, client = user_indexes
-    if engine != "elasticsearch":
-        pytest.skip("OpenSearch's knn needs the k-NN plugin, which the BM25 test node does not have")
     _, helpers = _client(engine, url)
     mapping = {"properties": {"body": {"type": "text"},
                               "vec": {"type": "dense_vector", "dims": 3, "index": True, "similarity": "cosine"}}}
@@ -435,10 +435,9 @@ def test_rerank_reads_the_runs_documents_from_the_index(user_indexes, scifact, s
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("user_indexes", ["opensearch"], indirect=True)  # register --index: OpenSearch's pipeline
 def test_register_checks_the_rerank_fields_against_the_index(user_indexes, capsys):
     engine, url, _ = user_indexes
-    if engine != "opensearch":
-        pytest.skip("register --index is for OpenSearch's search pipeline")
     code, line = _cli_error(capsys, ["register", "opensearch", "--url", url, "--index", "user-dynamic",
                                      "--rerank-fields", "abstract", "--service-url", "http://127.0.0.1:1"])
     assert code == 2 and "index 'user-dynamic' has no field 'abstract'; its text fields: headline, body" in line
