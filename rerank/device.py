@@ -23,13 +23,25 @@ def detect_device(device: str | None = None) -> torch.device:
 
 @lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
-    """True where the CPU multiplies bf16 in hardware (AMX or AVX512-BF16): there bf16 matmuls beat
-    fp32; elsewhere they are emulated and slower than fp32."""
+    """True where bf16 was measured faster than float32 on this kind of CPU (docs/dtype_by_cpu.md, written by
+    benchmarks/bench_dtype_by_cpu.py): with AMX (bf16 scoring 2.3x float32); AMD with AVX512-BF16 (Zen 4:
+    scoring 1.34x with the float32 top-10 rescoring, a training step 1.49x). Not on Intel with AVX512-BF16
+    and no AMX, where bf16 scored 0.67x float32 (issue 25's report), nor without bf16 instructions, where
+    bf16 is emulated (0.14x)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return bf16_measured_faster(Path("/proc/cpuinfo").read_text())
     except OSError:
         return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def bf16_measured_faster(cpuinfo: str) -> bool:
+    """The rule of :func:`cpu_has_fast_bf16` on the text of ``/proc/cpuinfo``."""
+    lines = cpuinfo.splitlines()
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    vendor = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "")
+    if "amx_bf16" in flags:
+        return True
+    return "avx512_bf16" in flags and vendor == "AuthenticAMD"
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -39,9 +51,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     ones), bf16 on CPUs with hardware bf16, fp32 otherwise. On CPUs the choice follows the instruction set,
     from measurements (README, "Which CPU path is fastest"), never from a timing at load time, which would
     make the scores depend on the machine's load: with AMX, bf16 (+ float32 rescoring of the top 10) ran
-    2.3x float32; with AVX2 only, bf16 is emulated (0.14x float32 on the GEMMs) and int8 gained nothing
-    (fbgemm 1.09x on the GEMMs, ONNX Runtime and OpenVINO slower end to end), so float32. AVX512-BF16
-    without AMX is taken to be like AMX (not measured by this project).
+    2.3x float32; on AMD Zen 4 (AVX512-BF16, no AMX) 1.34x; on an Intel CPU with AVX512-BF16 and no AMX
+    0.67x, so float32 there; with AVX2 only, bf16 is emulated (0.14x float32 on the GEMMs) and int8 gained
+    nothing (fbgemm 1.09x on the GEMMs, ONNX Runtime and OpenVINO slower end to end), so float32. The
+    table is docs/dtype_by_cpu.md (``cpu_has_fast_bf16``).
     """
     if dtype != "auto":
         if dtype not in DTYPES:

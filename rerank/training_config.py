@@ -32,7 +32,8 @@ class TrainingConfig:
         stays). eval_steps: dev evaluations every N steps (default: 4 per epoch).
     early_stopping_patience: stop after this many dev evaluations without a better nDCG@10 (default 3;
         ``None`` never stops early); the best checkpoint is the one kept either way.
-    bf16: ``auto`` uses it on GPUs that have it and on CPUs with AMX/AVX512-BF16. seed: 12."""
+    bf16: ``auto`` uses it on GPUs that have it and on CPUs where it was measured faster (AMX; AMD with
+    AVX512-BF16: ``rerank.device.cpu_has_fast_bf16``). seed: 12."""
 
     loss: str = "lambda"
     lambda_scheme: str = "ndcg2pp"
