@@ -330,11 +330,8 @@ def ties_by_doc_id(hits: Sequence[Hit]) -> list[Hit]:
 def index_texts(searcher, candidates: Mapping[str, Sequence[Hit]], qrels) -> dict[str, str]:
     """doc id → text as an engine index holds it (the fields its searcher reads), for every candidate and
     every judged document the index has: mined from a user's index, training sees what the reranker will."""
-    judged = [doc for docs in qrels.values() for doc in docs]
-    missing = set(searcher.missing_doc_ids(judged)) if judged else set()
-    ids = list(dict.fromkeys([h.doc_id for hits in candidates.values() for h in hits] +
-                             [doc for doc in judged if doc not in missing]))
-    return dict(zip(ids, searcher.fetch_texts(ids))) if ids else {}
+    ids = [h.doc_id for hits in candidates.values() for h in hits] + [doc for docs in qrels.values() for doc in docs]
+    return searcher.texts_in_index(ids) if ids else {}
 
 
 def load_mined(dataset_dir):

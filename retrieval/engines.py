@@ -15,17 +15,27 @@ index's ``_meta`` records which, so a searcher always analyzes queries as the in
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any, Iterable, Sequence
 
 from .analysis import get_analyzer
 from .engine_query import EngineQuery
 from .errors import EsrerankError
 from .records import DataError, Hit
-from .source_fields import MappedField, check_fields, join_fields, mapped_fields, source_path, text_fields
+from .source_fields import (
+    MappedField,
+    check_fields,
+    join_fields,
+    mapped_fields,
+    read_path,
+    source_path,
+    text_fields,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +167,6 @@ def ndjson(lines: Iterable[dict]) -> str:
 
 def read_id(hit: dict, id_field: str) -> list[str]:
     """The values of ``id_field`` in a hit: from its ``_source``, or from its stored ``fields``."""
-    from .source_fields import read_path
-
     if "_source" in hit:
         return read_path(hit["_source"], id_field)
     return [str(value) for value in hit.get("fields", {}).get(id_field, [])]
@@ -246,9 +254,7 @@ class SearchEngineBM25:
         self.id_field = id_field
         self.max_text_chars = max_text_chars
         self.rest = self._adapter(url, request_timeout, sniff)
-        self._meta: dict | None = None
         self._dfs = dfs
-        self._mapping: dict | None = None
         self._checked = False
         self._search_logged = False
 
@@ -271,12 +277,10 @@ class SearchEngineBM25:
 
     # --- reading the index's recorded settings --------------------------------------------------
 
-    @property
+    @cached_property
     def meta(self) -> dict:
         """The esrerank ``_meta`` of the index (analysis mode, analyzer, k1, b); {} for a foreign index."""
-        if self._meta is None:
-            self._meta = self.index_meta(self.index)
-        return self._meta
+        return self.mapping.get("_meta", {}).get("esrerank", {})
 
     def _query_text(self, query: str) -> str:
         if self.meta.get("analysis") == "client":
@@ -285,15 +289,12 @@ class SearchEngineBM25:
 
     # --- the index's mapping, and checking the user's options against it ---------------------------
 
-    @property
+    @cached_property
     def mapping(self) -> dict:
-        """The index's ``mappings`` (of the first index behind an alias)."""
-        if self._mapping is None:
-            answer = self.rest.request("GET", f"/{self.index}/_mapping")
-            self._mapping = next(iter(answer.values()))["mappings"] if answer else {}
-        return self._mapping
+        """The index's ``mappings`` (of the first index behind an alias), read once."""
+        return self.mappings_of(self.index)
 
-    @property
+    @cached_property
     def fields(self) -> dict[str, MappedField]:
         """The index's fields by dotted path."""
         return mapped_fields(self.mapping)
@@ -315,8 +316,6 @@ class SearchEngineBM25:
         fields = self.fields
         chosen: list[str] = []
         if self.query is not None and self.query.fields:
-            import fnmatch
-
             for name in self.query.field_names:
                 matches = ([path for path in text_fields(fields) if fnmatch.fnmatchcase(path, name)] if "*" in name
                            else [source_path(name, fields)])
@@ -534,6 +533,19 @@ class SearchEngineBM25:
             raise DataError("--index", f"{len(missing)} documents are not in index {self.index!r} "
                                        f"(e.g. {missing[0]!r}); ids there look like "
                                        f"{', '.join(map(repr, self.sample_doc_ids(3)))}")
+        texts = self._texts(sources, paths)
+        return [texts[d] for d in doc_ids]
+
+    def texts_in_index(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        """doc id → text, as :meth:`fetch_texts` reads it, for those of ``doc_ids`` the index has (the others
+        are left out, not an error): one pass for a mix of found and possibly missing documents."""
+        self.check()
+        paths = self.reranked_fields()
+        return self._texts(self._sources(list(dict.fromkeys(doc_ids)), paths), paths)
+
+    def _texts(self, sources: dict[str, dict], paths: list[str]) -> dict[str, str]:
+        """The reranker's text of each source (its ``paths`` joined, cut at ``max_text_chars``); documents
+        without any are reported, and none having any is an error."""
         texts, empty, cut = {}, [], 0
         for doc_id, source in sources.items():
             text = join_fields(source, paths)
@@ -551,24 +563,24 @@ class SearchEngineBM25:
                            "empty text", len(empty), len(texts), self.index, ", ".join(paths), ", ".join(empty[:3]))
         if cut:
             logger.info("%d documents cut at %d characters", cut, self.max_text_chars)
-        return [texts[d] for d in doc_ids]
+        return texts
 
     def _sources(self, doc_ids: list[str], paths: list[str]) -> dict[str, dict]:
         """doc id → its ``_source`` (or stored fields, when ``_source`` is disabled) restricted to ``paths``,
         for the documents that are in the index."""
         wanted = paths + ([self.id_field] if self.id_field else [])
+        if not wanted:
+            read = {"_source": "false"}
+        elif self.source_enabled:
+            read = {"_source_includes": ",".join(wanted)}
+        else:
+            read = {"stored_fields": ",".join(wanted)}
+        lookup = self._id_lookup_field() if self.id_field else None
         found: dict[str, dict] = {}
         for start in range(0, len(doc_ids), 1000):
             chunk = doc_ids[start:start + 1000]
-            if not wanted:
-                read = {"_source": "false"}
-            elif self.source_enabled:
-                read = {"_source_includes": ",".join(wanted)}
-            else:
-                read = {"stored_fields": ",".join(wanted)}
-            if self.id_field:
-                body = {"query": {"terms": {self._id_lookup_field(): chunk}}, "size": len(chunk) * 2,
-                        "track_total_hits": False}
+            if lookup:
+                body = {"query": {"terms": {lookup: chunk}}, "size": len(chunk) * 2, "track_total_hits": False}
                 body.update({"_source": {"includes": wanted}} if self.source_enabled else {"stored_fields": wanted})
                 docs = self.rest.request("POST", f"/{self.index}/_search", body=body)["hits"]["hits"]
             else:
@@ -683,10 +695,14 @@ class SearchEngineBM25:
                 return []
             raise
 
+    def mappings_of(self, name: str) -> dict:
+        """The ``mappings`` of an index, or of the first index behind an alias."""
+        answer = self.rest.request("GET", f"/{name}/_mapping")
+        return next(iter(answer.values()))["mappings"] if answer else {}
+
     def index_meta(self, name: str) -> dict:
         """The esrerank ``_meta`` of an index or of the one index behind an alias; {} for a foreign index."""
-        mapping = self.rest.request("GET", f"/{name}/_mapping")
-        return next(iter(mapping.values()))["mappings"].get("_meta", {}).get("esrerank", {})
+        return self.mappings_of(name).get("_meta", {}).get("esrerank", {})
 
     def put_meta(self, name: str, meta: dict) -> None:
         self.rest.request("PUT", f"/{name}/_mapping", body={"_meta": {"esrerank": meta}})

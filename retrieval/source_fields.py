@@ -8,6 +8,7 @@ with a space in the order the fields are named, as the in-memory index joins tit
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -95,8 +96,6 @@ def check_fields(named: Iterable[str], fields: Mapping[str, MappedField], index:
     """Each named field must be in the mapping (wildcards must match one); the error lists the text fields."""
     for name in named:
         if "*" in name:
-            import fnmatch
-
             if not any(fnmatch.fnmatchcase(path, name) for path in fields):
                 raise DataError(option, f"{name!r} matches no field of index {index!r}; its text fields: "
                                          f"{', '.join(text_fields(fields)) or 'none'}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from retrieval.records import DataError
-
 from .options import engine_url, positive_int, read_api_key
 
 
@@ -61,10 +59,5 @@ def _rerank_fields(args) -> list[str]:
     from retrieval.engines import connect
 
     searcher = connect(args.engine, engine_url(args), args.index, rerank_fields=named)
-    if not searcher.exists(args.index):
-        raise DataError("--index", f"{args.engine} at {searcher.url} has no index or alias {args.index!r}")
-    from retrieval.source_fields import check_fields
-
-    fields = searcher.reranked_fields()
-    check_fields(fields, searcher.fields, args.index, "--rerank-fields")
-    return fields
+    searcher.check()  # the index is there and the fields are in its mapping, as for any searcher
+    return searcher.reranked_fields()
