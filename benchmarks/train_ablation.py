@@ -41,19 +41,27 @@ from pipelines.retrieve_rerank import (
 from retrieval.bm25 import InMemoryBM25  # noqa: E402
 from retrieval.corpus import load_collection  # noqa: E402
 
+# Equal pairs for the lists-a-step rows: 1,024 lists (about two passes over the ~509 training queries).
+EQUAL_LISTS = 1024
 ROWS = {  # name → (extra mine flags, extra train flags)
     "default": ([], []),
+    # the defaults before issue 25: one epoch of 4 lists a step, lr 5e-5 with 10% warmup and linear decay to
+    # zero, embeddings trained, dev evaluation on BM25's top 30 four times an epoch, patience 3
+    "old-defaults": (["--dev-retrieve-k", "30"],
+                     ["--epochs", "1", "--batch-size", "4", "--lr", "5e-5", "--warmup-steps", "13",
+                      "--lr-schedule", "linear", "--eval-steps", "32", "--early-stopping", "3", "--train-embeddings"]),
+    **{f"lists-{n}": ([], ["--batch-size", str(n), "--max-steps", str(EQUAL_LISTS // n)]) for n in (1, 2, 4, 8)},
+    "1-epoch": ([], ["--epochs", "1"]),
+    "float32": ([], ["--bf16", "false"]),
     "bce": ([], ["--loss", "bce", "--batch-size", "40"]),  # 4 queries x 10 documents a step, as the default
     "listnet": ([], ["--loss", "listnet"]),
     "hard-only": (["--num-negatives", "9", "--num-random-negatives", "0"], []),
-    "teacher": (["--teacher", "{minilm}", "--teacher-type", "bi-encoder", "--relative-margin", "0.05"], []),
+    "teacher-filter": (["--teacher", "{minilm}", "--teacher-type", "bi-encoder", "--relative-margin", "0.05"], []),
     "maxp": ([], ["--passages", "maxp"]),
     "len384": ([], ["--max-length", "384"]),
-    "lr1e-4": ([], ["--lr", "1e-4"]),
-    "lr2e-5": ([], ["--lr", "2e-5"]),
-    "2-epochs": ([], ["--epochs", "2"]),
-    "old-defaults": (["--num-negatives", "9", "--num-random-negatives", "0"],
-                     ["--epochs", "3", "--lr", "1e-4", "--batch-size", "8", "--early-stopping", "0"]),
+    "lr5e-5": ([], ["--lr", "5e-5"]),
+    "lr2e-4": ([], ["--lr", "2e-4"]),
+    "train-embeddings": ([], ["--train-embeddings"]),
 }
 MEASURES = ("nDCG@10", "RR@10", "AP")
 
@@ -93,24 +101,27 @@ def summarize(per_query: dict, bm25_per_query: dict) -> dict:
 def table(out: Path) -> str:
     """A markdown table of every row measured so far under ``out``."""
     lines = ["| row | dev nDCG@10 (BM25) | held-out nDCG@10 [95% CI] | p vs BM25 | RR@10 | AP | fused (α from dev) "
-             "| mine s | train s | steps | rerank held-out s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| mine s | train s | steps × lists | training pairs | s / step | rerank held-out s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(out.glob("*/result.json"), key=lambda p: p.stat().st_mtime):
         r = json.loads(path.read_text())
         h, d = r["heldout"], r["dev"]
         low, high = h["reranked"]["nDCG@10_ci95"]
         training = json.loads((path.parent / "model" / "esrerank_training.json").read_text())["result"]
+        batch = training.get("batch_size") or 4
+        per_step = training.get("seconds_per_step")
         lines.append(
             f"| {r['row']} | {d['reranked']['nDCG@10']:.4f} ({d['bm25']['nDCG@10']:.4f}) | "
             f"{h['reranked']['nDCG@10']:.4f} [{low:.3f}, {high:.3f}] | {h['reranked']['p_vs_bm25']['nDCG@10']:.2g} | "
             f"{h['reranked']['RR@10']:.4f} | {h['reranked']['AP']:.4f} | {h['fused']['nDCG@10']:.4f} "
             f"(α {h['fused']['alpha_tuned_on_dev']}) | {r['seconds']['mine']:.0f} | {r['seconds']['train']:.0f} | "
-            f"{training['steps']} | {r['seconds']['rerank_heldout']:.0f} |")
+            f"{training['steps']} × {batch} | {training['steps'] * batch * r.get('docs_per_list', 0):,.0f} | "
+            f"{'' if per_step is None else f'{per_step:.2f}'} | {r['seconds']['rerank_heldout']:.0f} |")
     first = next(iter(sorted(out.glob("*/result.json"))), None)
     if first is not None:
         h = json.loads(first.read_text())["heldout"]["bm25"]
         lines.append(f"| BM25 | | {h['nDCG@10']:.4f} [{h['nDCG@10_ci95'][0]:.3f}, {h['nDCG@10_ci95'][1]:.3f}] | | "
-                     f"{h['RR@10']:.4f} | {h['AP']:.4f} | | | | | |")
+                     f"{h['RR@10']:.4f} | {h['AP']:.4f} | | | | | | | |")
     return "\n".join(lines)
 
 
@@ -167,8 +178,10 @@ def main() -> None:
             train_s = json.loads((row / "model" / "esrerank_training.json").read_text())["result"]["seconds"]
         dev_ids = set(json.loads((mined / "mining_config.json").read_text())["dev_queries"])
         dev = [q for q in rest if q.query_id in dev_ids]
+        stats = json.loads((mined / "stats.json").read_text())
+        docs_per_list = stats["negatives_per_query"]["mean"] + stats["positives"] / max(1, stats["kept"])
         result = {"row": name, "mine_flags": mine_flags, "train_flags": train_flags, "rerank_k": args.rerank_k,
-                  "seconds": {"mine": mine_s, "train": train_s}}
+                  "docs_per_list": docs_per_list, "seconds": {"mine": mine_s, "train": train_s}}
         splits = {"dev": dev, "heldout": heldout}
         heads_by_split = {}
         for split, queries in splits.items():

@@ -49,6 +49,8 @@ class Comparison:
     baseline: float
     system: float
     p_value: float  # paired two-sided t-test over queries; nan when the two runs are identical
+    baseline_ci: tuple[float, float] | None = None  # 95% bootstrap interval of the mean over queries
+    system_ci: tuple[float, float] | None = None
 
     @property
     def delta(self) -> float:
@@ -69,7 +71,8 @@ def compare(baseline: Mapping[str, Mapping[str, float]], system: Mapping[str, Ma
         a = np.array([base_values[q] for q in queries])
         b = np.array([system[name][q] for q in queries])
         p_value = float(stats.ttest_rel(b, a).pvalue) if len(queries) > 1 and np.any(a != b) else math.nan
-        comparisons.append(Comparison(name, float(a.mean()), float(b.mean()), p_value))
+        comparisons.append(Comparison(name, float(a.mean()), float(b.mean()), p_value, bootstrap_ci(a),
+                                      bootstrap_ci(b)))
     return comparisons
 
 
@@ -87,13 +90,18 @@ def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, resamples: i
 
 def format_table(comparisons: Sequence[Comparison], baseline_name: str = "BM25", system_name: str = "reranked",
                  alpha: float = 0.05) -> str:
-    header = f"{'measure':<9} {baseline_name:>9} {system_name:>9} {'delta':>8} {'p (paired t)':>13}"
+    def interval(ci) -> str:
+        return "" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    header = (f"{'measure':<9} {baseline_name:>9} {'95% CI':>14} {system_name:>9} {'95% CI':>14} {'delta':>8} "
+              f"{'p (paired t)':>13}")
     lines = [header, "-" * len(header)]
     for c in comparisons:
         mark = " *" if c.p_value < alpha else ""
         p_text = "n/a" if math.isnan(c.p_value) else f"{c.p_value:.4f}"
-        lines.append(f"{c.measure:<9} {c.baseline:>9.4f} {c.system:>9.4f} {c.delta:>+8.4f} {p_text:>13}{mark}")
-    lines.append(f"* significant at p < {alpha}")
+        lines.append(f"{c.measure:<9} {c.baseline:>9.4f} {interval(c.baseline_ci):>14} {c.system:>9.4f} "
+                     f"{interval(c.system_ci):>14} {c.delta:>+8.4f} {p_text:>13}{mark}")
+    lines.append(f"* significant at p < {alpha}; 95% CI: bootstrap over queries")
     return "\n".join(lines)
 
 

@@ -266,7 +266,7 @@ def default_dev_size(queries: int) -> int:
 
 
 def mine_collection(collection, retriever, out_dir, config: MiningConfig | None = None, teacher=None,
-                    dev_queries: int | None = None, dev_retrieve_k: int = 30, exclude: set[str] | None = None,
+                    dev_queries: int | None = None, dev_retrieve_k: int = 100, exclude: set[str] | None = None,
                     first_stage_description: str = "", show_progress: bool = False) -> MiningReport:
     """What ``esrerank mine`` does: hold out a dev split, mine hard negatives for the other queries from
     ``retriever``'s candidates, save the rows and the dev split's candidates under ``out_dir``.
@@ -279,7 +279,7 @@ def mine_collection(collection, retriever, out_dir, config: MiningConfig | None 
         teacher: a model whose scores filter likely false negatives (see ``MiningConfig`` margins).
         dev_queries: queries held out as the dev split ``esrerank train`` evaluates on. Default None:
             ``default_dev_size`` (a fifth, at most 100); 0: none.
-        dev_retrieve_k: first-stage candidates kept per dev query. Default 30.
+        dev_retrieve_k: first-stage candidates kept per dev query. Default 100 (as deep as evaluation reranks).
         exclude: query ids to leave out entirely (e.g. a test split).
 
     Returns:
@@ -348,7 +348,7 @@ def load_mined(dataset_dir):
     return dataset
 
 
-def training_dev_samples(dataset_dir, evaluation=None, query_ids=None, retrieve_k: int = 30) -> list[dict] | None:
+def training_dev_samples(dataset_dir, evaluation=None, query_ids=None, retrieve_k: int = 100) -> list[dict] | None:
     """The dev split ``esrerank train`` evaluates on: the queries of ``evaluation`` (a collection; only
     ``query_ids`` when given) with their BM25 top ``retrieve_k``, or else the split ``esrerank mine`` held
     out beside the dataset; None when there is neither."""

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 class RecipeConfig:
     dev_queries: int = 200  # evaluation queries held out of the training queries when train and eval data are the same
     retrieve_k: int = 100  # BM25 candidates for mining and for the final evaluation
-    train_eval_retrieve_k: int = 30  # candidates per dev query for the evaluations during training (cheaper)
+    train_eval_retrieve_k: int = 100  # candidates per dev query during training: as deep as the evaluation
     train_eval_queries: int = 100  # dev queries for training's evaluations, held out of the training queries
     rerank_k: int = 100
     seed: int = 12

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 from .device import cpu_has_fast_bf16
+from .first_token import first_token_last_layer
 from .passages import PassageConfig, RerankerSettings, best_of_windows, split_windows, window_pairs
-from .training_config import DEV_METRIC, LAMBDA_SCHEMES, LOSSES, TrainingConfig  # noqa: F401 (re-exported)
+from .tokens import TokenizedPairs, tokenize_pairs
+from .training_config import DEV_METRIC, DISTILLATION_LOSSES, LAMBDA_SCHEMES, LOSSES, TrainingConfig  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ def make_loss(model, config: TrainingConfig):
         return losses.LambdaLoss(model, weighting_scheme=scheme, mini_batch_size=config.mini_batch_size)
     if config.loss == "bce":
         return losses.BinaryCrossEntropyLoss(model)
+    if config.loss == "margin-mse":
+        return losses.MarginMSELoss(model)
     listwise = {"listnet": losses.ListNetLoss, "plistmle": losses.PListMLELoss, "ranknet": losses.RankNetLoss,
                 "listmle": losses.ListMLELoss}[config.loss]
     return listwise(model, mini_batch_size=config.mini_batch_size)
@@ -118,19 +122,20 @@ def _dev_evaluator_class():
                 first_stage.setdefault(qid, {}).setdefault(did, float(-position))
             self.ndcg = ir_measures.nDCG @ 10
             self.first_stage_ndcg = float(ir_measures.calc_aggregate([self.ndcg], self.qrels, first_stage)[self.ndcg])
-            self._windows = None  # (window pairs, owner of each), cut on the first call with the model's tokenizer
+            self._tokens = None  # (tokenized pairs or windows, owner of each), on the first call (model's tokenizer)
 
         def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
             import ir_measures
 
-            pairs, owner = self.pairs, np.arange(len(self.pairs))
-            if self.passages.mode == "maxp":
-                if self._windows is None:
-                    self._windows = window_pairs(model.tokenizer, self.pairs, self.max_length, self.passages)
-                pairs, owner = self._windows
-            with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                raw = model.predict(pairs, batch_size=64, show_progress_bar=False, convert_to_tensor=True)
-            scores = best_of_windows(raw.float().cpu().numpy(), owner, len(self.doc_ids))
+            if self._tokens is None:  # the same pairs every evaluation: tokenized once
+                pairs, owner = self.pairs, np.arange(len(self.pairs))
+                if self.passages.mode == "maxp":
+                    pairs, owner = window_pairs(model.tokenizer, self.pairs, self.max_length, self.passages)
+                with_types = "token_type_ids" in model.tokenizer.model_input_names
+                self._tokens = (tokenize_pairs(model.tokenizer, pairs, self.max_length, with_types), owner)
+            tokens, owner = self._tokens
+            raw = score_tokenized(model.model, tokens, model.tokenizer.pad_token_id or 0, self.bf16)
+            scores = best_of_windows(raw, owner, len(self.doc_ids))
             run: dict[str, dict[str, float]] = {}
             for (qid, did), score in zip(self.doc_ids, scores):
                 run.setdefault(qid, {})[did] = max(float(score), run.get(qid, {}).get(did, -np.inf))
@@ -143,6 +148,37 @@ def _dev_evaluator_class():
     return DevReranking
 
 
+def score_tokenized(model, tokens: TokenizedPairs, pad_id: int, bf16: bool) -> np.ndarray:
+    """Logits of a transformers sequence classifier (the model being trained) for every pair of ``tokens``,
+    scored as the reranker scores: longest first in batches of a token budget (4,096 on CPU, where it was
+    fastest, 65,536 on GPU), the last layer for the first token only (exact; put back before returning),
+    no gradients. The model is left in the mode it was in."""
+    budget = 65_536 if model.device.type == "cuda" else 4_096
+    order = np.argsort(-tokens.lengths, kind="stable")
+    scores = np.empty(len(tokens), dtype=np.float32)
+    layers = model.base_model.encoder.layer if hasattr(getattr(model.base_model, "encoder", None), "layer") else None
+    last = layers[-1] if layers is not None else None
+    was_training = model.training
+    model.eval()
+    try:
+        first_token_last_layer(model)
+        with torch.inference_mode(), torch.autocast(device_type=model.device.type, dtype=torch.bfloat16,
+                                                    enabled=bf16):
+            start = 0
+            while start < len(order):
+                longest = int(tokens.lengths[order[start]])
+                batch = order[start:start + max(1, budget // longest)]
+                inputs = tokens.padded(batch, longest, pad_id)
+                logits = model(**{name: torch.from_numpy(array).to(model.device) for name, array in inputs.items()})
+                scores[batch] = logits.logits[:, 0].float().cpu().numpy()
+                start += len(batch)
+    finally:
+        if last is not None:
+            layers[-1] = last  # the trainer saves and trains the model as it was
+        model.train(was_training)
+    return scores
+
+
 def load_model(base_model: str, config: TrainingConfig, device: str | None = None):
     """A sentence-transformers CrossEncoder to train; a base encoder without a classification head gets a
     fresh one-label head."""
@@ -153,13 +189,80 @@ def load_model(base_model: str, config: TrainingConfig, device: str | None = Non
                           config_kwargs={"attention_probs_dropout_prob": config.attention_dropout})
 
 
-def _warmup(ratio: float) -> dict:
-    """transformers 5 takes the warmup ratio as a float ``warmup_steps`` (``warmup_ratio`` is deprecated)."""
-    import transformers
+SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        return {"warmup_steps": float(ratio)}
-    return {"warmup_ratio": ratio}
+
+class StepTimer:
+    """Seconds of each optimizer update, dev evaluations and checkpoint saves left out: the figure to
+    compare machines and settings by."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        self.seconds: list[float] = []
+        self._began = None
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                timer._began = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if timer._began is not None:
+                    timer.seconds.append(time.perf_counter() - timer._began)
+                    timer._began = None
+
+        self.callback = _Callback()
+
+    def median(self) -> float | None:
+        return float(np.median(self.seconds)) if self.seconds else None
+
+
+def teacher_labels(dataset, teacher):
+    """labeled-list rows with each label replaced by ``teacher``'s score of (query, doc) (anything with
+    ``predict(pairs)``): the targets of distillation, which needs no judgment."""
+    import datasets
+
+    rows = list(dataset)
+    pairs = [(row["query"], doc) for row in rows for doc in row["docs"]]
+    scores = np.asarray(teacher.predict(pairs), dtype=np.float64).reshape(-1)
+    if len(scores) != len(pairs):
+        raise ValueError(f"the teacher returned {len(scores)} scores for {len(pairs)} pairs")
+    out, at = [], 0
+    for row in rows:
+        count = len(row["docs"])
+        out.append({"query": row["query"], "docs": list(row["docs"]), "labels": scores[at:at + count].tolist()})
+        at += count
+    return datasets.Dataset.from_list(out)
+
+
+def margin_rows(dataset):
+    """labeled-list rows → the (query, positive, negative_1..n) rows MarginMSE reads, labels the n+1
+    scores: each list's best-labelled document first, then the others in their mined order, every row
+    cut to the shortest list's length (the loss needs one width)."""
+    import datasets
+
+    rows = list(dataset)
+    width = min(len(row["docs"]) for row in rows)
+    if width < 2:
+        raise ValueError("margin-mse needs at least two documents in every training list")
+    out = []
+    for row in rows:
+        best = int(np.argmax(row["labels"]))
+        order = [best] + [i for i in range(len(row["docs"])) if i != best][: width - 1]
+        out.append({"query": row["query"], "positive": row["docs"][order[0]],
+                    **{f"negative_{n}": row["docs"][i] for n, i in enumerate(order[1:], start=1)},
+                    "label": [float(row["labels"][i]) for i in order]})
+    return datasets.Dataset.from_list(out)
+
+
+def training_rows(dataset, config: TrainingConfig):
+    """The rows ``config.loss`` reads, from labeled-list rows."""
+    if config.loss == "bce":
+        return to_pairs(dataset)
+    if config.loss == "margin-mse":
+        return margin_rows(dataset)
+    return dataset
 
 
 def use_bf16(setting: str) -> bool:
@@ -180,17 +283,47 @@ class TrainingResult:
     steps: int
     seconds: float
     train_rows: int
+    batch_size: int = 0
+    seconds_per_step: float | None = None  # median of the optimizer updates, evaluations left out
+    first_stage_dev_ndcg10: float | None = None  # the dev candidates in the first stage's order
+
+    @property
+    def epochs(self) -> float:
+        return self.steps * self.batch_size / self.train_rows if self.train_rows else 0.0
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        if self.seconds_per_step is None or not self.batch_size:
+            return None
+        return self.seconds_per_step * self.train_rows / self.batch_size
+
+    def verdict(self) -> str:
+        """One line: the best dev nDCG@10 against the first stage's own order of the same candidates."""
+        if self.best_dev_ndcg10 is None or self.first_stage_dev_ndcg10 is None:
+            return "no dev evaluation: nothing tells whether the reranker beats the first stage"
+        gain = self.best_dev_ndcg10 - self.first_stage_dev_ndcg10
+        line = (f"best dev nDCG@10 {self.best_dev_ndcg10:.4f} against the first stage's "
+                f"{self.first_stage_dev_ndcg10:.4f} on the same candidates ({gain:+.4f})")
+        if gain <= 0:
+            line = "WARNING: the reranker is not above the first stage on the dev queries: " + line
+        return line
 
 
 def train_cross_encoder(train_dataset, base_model: str, out_dir, config: TrainingConfig | None = None,
-                        dev_samples: list[dict] | None = None, resume: bool = False) -> TrainingResult:
+                        dev_samples: list[dict] | None = None, resume: bool = False,
+                        teacher=None) -> TrainingResult:
     """Train on ``train_dataset`` (labeled-list rows: ``query``, ``docs``, ``labels``), evaluate dev
     nDCG@10 over ``dev_samples`` (``{"query", "positive": [...], "documents": [...]}``, the first stage's
     candidates in order) every ``eval_steps``, stop early when it stops improving, keep the best
     checkpoint, and save it to ``out_dir``: a folder that esrerank's ``CrossEncoder``,
     sentence-transformers' ``CrossEncoder`` and transformers' ``AutoModel*`` all load, with the training
     settings (``esrerank_reranker.json``), log and curve beside it. Without dev samples the last step's
-    model is saved, with a warning: nothing tells when training stopped helping."""
+    model is saved, with a warning: nothing tells when training stopped helping.
+
+    ``teacher`` (anything with ``predict(pairs)``, e.g. a stronger cross-encoder): distillation. Every
+    mined document's label becomes the teacher's score, and the student learns them with ``margin-mse``
+    (MarginMSE on the teacher's margins) or ``listnet`` (listwise distillation: the teacher's scores,
+    softmaxed, are the target distribution); judgments are not needed."""
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from transformers import EarlyStoppingCallback
 
@@ -199,13 +332,20 @@ def train_cross_encoder(train_dataset, base_model: str, out_dir, config: Trainin
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     model = load_model(base_model, config)
+    if config.freeze_embeddings:
+        model.model.get_input_embeddings().weight.requires_grad_(False)
     if config.passages == "maxp":
         train_dataset = best_windows(train_dataset, model.tokenizer, config)
-    if config.loss == "bce":
-        train_dataset = to_pairs(train_dataset)
+    if teacher is not None:
+        if config.loss not in DISTILLATION_LOSSES:
+            raise ValueError(f"distillation from a teacher trains with {' or '.join(DISTILLATION_LOSSES)}, "
+                             f"not {config.loss}")
+        train_dataset = teacher_labels(train_dataset, teacher)
+    elif config.loss == "margin-mse":
+        raise ValueError("margin-mse learns a teacher's margins: give a teacher")
+    train_dataset = training_rows(train_dataset, config)
     loss = make_loss(model, config)
-    steps_per_epoch = max(1, -(-len(train_dataset) // config.batch_size))
-    eval_steps = config.eval_steps or max(1, steps_per_epoch // 4)
+    batch_size, max_steps, eval_steps = config.steps_for(len(train_dataset))
     evaluator = None
     bf16 = use_bf16(config.bf16)
     if dev_samples:
@@ -213,13 +353,16 @@ def train_cross_encoder(train_dataset, base_model: str, out_dir, config: Trainin
     else:
         logger.warning("training without dev queries: no early stopping, no best checkpoint; the last step's "
                        "model is saved (give dev samples, or mine with a dev split, to avoid that)")
+    logger.info("training on %d rows: %d a step, at most %d updates (%.1f epochs), dev evaluation every %d",
+                len(train_dataset), batch_size, max_steps, max_steps * batch_size / len(train_dataset), eval_steps)
     checkpoints = out_dir / "checkpoints"
     args = CrossEncoderTrainingArguments(
         output_dir=str(checkpoints),
-        num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
         learning_rate=config.lr,
-        **_warmup(config.warmup_ratio),
+        warmup_steps=min(config.warmup_steps, max_steps),
+        lr_scheduler_type=SCHEDULERS[config.lr_schedule],
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
         seed=config.seed,
@@ -235,8 +378,10 @@ def train_cross_encoder(train_dataset, base_model: str, out_dir, config: Trainin
         dataloader_drop_last=False,
         report_to="none",
     )
-    callbacks = ([EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)]
-                 if evaluator is not None and config.early_stopping_patience else [])
+    step_timer = StepTimer()
+    callbacks = [step_timer.callback]
+    if evaluator is not None and config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator,
                                   callbacks=callbacks)
     resume_from = resume and any(checkpoints.glob("checkpoint-*"))
@@ -244,19 +389,24 @@ def train_cross_encoder(train_dataset, base_model: str, out_dir, config: Trainin
         logger.info("--resume: no checkpoint in %s yet, starting from the beginning", checkpoints)
     trainer.train(resume_from_checkpoint=True if resume_from else None)
     best_metric = trainer.state.best_metric
-    if evaluator is not None:
-        final = evaluator(model)  # the best checkpoint is loaded at the end; record its score
-        best_metric = final.get("dev_ndcg@10", best_metric)
+    if evaluator is not None and best_metric is None:
+        # no evaluation ran (fewer steps than eval_steps): score the final model once. Otherwise the best
+        # checkpoint, loaded at the end, was scored when it was saved; scoring it again costs a dev pass.
+        best_metric = evaluator(model)["dev_ndcg@10"]
     model.save_pretrained(str(out_dir))
     RerankerSettings(max_length=config.max_length, passages=passage_config(config)).save(out_dir)
     history = trainer.state.log_history
     (out_dir / LOG_FILE).write_text(json.dumps(history, indent=1) + "\n")
-    title = f"{config.loss} loss, lr {config.lr:g}, batch {config.batch_size}, max length {config.max_length}"
+    title = (f"{config.loss} loss, lr {config.lr:g} {config.lr_schedule}, {batch_size} lists a step, "
+             f"max length {config.max_length}")
     plot_training_curve(history, out_dir / CURVE_FILE, title=title)
     result = TrainingResult(out_dir=str(out_dir), best_checkpoint=trainer.state.best_model_checkpoint,
                             best_dev_ndcg10=best_metric, steps=trainer.state.global_step,
-                            seconds=time.perf_counter() - started, train_rows=len(train_dataset))
-    (out_dir / "esrerank_training.json").write_text(json.dumps({"config": asdict(config), "result": asdict(result),
+                            seconds=time.perf_counter() - started, train_rows=len(train_dataset),
+                            batch_size=batch_size, seconds_per_step=step_timer.median(),
+                            first_stage_dev_ndcg10=evaluator.first_stage_ndcg if evaluator is not None else None)
+    (out_dir / "esrerank_training.json").write_text(json.dumps({"config": asdict(config), "result": {
+        **asdict(result), "epochs": result.epochs, "seconds_per_epoch": result.seconds_per_epoch},
                                                                 "bf16": bf16, "base_model": str(base_model)},
                                                                indent=2) + "\n")
     return result

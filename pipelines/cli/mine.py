@@ -52,8 +52,9 @@ def add_parser(commands, common) -> None:
                         help="queries held out of training as the dev split 'esrerank train' evaluates on, stops "
                         "early on and picks its checkpoint by (default: min(100, a fifth of the queries); 0: none)")
     parser.add_argument("--dev-retrieve-k", "--dev-depth", dest="dev_retrieve_k", type=positive_int,
-                        default=30,
-                        help="first-stage candidates per dev query reranked during training (default 30)")
+                        default=100,
+                        help="first-stage candidates per dev query reranked during training (default 100: as deep "
+                        "as 'esrerank evaluate' reranks)")
     parser.set_defaults(handler=run)
 
 

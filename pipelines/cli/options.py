@@ -124,16 +124,29 @@ def cross_encoder_from(args, show_progress: bool | None = None):
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
-    from rerank.training_config import LAMBDA_SCHEMES, LOSSES, TRAIN_PASSAGES, TrainingConfig
+    from rerank.training_config import LAMBDA_SCHEMES, LOSSES, LR_SCHEDULES, TRAIN_PASSAGES, TrainingConfig
 
     defaults = TrainingConfig()
     parser.add_argument("--loss", choices=LOSSES, default=defaults.loss, help=f"(default {defaults.loss})")
     parser.add_argument("--lambda-scheme", choices=LAMBDA_SCHEMES, default=defaults.lambda_scheme)
-    parser.add_argument("--epochs", type=positive_float, default=defaults.epochs, help=f"(default {defaults.epochs:g})")
+    parser.add_argument("--max-steps", type=positive_int, default=defaults.max_steps,
+                        help="the most optimizer updates; early stopping on the dev split normally ends training "
+                        f"before (default {defaults.max_steps})")
+    parser.add_argument("--epochs", type=positive_float, default=defaults.epochs,
+                        help="optional cap in passes over the training queries (default: none, the update budget "
+                        "and early stopping decide)")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
-                        help=f"queries per step; pairs per step with --loss bce (default {defaults.batch_size})")
+                        help="queries per step; pairs per step with --loss bce (default: about one per 128 "
+                        "training queries, from 2 to 16)")
     parser.add_argument("--mini-batch-size", type=positive_int, default=defaults.mini_batch_size)
-    parser.add_argument("--lr", type=positive_float, default=defaults.lr, help=f"(default {defaults.lr:g})")
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr, help=f"peak (default {defaults.lr:g})")
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=defaults.warmup_steps,
+                        help=f"linear warmup (default {defaults.warmup_steps})")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=defaults.lr_schedule,
+                        help="after warmup: constant (default; early stopping ends the run), or linear/cosine "
+                        "decay to zero at --max-steps")
+    parser.add_argument("--train-embeddings", action="store_true",
+                        help="train the word-embedding table too (default: kept fixed)")
     parser.add_argument("--max-length", type=max_length_tokens, default=defaults.max_length,
                         help=f"tokens per pair, saved with the model (default {defaults.max_length})")
     parser.add_argument("--passages", choices=TRAIN_PASSAGES, default=defaults.passages,
@@ -152,8 +165,10 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
 def training_config_from(args):
     from rerank.training_config import TrainingConfig
 
-    return TrainingConfig(loss=args.loss, lambda_scheme=args.lambda_scheme, epochs=args.epochs,
-                          batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, lr=args.lr,
+    return TrainingConfig(loss=args.loss, lambda_scheme=args.lambda_scheme, max_steps=args.max_steps,
+                          epochs=args.epochs, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size,
+                          lr=args.lr, warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule,
+                          freeze_embeddings=not args.train_embeddings,
                           max_length=args.max_length, passages=args.passages, eval_steps=args.eval_steps,
                           early_stopping_patience=args.early_stopping or None, bf16=args.bf16, seed=args.train_seed)
 

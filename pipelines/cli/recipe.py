@@ -29,8 +29,9 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--train-eval-queries", type=non_negative_int, default=100,
                         help="dev queries held out of the training queries for training's evaluations (default 100)")
     parser.add_argument("--train-eval-retrieve-k", "--train-eval-depth", dest="train_eval_retrieve_k",
-                        type=positive_int, default=30,
-                        help="BM25 candidates per query of training's dev evaluations (default 30)")
+                        type=positive_int, default=100,
+                        help="BM25 candidates per query of training's dev evaluations (default 100, as deep as the "
+                        "evaluation)")
     add_training_args(parser)
     add_first_stage_args(parser)
     parser.add_argument("--resume", action="store_true")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .options import add_training_args, logger, positive_int, read_query_ids, training_config_from
+from .options import add_training_args, logger, positive_int, read_query_ids, teacher_from, training_config_from
 
 
 def add_parser(commands, common) -> None:
@@ -17,8 +17,12 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--eval-split", default="test")
     parser.add_argument("--eval-queries", help="JSON list of query ids to evaluate on (default: all of the split)")
     parser.add_argument("--eval-retrieve-k", "--eval-depth", dest="eval_retrieve_k", type=positive_int,
-                        default=30,
-                        help="BM25 candidates per dev query (default 30)")
+                        default=100,
+                        help="BM25 candidates per dev query with --eval-data (default 100: as deep as "
+                        "'esrerank evaluate' reranks, so the checkpoint kept is the one best there)")
+    parser.add_argument("--teacher", help="distillation: a cross-encoder whose scores of the mined lists the "
+                        "model learns instead of the judgments (with --loss margin-mse, the default with a "
+                        "teacher, or listnet)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.set_defaults(handler=run)
 
@@ -37,8 +41,19 @@ def run(args) -> int:
     samples = training_dev_samples(args.dataset, evaluation, read_query_ids(args.eval_queries), args.eval_retrieve_k)
     if samples is not None and evaluation is None:
         logger.info("dev split: %d queries held out by 'esrerank mine' (%s)", len(samples), args.dataset)
-    result = train_cross_encoder(dataset, args.base_model, args.out, training_config_from(args), samples,
-                                 resume=args.resume)
-    print(f"trained {result.steps} steps in {result.seconds:.0f} s; best dev nDCG@10 "
-          f"{result.best_dev_ndcg10 if result.best_dev_ndcg10 is not None else 'n/a'}; model saved to {result.out_dir}")
+    config = training_config_from(args)
+    teacher = None
+    if args.teacher:
+        from dataclasses import replace
+
+        teacher = teacher_from(args.teacher, "cross-encoder")
+        if config.loss == "lambda":  # the default loss: a teacher's scores are learnt as margins unless asked
+            config = replace(config, loss="margin-mse")
+    result = train_cross_encoder(dataset, args.base_model, args.out, config, samples, resume=args.resume,
+                                 teacher=teacher)
+    per_step = f"{result.seconds_per_step:.2f} s a step, {result.seconds_per_epoch:.0f} s an epoch" \
+        if result.seconds_per_step is not None else "no step timed"
+    print(f"trained {result.steps} steps of {result.batch_size} ({result.epochs:.1f} epochs) in {result.seconds:.0f} s "
+          f"({per_step}); model saved to {result.out_dir}")
+    print(result.verdict())
     return 0

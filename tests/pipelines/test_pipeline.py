@@ -93,6 +93,14 @@ def test_paired_t_test_equals_its_formula():
     assert result.p_value == pytest.approx(2 * student_t.sf(t_statistic, df=3), rel=1e-9)
     assert result.delta == pytest.approx(0.1375)
     assert math.isnan(compare(base, base)[0].p_value)
+    # each side carries its own bootstrap interval of the mean, the one format_table prints
+    from pipelines.evaluation import bootstrap_ci, format_table
+
+    assert result.baseline_ci == bootstrap_ci([0.1, 0.4, 0.3, 0.2]) and result.system_ci == bootstrap_ci(
+        [0.3, 0.5, 0.35, 0.4])
+    assert result.baseline_ci[0] < 0.25 < result.baseline_ci[1]
+    row = format_table([result]).splitlines()[2]
+    assert f"[{result.system_ci[0]:.3f}, {result.system_ci[1]:.3f}]" in row and "0.3875" in row
 
 
 def test_trec_run_round_trip_and_errors(tmp_path):
