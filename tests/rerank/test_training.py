@@ -417,3 +417,18 @@ def test_verdict_compares_with_the_first_stage_and_warns_when_not_above():
     assert result(0.60, 0.66).verdict().startswith("WARNING: the reranker is not above the first stage")
     assert "no dev evaluation" in result(None, None).verdict()
     assert result(0.5, 0.5).epochs == 0.4 and result(0.5, 0.5).seconds_per_epoch == pytest.approx(12.5)
+
+
+@pytest.mark.slow
+def test_train_command_distils_a_teacher_with_margin_mse_by_default(tiny_cross_encoder, tmp_path, capsys):
+    from pipelines.cli import main
+
+    teacher_dir, rows = _teacher_and_rows(tiny_cross_encoder, tmp_path)
+    rows.save_to_disk(str(tmp_path / "mined"))  # what 'esrerank mine' writes: labeled lists
+    assert main(["train", "--dataset", str(tmp_path / "mined"), "--base-model", str(tiny_cross_encoder), "--out",
+                 str(tmp_path / "student"), "--teacher", str(teacher_dir), "--max-steps", "4", "--max-length", "32",
+                 "--bf16", "false"]) == 0
+    saved = json.loads((tmp_path / "student" / "esrerank_training.json").read_text())
+    assert saved["config"]["loss"] == "margin-mse" and saved["result"]["steps"] == 4
+    printed = capsys.readouterr().out
+    assert "trained 4 steps of 2" in printed and "no dev evaluation" in printed  # no dev split: said, not hidden
