@@ -18,6 +18,7 @@ BGE cross-encoders) whose layers have the standard submodules; any other model r
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -57,12 +58,17 @@ class FirstTokenLayer(nn.Module):
         return self.layer.output(self.layer.intermediate(attended), attended)
 
 
+def _encoder_layers(model: nn.Module):
+    """The encoder's list of layers of a supported architecture, else None."""
+    base = getattr(model, SUPPORTED.get(model.config.model_type, ""), None)
+    return getattr(getattr(base, "encoder", None), "layer", None)
+
+
 def first_token_last_layer(model: nn.Module) -> bool:
     """Replace ``model``'s last encoder layer by a ``FirstTokenLayer`` where the architecture allows it;
     returns whether it did. For inference only (the model is in eval mode: no dropout in the wrapper)."""
     config = model.config
-    base = getattr(model, SUPPORTED.get(config.model_type, ""), None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    layers = _encoder_layers(model)
     if (layers is None or len(layers) == 0 or getattr(config, "is_decoder", False)
             or getattr(config, "add_cross_attention", False) or getattr(config, "chunk_size_feed_forward", 0)):
         return False
@@ -77,3 +83,17 @@ def first_token_last_layer(model: nn.Module) -> bool:
         return False
     layers[-1] = FirstTokenLayer(last)
     return True
+
+
+@contextmanager
+def first_token_only(model: nn.Module):
+    """``first_token_last_layer`` for the duration of a ``with`` block, the original last layer put back
+    after it: for scoring a model that is also trained or saved (the trainer's dev evaluation)."""
+    layers = _encoder_layers(model)
+    original = layers[-1] if layers is not None and len(layers) else None
+    first_token_last_layer(model)
+    try:
+        yield model
+    finally:
+        if original is not None:
+            layers[-1] = original

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -81,3 +81,31 @@ def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
     flat_ids = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=total)
     flat_types = np.fromiter(chain.from_iterable(types), dtype=np.int64, count=total) if with_types else None
     return TokenizedPairs(flat_ids, flat_types, starts, lengths)
+
+
+MAX_BATCH_SIZE = 256  # pairs in one batch, whatever their length
+
+
+def default_batch_tokens(device_type: str) -> int:
+    """Token budget of one batch: 4,096 on CPU (the fastest measured there: activations stay in cache; see
+    the README) and 65,536 on GPU (large enough to keep the tensor cores busy)."""
+    return 65_536 if device_type == "cuda" else 4_096
+
+
+def length_batches(indices: np.ndarray, lengths: np.ndarray, max_tokens: int, max_size: int,
+                   cut_short: bool) -> Iterator[np.ndarray]:
+    """The pairs ``indices`` sorted longest first (``lengths`` is indexed like the pairs; ties keep their
+    order), cut into batches whose padded size fits ``max_tokens`` and that hold at most ``max_size`` pairs.
+    ``cut_short`` (on CPU) also ends a batch before the first pair shorter than 3/4 of its longest, so at
+    most a quarter of its work is padding: a 10-document request of MS MARCO-like passages was 44% padding
+    in one batch, and cut this way it scored 1.44x faster (README); large sorted inputs are cut as before.
+    (On a GPU, fewer, larger batches matter more than padding; not measured there, so not cut.)"""
+    order = indices[np.argsort(-lengths[indices], kind="stable")]
+    start = 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        size = max(1, min(max_size, max_tokens // longest))
+        if cut_short:
+            size = max(1, int(np.count_nonzero(lengths[order[start:start + size]] * 4 >= longest * 3)))
+        yield order[start:start + size]
+        start += size

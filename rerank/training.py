@@ -21,11 +21,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from .device import cpu_has_fast_bf16
-from .first_token import first_token_last_layer
+from .errors import InputError
+from .first_token import first_token_only
 from .passages import PassageConfig, RerankerSettings, best_of_windows, split_windows, window_pairs
-from .tokens import TokenizedPairs, tokenize_pairs
+from .tokens import MAX_BATCH_SIZE, TokenizedPairs, default_batch_tokens, length_batches, tokenize_pairs
 from .training_config import DEV_METRIC, DISTILLATION_LOSSES, LAMBDA_SCHEMES, LOSSES, TrainingConfig  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -150,31 +152,22 @@ def _dev_evaluator_class():
 
 def score_tokenized(model, tokens: TokenizedPairs, pad_id: int, bf16: bool) -> np.ndarray:
     """Logits of a transformers sequence classifier (the model being trained) for every pair of ``tokens``,
-    scored as the reranker scores: longest first in batches of a token budget (4,096 on CPU, where it was
-    fastest, 65,536 on GPU), the last layer for the first token only (exact; put back before returning),
-    no gradients. The model is left in the mode it was in."""
-    budget = 65_536 if model.device.type == "cuda" else 4_096
-    order = np.argsort(-tokens.lengths, kind="stable")
+    scored as esrerank's ``CrossEncoder`` scores: ``length_batches`` of its default token budget (4,096 on
+    CPU, 65,536 on GPU), the last layer for the first token only (``first_token_only``: put back before
+    returning), no gradients. The model is left in the mode it was in."""
     scores = np.empty(len(tokens), dtype=np.float32)
-    layers = model.base_model.encoder.layer if hasattr(getattr(model.base_model, "encoder", None), "layer") else None
-    last = layers[-1] if layers is not None else None
     was_training = model.training
     model.eval()
     try:
-        first_token_last_layer(model)
-        with torch.inference_mode(), torch.autocast(device_type=model.device.type, dtype=torch.bfloat16,
-                                                    enabled=bf16):
-            start = 0
-            while start < len(order):
-                longest = int(tokens.lengths[order[start]])
-                batch = order[start:start + max(1, budget // longest)]
-                inputs = tokens.padded(batch, longest, pad_id)
+        with first_token_only(model), torch.inference_mode(), torch.autocast(
+                device_type=model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            for batch in length_batches(np.arange(len(tokens)), tokens.lengths,
+                                        default_batch_tokens(model.device.type), MAX_BATCH_SIZE,
+                                        cut_short=model.device.type == "cpu"):
+                inputs = tokens.padded(batch, int(tokens.lengths[batch[0]]), pad_id)
                 logits = model(**{name: torch.from_numpy(array).to(model.device) for name, array in inputs.items()})
                 scores[batch] = logits.logits[:, 0].float().cpu().numpy()
-                start += len(batch)
     finally:
-        if last is not None:
-            layers[-1] = last  # the trainer saves and trains the model as it was
         model.train(was_training)
     return scores
 
@@ -192,27 +185,21 @@ def load_model(base_model: str, config: TrainingConfig, device: str | None = Non
 SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
-class StepTimer:
+class StepTimer(TrainerCallback):
     """Seconds of each optimizer update, dev evaluations and checkpoint saves left out: the figure to
     compare machines and settings by."""
 
     def __init__(self):
-        from transformers import TrainerCallback
-
         self.seconds: list[float] = []
-        self._began = None
-        timer = self
+        self._began: float | None = None
 
-        class _Callback(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                timer._began = time.perf_counter()
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._began = time.perf_counter()
 
-            def on_step_end(self, args, state, control, **kwargs):
-                if timer._began is not None:
-                    timer.seconds.append(time.perf_counter() - timer._began)
-                    timer._began = None
-
-        self.callback = _Callback()
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._began is not None:
+            self.seconds.append(time.perf_counter() - self._began)
+            self._began = None
 
     def median(self) -> float | None:
         return float(np.median(self.seconds)) if self.seconds else None
@@ -227,7 +214,7 @@ def teacher_labels(dataset, teacher):
     pairs = [(row["query"], doc) for row in rows for doc in row["docs"]]
     scores = np.asarray(teacher.predict(pairs), dtype=np.float64).reshape(-1)
     if len(scores) != len(pairs):
-        raise ValueError(f"the teacher returned {len(scores)} scores for {len(pairs)} pairs")
+        raise InputError(f"the teacher returned {len(scores)} scores for {len(pairs)} pairs")
     out, at = [], 0
     for row in rows:
         count = len(row["docs"])
@@ -245,7 +232,7 @@ def margin_rows(dataset):
     rows = list(dataset)
     width = min(len(row["docs"]) for row in rows)
     if width < 2:
-        raise ValueError("margin-mse needs at least two documents in every training list")
+        raise InputError("margin-mse needs at least two documents in every training list")
     out = []
     for row in rows:
         best = int(np.argmax(row["labels"]))
@@ -338,11 +325,11 @@ def train_cross_encoder(train_dataset, base_model: str, out_dir, config: Trainin
         train_dataset = best_windows(train_dataset, model.tokenizer, config)
     if teacher is not None:
         if config.loss not in DISTILLATION_LOSSES:
-            raise ValueError(f"distillation from a teacher trains with {' or '.join(DISTILLATION_LOSSES)}, "
+            raise InputError(f"distillation from a teacher trains with {' or '.join(DISTILLATION_LOSSES)}, "
                              f"not {config.loss}")
         train_dataset = teacher_labels(train_dataset, teacher)
     elif config.loss == "margin-mse":
-        raise ValueError("margin-mse learns a teacher's margins: give a teacher")
+        raise InputError("margin-mse learns a teacher's margins: give a teacher (--teacher MODEL)")
     train_dataset = training_rows(train_dataset, config)
     loss = make_loss(model, config)
     batch_size, max_steps, eval_steps = config.steps_for(len(train_dataset))
@@ -379,7 +366,7 @@ def train_cross_encoder(train_dataset, base_model: str, out_dir, config: Trainin
         report_to="none",
     )
     step_timer = StepTimer()
-    callbacks = [step_timer.callback]
+    callbacks = [step_timer]
     if evaluator is not None and config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator,

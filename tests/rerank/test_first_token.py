@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from rerank.cross_encoder import CrossEncoder
-from rerank.first_token import FirstTokenLayer, first_token_last_layer
+from rerank.first_token import FirstTokenLayer, first_token_last_layer, first_token_only
 
 SIZES = dict(vocab_size=200, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=64, num_labels=1)
@@ -59,6 +59,23 @@ def test_first_token_layer_gives_the_full_models_logits(model_type, attention):
     torch.testing.assert_close(alone, expected[1:2], atol=1e-6, rtol=0)
     assert first_token_last_layer(cut)  # applying it twice changes nothing
     assert not isinstance(base.encoder.layer[-1].layer, FirstTokenLayer)
+
+
+def test_first_token_only_cuts_inside_the_block_and_puts_the_layer_back():
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(**SIZES)).eval()
+    last, keys = model.bert.encoder.layer[-1], list(model.state_dict())
+    batch = padded_batch()
+    with torch.inference_mode():
+        expected = model(**batch).logits
+        with first_token_only(model):
+            assert isinstance(model.bert.encoder.layer[-1], FirstTokenLayer)
+            got = model(**batch).logits
+    assert model.bert.encoder.layer[-1] is last and list(model.state_dict()) == keys  # saved as it was
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    with pytest.raises(RuntimeError), first_token_only(model):
+        raise RuntimeError("an error inside the block")
+    assert model.bert.encoder.layer[-1] is last  # put back on errors too
 
 
 def test_other_architectures_run_unchanged():
