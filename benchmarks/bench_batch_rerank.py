@@ -2,13 +2,13 @@
 by ``pipelines.batch_rerank.rerank_run_file`` (what ``esrerank rerank`` runs).
 
 Steps (each can be run alone with --steps):
-- ``prepare``: BM25 top-``depth`` for the first ``--queries`` queries from a saved InMemoryBM25 index
-  (``bench_bm25_msmarco.py`` leaves one), written as a TREC run, with the candidates' texts.
+- ``prepare``: BM25 top-``retrieve_k`` for the first ``--queries`` queries from a saved InMemoryBM25 index
+  (``benchmarks.bench_bm25_msmarco`` leaves one), written as a TREC run, with the candidates' texts.
 - ``speed``: pairs/s of a real-size cross-encoder (MiniLM-L6 shape) on the first ``--speed-queries``
-  queries × ``depth`` candidates, in this process on this machine's device (``--dtype``, ``--devices``:
+  queries × ``retrieve_k`` candidates, in this process on this machine's device (``--dtype``, ``--devices``:
   several run the data-parallel job, one process each). ``--resume`` continues a run file a killed
   call left; the ``rates`` step then reads the pairs/s of each durable chunk from its progress file.
-- ``resume``: every query × ``depth`` reranked by a tiny BERT (2 layers, 32 wide, built here, so the run is
+- ``resume``: every query × ``retrieve_k`` reranked by a tiny BERT (2 layers, 32 wide, built here, so the run is
   minutes, not hours), once uninterrupted and once SIGKILLed when half the queries are durable and
   then run again; the two run files must be byte-identical and the second run must not rescore what
   was durable.
@@ -16,8 +16,8 @@ Steps (each can be run alone with --steps):
   one and, ×8, eight GPUs when it ran on one) and from the GPU speed sentence-transformers documents for
   ms-marco-MiniLM-L6-v2 (1,800 docs/s on a V100, https://sbert.net/docs/pretrained-models/ce-msmarco.html).
 
-    python benchmarks/bench_batch_rerank.py --index /tmp/bench-bm25/esrerank \\
-        --data ../data/msmarco-shaped [--queries 200] [--depth 1000] [--speed-queries 5]
+    python -m benchmarks.bench_batch_rerank --index /tmp/bench-bm25/esrerank \\
+        --data ../data/msmarco-shaped [--queries 200] [--retrieve-k 1000] [--speed-queries 5]
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import REPO, last_json_line, module_command, seeded_minilm, write_json
 
 MSMARCO_DEV_PAIRS = 6_980 * 1_000
 DOCUMENTED_V100_PAIRS_PER_S = 1_800
@@ -47,13 +46,13 @@ def prepare(args) -> None:
     with open(args.data / "queries.tsv", encoding="utf-8") as handle:
         rows = [line.rstrip("\n").split("\t", 1) for line in handle][:args.queries]
     queries = [Query(qid, text) for qid, text in rows]
-    run = first_stage_run(index, queries, args.depth)
+    run = first_stage_run(index, queries, args.retrieve_k)
     write_trec_run(run, args.work / "bm25.trec", tag="bm25")
     doc_ids = sorted({hit.doc_id for hits in run.values() for hit in hits})
     texts = dict(zip(doc_ids, index.fetch_texts(doc_ids)))
     (args.work / "texts.json").write_text(json.dumps(texts))
     (args.work / "queries.json").write_text(json.dumps(rows))
-    print(f"prepared {len(queries)} queries x {args.depth} candidates ({len(texts)} distinct passages)")
+    print(f"prepared {len(queries)} queries x {args.retrieve_k} candidates ({len(texts)} distinct passages)")
 
 
 def load_job(work: Path, limit: int | None = None):
@@ -69,12 +68,11 @@ def load_job(work: Path, limit: int | None = None):
 def speed(args) -> dict:
     from pipelines.batch_rerank import rerank_run_file
     from rerank.cross_encoder import CrossEncoder
-    from rerank.heads import init_cross_encoder, local_minilm_path
 
     queries, candidates, texts = load_job(args.work, args.speed_queries)
     # Without --model: all-MiniLM-L6-v2 (PyPI) with a seeded classification head, the shape and so the
     # speed of cross-encoder/ms-marco-MiniLM-L6-v2, which cannot be downloaded here
-    path = args.model or init_cross_encoder(local_minilm_path(), args.work / "minilm-ce", seed=0)
+    path = args.model or seeded_minilm(args.work / "minilm-ce")
     out = args.speed_out or args.work / "speed.trec"
     devices = [device for device in args.devices.split(",") if device] if args.devices else []
     stale = [out, out.with_name(out.name + ".progress.jsonl")]
@@ -140,7 +138,7 @@ def tiny_model(work: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from rerank.heads import local_minilm_path
+    from tests.models_support import local_minilm_path
 
     folder = work / "small-bert"
     if not (folder / "config.json").is_file():
@@ -165,7 +163,7 @@ def child_rerank(work: Path, out: Path) -> None:
 
 def resume(args) -> dict:
     tiny_model(args.work)
-    base = [sys.executable, __file__, "--work", str(args.work), "--index", str(args.index), "--data", str(args.data)]
+    base = module_command(__spec__.name, "--work", args.work, "--index", args.index, "--data", args.data)
     outputs = {}
     for name in ("whole", "killed"):
         out = args.work / f"{name}.trec"
@@ -174,13 +172,14 @@ def resume(args) -> dict:
                 path.unlink(missing_ok=True)
         outputs[name] = out
     started = time.perf_counter()
-    whole = subprocess.run(base + ["--child-out", str(outputs["whole"])], capture_output=True, text=True, check=True)
-    whole_report = json.loads(whole.stdout.strip().splitlines()[-1])
+    whole = subprocess.run(base + ["--child-out", str(outputs["whole"])], cwd=REPO, capture_output=True, text=True,
+                           check=True)
+    whole_report = last_json_line(whole.stdout)
     whole_s = time.perf_counter() - started
     progress = outputs["killed"].with_name("killed.trec.progress.jsonl")
     total = len(json.loads((args.work / "queries.json").read_text()))
     # not PIPE: nobody reads it while the job runs, and a full pipe would stop the job
-    process = subprocess.Popen(base + ["--child-out", str(outputs["killed"])], stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(base + ["--child-out", str(outputs["killed"])], cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     done = 0
     while process.poll() is None:
@@ -192,8 +191,9 @@ def resume(args) -> dict:
                 break
         time.sleep(0.05)
     process.wait()
-    second = subprocess.run(base + ["--child-out", str(outputs["killed"])], capture_output=True, text=True, check=True)
-    second_report = json.loads(second.stdout.strip().splitlines()[-1])
+    second = subprocess.run(base + ["--child-out", str(outputs["killed"])], cwd=REPO, capture_output=True, text=True,
+                            check=True)
+    second_report = last_json_line(second.stdout)
     identical = outputs["whole"].read_bytes() == outputs["killed"].read_bytes()
     result = {"queries": total, "uninterrupted_run_pairs_scored_in_this_call": whole_report["pairs"],
               "uninterrupted_s": round(whole_s, 1),
@@ -227,7 +227,7 @@ def main() -> None:
     parser.add_argument("--index", type=Path, required=True, help="a saved InMemoryBM25 index of the collection")
     parser.add_argument("--data", type=Path, required=True, help="folder with queries.tsv")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--depth", type=int, default=1000)
+    parser.add_argument("--retrieve-k", type=int, default=1000, help="BM25 candidates per query (default 1000)")
     parser.add_argument("--speed-queries", type=int, default=5)
     parser.add_argument("--model", help="cross-encoder for the speed step (default: the MiniLM-L6 shipped on PyPI)")
     parser.add_argument("--max-length", type=int, default=512)
@@ -260,11 +260,11 @@ def main() -> None:
         results["resume"] = resume(args)
     if "rates" in steps:
         results["rates"] = chunk_rates((args.speed_out or args.work / "speed.trec").with_name(
-            (args.speed_out or args.work / "speed.trec").name + ".progress.jsonl"), args.depth, args.pauses)
+            (args.speed_out or args.work / "speed.trec").name + ".progress.jsonl"), args.retrieve_k, args.pauses)
     if "project" in steps:
         results["project"] = project(results.get("speed"))
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Query time includes analyzing the queries. Prints queries/s, index time, peak RS
 corpus positions; 'bm25s-numba+hits' also builds the (doc id, score, rank) records esrerank's search_many returns,
 and 'esrerank-fast-arrays' is search_many_arrays, which returns arrays as bm25s does.
 
-    python benchmarks/bench_bm25.py [--passages 100000] [--k 100]
+    python -m benchmarks.bench_bm25 [--passages 100000] [--k 100]
 """
 
 from __future__ import annotations
@@ -15,22 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from memory import peak_rss_mb  # noqa: E402
+from benchmarks.common import REPO, last_json_line, module_command, peak_rss_mb
 
 SYSTEMS = ("esrerank-fast", "esrerank-fast-arrays", "esrerank-fast-2threads", "esrerank-fast-arrays-2threads", "bm25s-numpy", "bm25s-numba", "bm25s-numba+hits",
            "bm25s-numba-2threads", "rank-bm25")
 
 
 def run_system(system: str, num_passages: int, k: int) -> dict:
-    from corpus_100k import passages
-
+    from benchmarks.generators.corpus_100k import passages
     from retrieval.analysis import ENGLISH_STOP_WORDS, english_analyzer
 
     corpus, queries = passages(num_passages)
@@ -100,9 +94,9 @@ def main() -> None:
         return
     results = {}
     for system in SYSTEMS:
-        out = subprocess.run([sys.executable, __file__, "--system", system, "--passages", str(args.passages),
-                              "--k", str(args.k)], capture_output=True, text=True, check=True)
-        results[system] = json.loads(out.stdout.strip().splitlines()[-1])
+        out = subprocess.run(module_command(__spec__.name, "--system", system, "--passages", args.passages,
+                                            "--k", args.k), cwd=REPO, capture_output=True, text=True, check=True)
+        results[system] = last_json_line(out.stdout)
     ours = results["esrerank-fast"]["qps"]
     print(f"{args.passages:,} passages, top-{args.k}; query time includes query analysis; single thread unless named")
     print(f"{'system':<30} {'queries/s':>10} {'esrerank x':>11} {'index s':>8} {'peak RSS MB':>12} {'RSS before index':>17}")

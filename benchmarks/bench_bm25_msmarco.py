@@ -9,7 +9,7 @@ esrerank's top-``k`` lists for a sample of queries are compared with an exact sc
 the query's terms scored with numpy in float64 and added into a dense array, then a full sort by
 (score desc, position asc).
 
-    python benchmarks/bench_bm25_msmarco.py --data ../data/msmarco-shaped [--k 1000] [--queries 1000]
+    python -m benchmarks.bench_bm25_msmarco --data ../data/msmarco-shaped [--k 1000] [--queries 1000]
         [--work /tmp/bench-bm25] [--systems esrerank bm25s-numba]
 """
 
@@ -20,14 +20,10 @@ import json
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from memory import peak_rss_mb  # noqa: E402
+from benchmarks.common import REPO, last_json_line, module_command, peak_rss_mb, write_json
 
 MEMORY_LIMIT_GB = 21  # keep a runaway build from taking the machine (and its servers) down
 
@@ -177,20 +173,20 @@ def main() -> None:
         runs = [("build", 1)] * ("build" in args.steps) + [("query", t) for t in (1, 2)]
         results[system] = {}
         for step, threads in runs:
-            command = [sys.executable, __file__, "--system", system, "--step", step, "--threads", str(threads),
-                       "--data", str(args.data), "--k", str(args.k), "--queries", str(args.queries),
-                       "--work", str(args.work), "--sample", str(args.sample if threads == 1 else 0)]
-            out = subprocess.run(command, capture_output=True, text=True)
+            command = module_command(__spec__.name, "--system", system, "--step", step, "--threads", threads,
+                                     "--data", args.data, "--k", args.k, "--queries", args.queries,
+                                     "--work", args.work, "--sample", args.sample if threads == 1 else 0)
+            out = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
             if out.returncode != 0:
                 results[system][f"{step}-{threads}"] = {"failed": out.returncode, "stderr": out.stderr[-800:]}
                 print(system, step, "failed:", out.stderr[-800:], flush=True)
                 if step == "build":
                     break
                 continue
-            results[system][f"{step}-{threads}"] = json.loads(out.stdout.strip().splitlines()[-1])
+            results[system][f"{step}-{threads}"] = last_json_line(out.stdout)
             print(system, step, threads, results[system][f"{step}-{threads}"], flush=True)
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        write_json(args.out, results)
     print_table(results)
 
 

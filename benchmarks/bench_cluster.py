@@ -13,7 +13,7 @@ Steps (``--steps``, default both):
   default on 3 shards), the cluster without, and the one node; and how far the scores without DFS are
   from those with it.
 
-    python benchmarks/bench_cluster.py --data ../data/msmarco-shaped [--passages 200000] [--queries 1000]
+    python -m benchmarks.bench_cluster --data ../data/msmarco-shaped [--passages 200000] [--queries 1000]
 """
 
 from __future__ import annotations
@@ -23,22 +23,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import REPO as ROOT
+from benchmarks.common import get_json, indexed_so_far, module_command, write_json
 
 CLUSTER = "http://127.0.0.1:9211,http://127.0.0.1:9212,http://127.0.0.1:9213"
 ONE_NODE = "http://127.0.0.1:9201"
 CLUSTER_DIR = Path(os.environ.get("ESRERANK_SERVER_RUN", "/tmp/esrerank-servers")) / "opensearch-cluster"
 
 
-def get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=300) as response:
-        return json.loads(response.read())
+get = partial(get_json, timeout=300)  # the health request waits up to 180 s for green
 
 
 def write_passages(collection: Path, count: int, out: Path) -> list[str]:
@@ -52,18 +50,10 @@ def write_passages(collection: Path, count: int, out: Path) -> list[str]:
     return ids
 
 
-def indexed_so_far(node: str, alias: str) -> int:
-    try:
-        stats = get(f"{node}/{alias}-*/_stats/indexing")
-    except OSError:
-        return 0
-    return int(stats["_all"]["primaries"].get("indexing", {}).get("index_total", 0))
-
-
 def index_command(passages: Path, url: str, alias: str, shards: int, replicas: int, work: Path) -> list[str]:
-    return [sys.executable, "-m", "pipelines.cli", "index", "--data", str(passages), "--engine", "opensearch",
-            "--url", url, "--index", alias, "--shards", str(shards), "--replicas", str(replicas),
-            "--dead-letter", str(work / f"{alias}.dead-letter.jsonl"), "-q"]
+    return module_command("pipelines.cli", "index", "--data", passages, "--engine", "opensearch", "--url", url,
+                          "--index", alias, "--shards", shards, "--replicas", replicas,
+                          "--dead-letter", work / f"{alias}.dead-letter.jsonl", "-q")
 
 
 def cluster_node(action: str, node: int) -> None:
@@ -192,7 +182,7 @@ def main() -> None:
     if "speed" in args.steps:
         results["speed"] = speed(args, passages, ids)
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ sentence-transformers float32 (the reference): queries whose top 10 is the same 
 query, and against sentence-transformers bf16. Last, the float32 ceiling of each pair set on this CPU
 (:func:`float32_ceiling`): the most pairs/s any exact float32 path could reach, and how close esrerank is.
 
-    python benchmarks/bench_cpu_rerankers.py --work DIR [--peers-python ~/.cache/esrerank-peers/peers/bin/python]
+    python -m benchmarks.bench_cpu_rerankers --work DIR [--peers-python ~/.cache/esrerank-peers/peers/bin/python]
         [--model DIR] [--sets msmarco,scifact] [--systems a,b,...] [--repeats 2] [--slow-queries 2] [--plot PNG]
-    python benchmarks/bench_cpu_rerankers.py --work DIR --from-results [--plot PNG]   # table again, nothing run
+    python -m benchmarks.bench_cpu_rerankers --work DIR --from-results [--plot PNG]   # table again, nothing run
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from benchmarks.common import REPO as ROOT
+from benchmarks.common import SHARED_DATA, best_rate, cpu_flags, seeded_minilm, write_json
+
 TRAINED_MODEL = ROOT.parent / "runs" / "ablation" / "default" / "model"  # SciFact-trained MiniLM, if made here
 DEFAULT_PEERS_PYTHON = Path.home() / ".cache" / "esrerank-peers" / "peers" / "bin" / "python"
 
@@ -48,7 +49,7 @@ DEFAULT_PEERS_PYTHON = Path.home() / ".cache" / "esrerank-peers" / "peers" / "bi
 SYSTEMS = {
     "esrerank default": ("main", "CrossEncoder(model) — dtype auto (bf16 + float32 top-10 rescoring on bf16 "
                                  "hardware, else float32), last layer for the first token only"),
-    "esrerank full last layer": ("main", "CrossEncoder(model, first_token_only=False)"),
+    "esrerank full last layer": ("main", "CrossEncoder(model, runtime=Runtime(first_token_only=False))"),
     "st fp32": ("main", "sentence-transformers CrossEncoder, defaults (float32)"),
     "st bf16": ("main", "sentence-transformers CrossEncoder, model_kwargs dtype=bfloat16"),
     "st onnx": ("peers", "sentence-transformers CrossEncoder(backend='onnx')"),
@@ -66,14 +67,12 @@ REFERENCE = "st fp32"
 # --- workloads (main environment) --------------------------------------------------------------------
 
 def msmarco_set(seed: int, queries: int) -> list[tuple[str, str]]:
-    sys.path.insert(0, str(HERE))
-    from msmarco_like import msmarco_like_pairs
+    from benchmarks.generators.msmarco_like import msmarco_like_pairs
 
     return msmarco_like_pairs(num_queries=queries, passages_per_query=100, seed=seed)
 
 
 def scifact_set(data: Path, queries: int) -> list[tuple[str, str]]:
-    sys.path.insert(0, str(ROOT))
     from retrieval.bm25 import InMemoryBM25
     from retrieval.corpus import iter_beir_corpus, read_beir_queries
 
@@ -115,10 +114,10 @@ def build_system(name: str, model: str, max_length: int, work: Path, calibration
 
     identity = torch.nn.Identity()
     if name.startswith("esrerank"):
-        sys.path.insert(0, str(ROOT))
         from rerank.cross_encoder import CrossEncoder
+        from rerank.model_loading import Runtime
 
-        kwargs = {} if name == "esrerank default" else {"first_token_only": False}
+        kwargs = {} if name == "esrerank default" else {"runtime": Runtime(first_token_only=False)}
         encoder = CrossEncoder(model, max_length=max_length, show_progress=False, **kwargs)
         print(f"  {encoder!r}", file=sys.stderr)
         return encoder.predict
@@ -228,9 +227,6 @@ def run_worker(args) -> None:
     """Child process: load one system, warm it up, time it on each pair set, write scores and rates."""
     import torch
 
-    sys.path.insert(0, str(HERE))
-    from bench_cross_encoder import best_rate  # warm-up call, then the best of the timed passes
-
     spec = json.loads(Path(args.worker_spec).read_text())
     work = Path(spec["work"])
     calibration = None
@@ -265,17 +261,7 @@ def top10_same_order(scores: np.ndarray, reference: np.ndarray, queries: list[st
 
 
 def cpu_summary() -> dict:
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    return {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "isa": [f for f in ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-                    if f in flags]}
+    return {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(), "isa": cpu_flags()}
 
 
 def main() -> None:
@@ -284,7 +270,7 @@ def main() -> None:
     parser.add_argument("--model", help="local cross-encoder folder (default: the SciFact-trained MiniLM of "
                                         "this checkout's runs/, else MiniLM with a seeded head)")
     parser.add_argument("--peers-python", type=Path, default=DEFAULT_PEERS_PYTHON)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact-train")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "scifact-train")
     parser.add_argument("--sets", default="msmarco,scifact")
     parser.add_argument("--msmarco-queries", type=int, default=20)
     parser.add_argument("--scifact-queries", type=int, default=5)
@@ -320,10 +306,7 @@ def main() -> None:
         if TRAINED_MODEL.is_dir():
             model = str(TRAINED_MODEL)
         else:
-            sys.path.insert(0, str(ROOT))
-            from rerank.heads import init_cross_encoder, local_minilm_path
-
-            model = str(init_cross_encoder(local_minilm_path(), args.work / "minilm-ce", seed=0))
+            model = seeded_minilm(args.work / "minilm-ce")
     sets = {}
     for set_name in args.sets.split(","):
         if set_name == "msmarco":
@@ -358,7 +341,8 @@ def main() -> None:
                                          "sets": system_sets, "calibration": calibration}))
         print(f"{name} ({SYSTEMS[name][1]})", file=sys.stderr, flush=True)
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        done = subprocess.run([python, __file__, "--worker-spec", str(spec_path)], env=env)
+        # the peers' interpreter imports this module from the checkout: run from its root, as a module
+        done = subprocess.run([python, "-m", __spec__.name, "--worker-spec", str(spec_path)], cwd=ROOT, env=env)
         if done.returncode != 0 or not out.is_file():
             print(f"  {name} failed (exit {done.returncode})", file=sys.stderr)
             continue
@@ -447,7 +431,7 @@ def report_table(args, model: str, max_length: int, sets: dict, results: dict) -
               + (f"; esrerank default at {default / ceiling['pairs_per_s']:.0%} of it" if default else "")
               + (f"; the ceiling is {ceiling['pairs_per_s'] / rows[best_exact]['pairs_per_s']:.2f}x the best exact peer"
                  if best_exact else ""))
-    (args.work / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(args.work / "report.json", report)
     print(f"\nreport: {args.work / 'report.json'}")
     if args.plot:
         plot_report(report, args.plot)

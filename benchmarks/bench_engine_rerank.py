@@ -6,46 +6,28 @@ Needs the ML-enabled OpenSearch (`bash .ci/servers.sh start opensearch-ml`, port
 as its own process (`esrerank serve`, as it would on a GPU host); the client-side pipeline loads the
 same model here. Model: a local cross-encoder folder, by default all-MiniLM-L6-v2 with a seeded head.
 
-    python benchmarks/bench_engine_rerank.py [--data ../shared/data/vaswani] [--window 20] [--max-length 256]
+    python -m benchmarks.bench_engine_rerank [--data ../shared/data/vaswani] [--window 20] [--max-length 256]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipelines.engine_rerank import register_opensearch  # noqa: E402
-from pipelines.retrieve_rerank import EngineReranker, RetrieveRerank  # noqa: E402
-from rerank.cross_encoder import CrossEncoder  # noqa: E402
-from retrieval.corpus import load_collection  # noqa: E402
-from retrieval.engines import IndexConfig, OpenSearchBM25, rest_client  # noqa: E402
-from retrieval.indexing import build_index  # noqa: E402
-
-
-def start_service(model: str, port: int, max_length: int, api_key: str) -> subprocess.Popen:
-    environment = {**os.environ, "ESRERANK_API_KEY": api_key}
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--model", model, "--port", str(port),
-                                "--max-length", str(max_length), "--dtype", "float32", "-q"], cwd=REPO, env=environment)
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-            return process
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit("esrerank serve did not come up")
+from benchmarks.common import SHARED_DATA, seeded_minilm, start_serve, write_json
+from pipelines.engine_rerank import register_opensearch
+from pipelines.retrieve_rerank import EngineReranker, RetrieveRerank
+from rerank.cross_encoder import CrossEncoder
+from retrieval.corpus import load_collection
+from retrieval.engine_admin import IndexConfig
+from retrieval.engine_rest import rest_client
+from retrieval.engines import OpenSearchBM25
+from retrieval.indexing import build_index
 
 
 def timed(search, queries):
@@ -59,7 +41,7 @@ def timed(search, queries):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "vaswani"))
+    parser.add_argument("--data", default=str(SHARED_DATA / "vaswani"))
     parser.add_argument("--split", default="test")
     parser.add_argument("--url", default="http://127.0.0.1:9202")
     parser.add_argument("--index", default="esrerank-bench-engine-rerank")
@@ -72,15 +54,14 @@ def main() -> None:
 
     model_dir = args.model
     if model_dir is None:
-        from rerank.heads import init_cross_encoder, local_minilm_path
-
-        model_dir = str(init_cross_encoder(local_minilm_path(), Path(tempfile.mkdtemp()) / "minilm-ce", seed=0))
+        model_dir = seeded_minilm(Path(tempfile.mkdtemp()) / "minilm-ce")
     collection = load_collection(args.data, args.split)
     bm25 = OpenSearchBM25(args.url, args.index)
     if not bm25.exists(args.index) or bm25.count() != len(collection.documents):
         build_index(bm25, iter(collection.documents), args.index, f"{collection.name}-bench", IndexConfig(),
                     show_progress=False)
-    service = start_service(model_dir, args.port, args.max_length, api_key="bench-key")
+    service = start_serve(model_dir, args.port, "--max-length", args.max_length, "--dtype", "float32",
+                          env={**os.environ, "ESRERANK_API_KEY": "bench-key"})
     try:
         registration = register_opensearch(rest_client("opensearch", args.url), f"http://127.0.0.1:{args.port}",
                                            name="esrerank-bench", api_key="bench-key")
@@ -114,7 +95,7 @@ def main() -> None:
     figures["engine_over_client_p50"] = ratio
     print(f"p50 inside the engine / client-side: {ratio:.2f}x")
     if args.out:
-        Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(args.out, figures)
 
 
 if __name__ == "__main__":

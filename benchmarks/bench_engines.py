@@ -1,7 +1,7 @@
 """Elasticsearch/OpenSearch throughput: esrerank's indexer vs a plain helpers.bulk loop, and batched
 _msearch retrieval vs one _search request per query. Needs the servers: `bash .ci/servers.sh start`.
 
-Corpus: 200,000 passages cut from the shared collections (benchmarks/corpus_100k.py), written once to a
+Corpus: 200,000 passages cut from the shared collections (``benchmarks.generators.corpus_100k``), written once to a
 BEIR corpus.jsonl in a temporary folder. Each indexer runs in its own child process, so its peak memory
 (RSS) is its own; the corpus is streamed from the file by both.
 
@@ -12,7 +12,7 @@ BEIR corpus.jsonl in a temporary folder. Each indexer runs in its own child proc
 Both index the same field content: the server's `english` analyzer where it has one (OpenSearch), the
 pre-analyzed terms with `whitespace` where it does not (Elasticsearch's integ-test distribution).
 
-    python benchmarks/bench_engines.py [--passages 200000] [--engines elasticsearch opensearch]
+    python -m benchmarks.bench_engines [--passages 200000] [--engines elasticsearch opensearch]
 """
 
 from __future__ import annotations
@@ -20,22 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO))
-
-from memory import peak_rss_mb  # noqa: E402
+from benchmarks.common import REPO, last_json_line, module_command, peak_rss_mb
 
 URLS = {"elasticsearch": "http://127.0.0.1:9200", "opensearch": "http://127.0.0.1:9201"}
 
 
 def write_corpus(num_passages: int, folder: Path) -> tuple[Path, list[str]]:
-    from corpus_100k import passages
+    from benchmarks.generators.corpus_100k import passages
 
     corpus, queries = passages(num_passages)
     path = folder / "corpus.jsonl"
@@ -48,7 +43,8 @@ def write_corpus(num_passages: int, folder: Path) -> tuple[Path, list[str]]:
 def baseline_child(engine: str, corpus: Path, index: str) -> dict:
     """helpers.bulk with defaults, in this (child) process."""
     from retrieval.corpus import iter_beir_corpus
-    from retrieval.engines import IndexConfig, connect
+    from retrieval.engine_admin import IndexConfig
+    from retrieval.engines import connect
     from retrieval.indexing import _source
 
     searcher = connect(engine, URLS[engine], index)
@@ -100,10 +96,10 @@ def main() -> None:
             searcher = connect(engine, URLS[engine], "bench")
             for name in searcher.list_indices("bench*"):
                 searcher.rest.request("DELETE", f"/{name}")
-            ours = json.loads(subprocess.run([sys.executable, __file__, "--esrerank-child", engine, str(corpus), "bench"],
-                                             cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-            base = json.loads(subprocess.run([sys.executable, __file__, "--child", engine, str(corpus), "bench-baseline"],
-                                             cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            ours = last_json_line(subprocess.run(module_command(__spec__.name, "--esrerank-child", engine, corpus, "bench"),
+                                                 cwd=REPO, capture_output=True, text=True, check=True).stdout)
+            base = last_json_line(subprocess.run(module_command(__spec__.name, "--child", engine, corpus, "bench-baseline"),
+                                                 cwd=REPO, capture_output=True, text=True, check=True).stdout)
             count = searcher.count()
             assert count == args.passages, count
             ours_rate, base_rate = args.passages / ours["seconds"], base["docs"] / base["seconds"]

@@ -5,7 +5,7 @@ The kill is SIGKILL (nothing is flushed or cleaned up), sent once the engine has
 of the collection. The resumed run is the unchanged command; it skips what the killed run's checkpoint
 says the engine acknowledged.
 
-    python benchmarks/bench_index_resume.py --data ../data/msmarco-shaped/collection.tsv \\
+    python -m benchmarks.bench_index_resume --data ../data/msmarco-shaped/collection.tsv \\
         --engine opensearch --url http://127.0.0.1:9221 --index msmarco [--kill-at 0.5]
 """
 
@@ -16,27 +16,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def get(url: str) -> dict | list:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def indexed_so_far(url: str, alias: str) -> int:
-    """Documents the engine has indexed into the alias's physical indices (refreshes are off during the
-    load, so _count would say 0)."""
-    try:
-        stats = get(f"{url}/{alias}-*/_stats/indexing")
-    except OSError:
-        return 0
-    return int(stats["_all"]["primaries"].get("indexing", {}).get("index_total", 0))
+from benchmarks.common import REPO as ROOT
+from benchmarks.common import get_json as get
+from benchmarks.common import indexed_so_far, module_command, write_json
 
 
 def run_job(command: list[str], kill_at_docs: int | None, url: str, alias: str, log: Path) -> dict:
@@ -71,8 +56,8 @@ def main() -> None:
     if total is None:
         with open(args.data, "rb") as handle:
             total = sum(1 for _ in handle)
-    command = [sys.executable, "-m", "pipelines.cli", "index", "--data", args.data, "--engine", args.engine,
-               "--url", args.url, "--index", args.index, "--quiet"]
+    command = module_command("pipelines.cli", "index", "--data", args.data, "--engine", args.engine,
+                             "--url", args.url, "--index", args.index, "--quiet")
     log = Path(f"{args.index}.bench-index.log").resolve()
     log.unlink(missing_ok=True)
     first = run_job(command, int(total * args.kill_at), args.url, args.index, log)
@@ -93,7 +78,7 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     if args.out:
-        args.out.write_text(json.dumps(report, indent=2))
+        write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -10,33 +10,28 @@ length 256 and MaxP windows (every 512-token window of the abstract scored, the 
 For each: pairs/s, tokens computed per pair and the share of them that are not padding, queries whose top 10
 is the same list as the default's, and the largest |score difference| from it.
 
-    python benchmarks/bench_long_inputs.py [--queries 3] [--model DIR] [--data ../shared/data/scifact-train]
+    python -m benchmarks.bench_long_inputs [--queries 3] [--model DIR] [--data ../shared/data/scifact-train]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from bench_cpu_rerankers import TRAINED_MODEL, scifact_set, top10_same_order  # noqa: E402
-from bench_cross_encoder import best_rate  # noqa: E402
-
-from rerank.passages import window_pairs  # noqa: E402
+from benchmarks.bench_cpu_rerankers import TRAINED_MODEL, scifact_set, top10_same_order
+from benchmarks.common import SHARED_DATA, best_rate, seeded_minilm, write_json
+from rerank.batch_scoring import Batching
+from rerank.passages import window_pairs
 
 VARIANTS = {  # name -> (CrossEncoder keyword arguments, attention kernel)
     "default (4,096-token batches, sdpa)": ({}, None),
-    "2,048-token batches": ({"max_batch_tokens": 2048}, None),
-    "8,192-token batches": ({"max_batch_tokens": 8192}, None),
-    "16,384-token batches": ({"max_batch_tokens": 16384}, None),
-    "fixed 32-pair batches (as sentence-transformers)": ({"max_batch_tokens": 32 * 512, "max_batch_size": 32}, None),
+    "2,048-token batches": ({"batching": Batching(max_batch_tokens=2048)}, None),
+    "8,192-token batches": ({"batching": Batching(max_batch_tokens=8192)}, None),
+    "16,384-token batches": ({"batching": Batching(max_batch_tokens=16384)}, None),
+    "fixed 32-pair batches (as sentence-transformers)": ({"batching": Batching(max_batch_tokens=32 * 512, max_batch_size=32)}, None),
     "eager attention": ({}, "eager"),
     "max length 256": ({"max_length": 256}, None),
     "MaxP windows (all of each abstract)": ({"passages": "maxp"}, None),
@@ -50,7 +45,7 @@ def computed_tokens(encoder, pairs) -> tuple[float, float]:
     if encoder.passages.mode == "maxp":
         sequences, _ = window_pairs(encoder.tokenizer, pairs, encoder.max_length, encoder.passages)
     tokens = encoder._tokenize(sequences)
-    batches = encoder._batches(np.arange(len(tokens)), tokens.lengths)
+    batches = encoder.scorer.batches(np.arange(len(tokens)), tokens.lengths)
     computed = sum(len(batch) * int(tokens.lengths[batch[0]]) for batch in batches)
     return computed / len(pairs), computed / int(tokens.lengths.sum())
 
@@ -60,14 +55,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=3)
     parser.add_argument("--model", default=str(TRAINED_MODEL) if TRAINED_MODEL.is_dir() else None,
                         help="local cross-encoder folder (default: the SciFact-trained MiniLM of runs/, if there)")
-    parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "scifact-train")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "scifact-train")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, help="JSON results")
     args = parser.parse_args()
     from rerank.cross_encoder import CrossEncoder
-    from rerank.heads import init_cross_encoder, local_minilm_path
 
-    model = args.model or str(init_cross_encoder(local_minilm_path(), Path("/tmp/minilm-ce-long"), seed=0))
+    model = args.model or seeded_minilm("/tmp/minilm-ce-long")
     pairs = scifact_set(args.data, args.queries)
     queries = [q for q, _ in pairs]
     rows, reference = {}, None
@@ -93,7 +87,7 @@ def main() -> None:
               f"{row['tokens_per_pair']:>21.0f} {1 / row['padding']:>12.1%} "
               f"{row['top10_same']:>8}/{row['queries']:<3} {row['max_abs_diff']:>9.1e}")
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2))
+        write_json(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ it serves. Prints requests/s, docs/s, p50/p99 latency, errors, and the batching-
 The service runs as its own process (`esrerank serve`); clients are threads with keep-alive connections.
 Model: a local cross-encoder folder, by default all-MiniLM-L6-v2 with a seeded one-label head.
 
-    python benchmarks/bench_service.py [--seconds 60] [--clients 16] [--docs 100] [--model DIR]
+    python -m benchmarks.bench_service [--seconds 60] [--clients 16] [--docs 100] [--model DIR]
 
 With ``--against-infinity PYTHON`` (the interpreter of a virtual environment with infinity-emb; it pins an
 older sentence-transformers and numpy than esrerank's, so it lives in its own; the set that imports, made
@@ -29,7 +29,6 @@ import http.client
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,11 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO))
-
-from msmarco_like import msmarco_like_pairs  # noqa: E402
+from benchmarks.common import seeded_minilm, start_serve, write_json
+from benchmarks.generators.msmarco_like import msmarco_like_pairs
 
 
 def post(connection: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, bytes]:
@@ -51,10 +47,7 @@ def post(connection: http.client.HTTPConnection, path: str, body: bytes) -> tupl
 
 
 def start_service(model: str, port: int, max_wait_ms: float) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--model", model, "--port", str(port),
-                                "--max-wait-ms", str(max_wait_ms), "-q"], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    process.stdout.readline()  # "esrerank serving ..." once the socket listens
-    return process
+    return start_serve(model, port, "--max-wait-ms", max_wait_ms)
 
 
 def load(port: int, requests: list[bytes], clients: int, seconds: float, path: str = "/v1/rerank") -> dict:
@@ -192,7 +185,7 @@ def compare_with_infinity(args, model: str) -> None:
             print(f"{docs} docs, {clients} clients: esrerank / {best}: {ours['rps'] / theirs[best]['rps']:.2f}x docs/s, "
                   f"p99 {ours['p99_ms']:.0f} vs {theirs[best]['p99_ms']:.0f} ms")
     out = args.out or Path(tempfile.gettempdir()) / "bench_service_infinity.json"
-    out.write_text(json.dumps([{"server": s, "docs": d, "clients": c, **r} for (s, d, c), r in rows.items()], indent=2))
+    write_json(out, [{"server": s, "docs": d, "clients": c, **r} for (s, d, c), r in rows.items()])
     print(f"results: {out}")
 
 
@@ -209,9 +202,7 @@ def main() -> None:
                         help="infinity engines to serve the model with, one at a time (default torch,optimum)")
     parser.add_argument("--out", type=Path, help="JSON results (with --against-infinity)")
     args = parser.parse_args()
-    from rerank.heads import init_cross_encoder, local_minilm_path
-
-    model = args.model or str(init_cross_encoder(local_minilm_path(), tempfile.mkdtemp(prefix="minilm-ce-"), seed=0))
+    model = args.model or seeded_minilm(tempfile.mkdtemp(prefix="minilm-ce-"))
     if args.against_infinity:
         compare_with_infinity(args, model)
         return

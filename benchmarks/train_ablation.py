@@ -12,9 +12,9 @@ length and passage handling), and reports nDCG@10 / RR@10 / AP with 95% bootstra
 t-test against BM25, the fused run (interpolation weight tuned on dev, applied to held-out), and the
 time of each step. Rows that mine alike share one mined folder (its time is counted in each row).
 
-    python benchmarks/train_ablation.py --base-model DIR --out /work/runs/ablation [--rows default,bce,...]
+    python -m benchmarks.train_ablation --base-model DIR --out /work/runs/ablation [--rows default,bce,...]
 
-Scale options (``--max-length``, ``--rerank-k``, ``--dev-queries``, ``--dev-depth``) shrink every row alike
+Scale options (``--max-length``, ``--rerank-k``, ``--dev-queries``, ``--dev-retrieve-k``) shrink every row alike
 for slow machines; the defaults are the full protocol.
 """
 
@@ -29,17 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.evaluation import bootstrap_ci, compare, mean_scores, per_query_scores  # noqa: E402
-from pipelines.fusion import fused_run  # noqa: E402
-from pipelines.mining import split_queries  # noqa: E402
-from pipelines.retrieve_rerank import (
-    RetrieveRerank,  # noqa: E402
-    first_stage_run,  # noqa: E402
-)
-from retrieval.bm25 import InMemoryBM25  # noqa: E402
-from retrieval.corpus import load_collection  # noqa: E402
+from benchmarks.common import SHARED_DATA
+from pipelines.evaluation import bootstrap_ci, compare, mean_scores, per_query_scores
+from pipelines.fusion import fused_run
+from pipelines.mining import split_queries
+from pipelines.retrieve_rerank import first_stage_run, head_scores
+from retrieval.bm25 import InMemoryBM25
+from retrieval.corpus import load_collection
 
 # Equal pairs for the lists-a-step rows: 1,024 lists (about two passes over the ~509 training queries).
 EQUAL_LISTS = 1024
@@ -79,8 +75,7 @@ def evaluate(model_dir: Path, queries, bm25_run, texts, rerank_k: int) -> tuple[
 
     reranker = CrossEncoder(str(model_dir))
     started = time.perf_counter()
-    heads = RetrieveRerank(None, reranker, retrieve_k=rerank_k, rerank_k=rerank_k, texts=texts).head_scores(
-        queries, bm25_run)
+    heads = head_scores(queries, bm25_run, reranker, texts, rerank_k)
     return heads, repr(reranker), time.perf_counter() - started
 
 
@@ -127,7 +122,7 @@ def table(out: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/scifact-train"))
+    parser.add_argument("--data", default=str(SHARED_DATA / "scifact-train"))
     parser.add_argument("--base-model", help="the model every row starts from (needed unless --table-only)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", default="default", help=f"comma-separated, of {', '.join(ROWS)}")
@@ -135,7 +130,7 @@ def main() -> None:
     parser.add_argument("--rerank-k", type=int, default=100, help="BM25 candidates reranked per query (default 100)")
     parser.add_argument("--max-length", type=int, default=None, help="train every row at this length")
     parser.add_argument("--dev-queries", type=int, default=None, help="mine's dev split size (default: mine's)")
-    parser.add_argument("--dev-depth", type=int, default=None, help="mine's dev candidates (default: mine's)")
+    parser.add_argument("--dev-retrieve-k", type=int, default=None, help="mine's dev candidates (default: mine's)")
     parser.add_argument("--table-only", action="store_true", help="print the table of the rows already measured")
     args = parser.parse_args()
     if args.table_only:
@@ -144,7 +139,7 @@ def main() -> None:
     if not args.base_model:
         parser.error("--base-model is required")
     scale_mine = ([] if args.dev_queries is None else ["--dev-queries", str(args.dev_queries)]) + \
-                 ([] if args.dev_depth is None else ["--dev-depth", str(args.dev_depth)])
+                 ([] if args.dev_retrieve_k is None else ["--dev-retrieve-k", str(args.dev_retrieve_k)])
     scale_train = [] if args.max_length is None else ["--max-length", str(args.max_length)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

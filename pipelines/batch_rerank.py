@@ -24,10 +24,10 @@ from typing import Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from retrieval.errors import EsrerankError
-from retrieval.records import DataError, Query
+from esrerank_errors import DataError, RerankAborted
+from retrieval.records import Query
 
-from .retrieve_rerank import RetrieveRerank
+from .retrieve_rerank import RerankConfig, rerank_run
 from .runs import Run, check_doc_ids, trec_lines
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ PROGRESS_SUFFIX = ".progress.jsonl"
 
 
 @dataclass
-class BatchRerankReport:
+class BatchRerankResult:
     """queries: reranked by this call; resumed_after: queries found done; pairs: pairs scored by this call."""
 
     out: str
@@ -88,7 +88,7 @@ def _append(handle, record: dict) -> None:
 
 def rerank_run_file(queries: Sequence[Query], candidates: Run, texts: Mapping[str, str], reranker, out,
                     rerank_k: int | None = None, queries_per_chunk: int = 32, tag: str = "esrerank",
-                    fingerprint: dict | None = None, show_progress: bool = True) -> BatchRerankReport:
+                    fingerprint: dict | None = None, show_progress: bool = True) -> BatchRerankResult:
     """Rerank ``candidates`` (query id → hits) for ``queries``, appending to the TREC run ``out``; resumes.
 
     Args:
@@ -104,7 +104,7 @@ def rerank_run_file(queries: Sequence[Query], candidates: Run, texts: Mapping[st
             inputs is refused). Default: the query ids, the depth and the reranker's repr.
 
     Returns:
-        A :class:`BatchRerankReport`.
+        A :class:`BatchRerankResult`.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,9 +118,8 @@ def rerank_run_file(queries: Sequence[Query], candidates: Run, texts: Mapping[st
     resumed_after, started = done, time.perf_counter()
     if complete:
         logger.info("%s is complete (%d queries); nothing to do", out, done)
-        return BatchRerankReport(str(out), 0, done, 0, 0.0)
-    pipeline = RetrieveRerank(None, reranker, retrieve_k=max(depth, 1), rerank_k=rerank_k, texts=texts,
-                              queries_per_batch=queries_per_chunk)
+        return BatchRerankResult(str(out), 0, done, 0, 0.0)
+    config = RerankConfig(rerank_k=rerank_k, queries_per_batch=queries_per_chunk)
     with open(out, "a+b") as run_file, open(_progress_path(out), "a", encoding="utf-8") as progress:
         run_file.truncate(offset)  # drop what a kill left after the last recorded point
         run_file.seek(offset)
@@ -135,7 +134,7 @@ def rerank_run_file(queries: Sequence[Query], candidates: Run, texts: Mapping[st
         bar = tqdm(total=len(queries), initial=done, desc="reranking", unit="query", disable=not show_progress)
         for start in range(done, len(queries), queries_per_chunk):
             chunk = list(queries[start:start + queries_per_chunk])
-            reranked = pipeline.rerank_run(chunk, candidates, show_progress=False)
+            reranked = rerank_run(chunk, candidates, reranker, texts, config, show_progress=False)
             pairs += sum(min(len(candidates.get(q.query_id, [])), rerank_k) for q in chunk)
             run_file.write("".join(trec_lines(q.query_id, reranked[q.query_id], tag) for q in chunk).encode("utf-8"))
             run_file.flush()
@@ -145,7 +144,7 @@ def rerank_run_file(queries: Sequence[Query], candidates: Run, texts: Mapping[st
             bar.update(len(chunk))
         bar.close()
         _append(progress, {"done": done, "offset": run_file.tell(), "complete": True, "at": round(time.time(), 3)})
-    return BatchRerankReport(str(out), len(queries) - resumed_after, resumed_after, pairs,
+    return BatchRerankResult(str(out), len(queries) - resumed_after, resumed_after, pairs,
                              time.perf_counter() - started)
 
 
@@ -160,7 +159,7 @@ def _rerank_part(arguments: dict) -> None:
 
 def rerank_run_file_on_devices(queries: Sequence[Query], candidates: Run, texts: Mapping[str, str], model: str,
                                devices: Sequence[str], out, model_options: dict | None = None,
-                               **options) -> BatchRerankReport:
+                               **options) -> BatchRerankResult:
     """:func:`rerank_run_file` data-parallel: one process per device (e.g. every GPU of a machine) reranks
     every ``len(devices)``-th query into ``out.part-<i>`` (each resumable), then the parts are merged into
     ``out`` in the queries' order. ``model_options`` go to ``CrossEncoder`` (max length, dtype, …)."""
@@ -194,8 +193,4 @@ def rerank_run_file_on_devices(queries: Sequence[Query], candidates: Run, texts:
     rerank_k = options.get("rerank_k")
     pairs = sum(min(len(candidates.get(q.query_id, [])), rerank_k if rerank_k is not None else 1 << 62)
                 for q in queries)
-    return BatchRerankReport(str(out), len(queries), 0, pairs, time.perf_counter() - started)
-
-
-class RerankAborted(EsrerankError):
-    """A device's process stopped (killed, out of memory); its part file and progress are kept."""
+    return BatchRerankResult(str(out), len(queries), 0, pairs, time.perf_counter() - started)

@@ -21,16 +21,11 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from retrieval.engines import EngineError
-from retrieval.errors import EsrerankError
+from esrerank_errors import EngineError, RegistrationError
 
 logger = logging.getLogger(__name__)
 
 NO_KEY = "no-key"  # ML Commons refuses a connector without a credential; this one is never checked
-
-
-class RegistrationError(EsrerankError):
-    """The engine refused a registration step; the message names the setting or plugin to fix."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +186,7 @@ def register_opensearch(rest, service_url: str, name: str = "esrerank", rerank_f
     """Connector, deployed remote model and search pipeline ``name``; what exists already is reused.
 
     Args:
-        rest: a REST adapter (``retrieval.engines.rest_client("opensearch", url)``).
+        rest: a REST adapter (``retrieval.engine_rest.rest_client("opensearch", url)``).
         service_url: where the engine reaches ``esrerank serve``, e.g. ``http://reranker:8080``.
         name: the connector's, the model's and the search pipeline's name. Default ``esrerank``.
         rerank_fields: ``_source`` fields sent to the service. Default ``("text",)``.
@@ -210,7 +205,8 @@ def register_opensearch(rest, service_url: str, name: str = "esrerank", rerank_f
 
     Example::
 
-        from retrieval.engines import OpenSearchBM25, rest_client
+        from retrieval.engine_rest import rest_client
+        from retrieval.engines import OpenSearchBM25
 
         registration = register_opensearch(rest_client("opensearch", "http://127.0.0.1:9202"),
                                            "http://127.0.0.1:8080", api_key=key)

@@ -13,6 +13,9 @@ from scipy import stats
 from retrieval.records import Hit
 
 DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100", "R@1000", "AP")
+# the two systems every evaluation result names: whatever the first stage was (BM25 in memory, an engine
+# query, a run file), and its reranking
+FIRST_STAGE, RERANKED = "first_stage", "reranked"
 
 
 def per_query_scores(run: Mapping[str, Sequence[Hit]], qrels: Mapping[str, Mapping[str, int]],

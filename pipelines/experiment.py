@@ -3,21 +3,22 @@ same defaults (as PyTerrier's ``Experiment`` is for its users)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Collection as Container
 from typing import Mapping
 
+from esrerank_errors import DataError
 from retrieval.corpus import Collection
-from retrieval.records import DataError, Hit
+from retrieval.records import Hit
 
-from .evaluation import Comparison, compare, mean_scores, per_query_scores
-from .retrieve_rerank import Reranker, Retriever, RetrieveRerank, first_stage_run
+from .evaluation import FIRST_STAGE, RERANKED, Comparison, compare, mean_scores, per_query_scores
+from .retrieve_rerank import RerankConfig, Retriever, first_stage_run, rerank_run
 from .runs import Run, check_doc_ids
 
 
 @dataclass
 class EvaluationResult:
-    """measures: ``{"bm25": {measure: mean}, "reranked": {…}}`` (``reranked`` only with a reranker).
+    """measures: ``{"first_stage": {measure: mean}, "reranked": {…}}`` (``reranked`` only with a reranker).
     per_query: the same, measure → query id → value. comparisons: per measure, both means and the
     paired t-test p-value. first_stage and final: the runs, keyed by query id."""
 
@@ -36,26 +37,27 @@ def select_queries(collection: Collection, query_ids: Container[str] | None, sou
     if unknown:
         raise DataError(source, f"{len(unknown)} query ids are not judged queries of the split "
                                 f"(e.g. {sorted(unknown)[0]!r})")
-    collection.queries = [q for q in collection.queries if q.query_id in query_ids]
-    collection.qrels = {q: judged for q, judged in collection.qrels.items() if q in query_ids}
-    return collection
+    return replace(collection, queries=[q for q in collection.queries if q.query_id in query_ids],
+                   qrels={q: judged for q, judged in collection.qrels.items() if q in query_ids})
 
 
-def evaluate(collection: Collection, retriever: Retriever | None = None, reranker: Reranker | None = None, *,
-             retrieve_k: int = 1000, rerank_k: int = 100, candidates: Mapping[str, list[Hit]] | None = None,
-             fusion: str | None = None, alpha: float = 0.5, show_progress: bool = False) -> EvaluationResult:
-    """BM25 (or the given candidates) vs reranked, on a judged collection.
+def evaluate(collection: Collection, retriever: Retriever | None = None, reranker=None, *,
+             retrieve_k: int = 1000, rerank: RerankConfig = RerankConfig(),
+             candidates: Mapping[str, list[Hit]] | None = None, candidates_source: str = "candidates",
+             show_progress: bool = False) -> EvaluationResult:
+    """The first stage (or the given candidates) vs reranked, on a judged collection.
 
     Args:
         collection: documents, judged queries and qrels (``retrieval.load_collection``).
         retriever: the first stage (``InMemoryBM25``, ``OpenSearchBM25``, …). Default None: an in-memory
             BM25 index of the collection with the defaults (k1 0.9, b 0.4, english analyzer).
         reranker: a cross-encoder (``predict(pairs)``), an ``EngineReranker``, or None (first stage only).
-        retrieve_k: first-stage candidates per query. Default 1000.
-        rerank_k: candidates reranked per query. Default 100.
+        retrieve_k: first-stage candidates per query. Default 1000: deep enough that Recall@1000, the
+            usual first-stage measure, is reported.
+        rerank: how the candidates are reranked (:class:`RerankConfig`: ``rerank_k`` 100, no fusion).
         candidates: a first-stage run to rerank instead of retrieving (e.g. official top-1000 files);
             every doc id must be in the collection.
-        fusion, alpha: as :class:`RetrieveRerank` (default: the reranker's scores alone).
+        candidates_source: the name errors about ``candidates`` give (the run file's path).
         show_progress: a progress bar over reranked query batches. Default False.
 
     Returns:
@@ -68,34 +70,30 @@ def evaluate(collection: Collection, retriever: Retriever | None = None, reranke
         from pipelines.experiment import evaluate
 
         result = evaluate(load_collection("../shared/data/vaswani", "test"), reranker=CrossEncoder("path/to/model"))
-        print(result.measures["bm25"]["nDCG@10"], result.measures["reranked"]["nDCG@10"])
+        print(result.measures["first_stage"]["nDCG@10"], result.measures["reranked"]["nDCG@10"])
     """
     texts = None
     if candidates is not None:
         texts = collection.texts()
-        check_doc_ids(candidates, texts)
+        check_doc_ids(candidates, texts, candidates_source)
         first_stage = {q.query_id: list(candidates.get(q.query_id, []))[:retrieve_k] for q in collection.queries}
     else:
         if retriever is None:
             from retrieval.bm25 import InMemoryBM25
 
             retriever = InMemoryBM25(collection.documents)
-            texts = collection.texts()
-        elif not hasattr(retriever, "fetch_texts"):
-            texts = collection.texts()
         if hasattr(retriever, "missing_doc_ids"):  # an engine index: are the qrels' ids its ids?
             check_judged_ids_in_index(retriever, collection.qrels)
         first_stage = first_stage_run(retriever, collection.queries, retrieve_k)
-    per_query = {"bm25": per_query_scores(first_stage, collection.qrels)}
-    final, comparisons = first_stage, []
-    if reranker is not None:
         # the reranker reads what the first stage's index holds (an engine index: the fields its searcher
         # names), so a user's own index is reranked on its own documents
-        pipeline = RetrieveRerank(retriever, reranker, retrieve_k=retrieve_k, rerank_k=rerank_k, texts=texts,
-                                  fusion=fusion, alpha=alpha)
-        final = pipeline.rerank_run(collection.queries, first_stage, show_progress=show_progress)
-        per_query["reranked"] = per_query_scores(final, collection.qrels)
-        comparisons = compare(per_query["bm25"], per_query["reranked"])
+        texts = retriever.fetch_texts if hasattr(retriever, "fetch_texts") else collection.texts()
+    per_query = {FIRST_STAGE: per_query_scores(first_stage, collection.qrels)}
+    final, comparisons = first_stage, []
+    if reranker is not None:
+        final = rerank_run(collection.queries, first_stage, reranker, texts, rerank, show_progress=show_progress)
+        per_query[RERANKED] = per_query_scores(final, collection.qrels)
+        comparisons = compare(per_query[FIRST_STAGE], per_query[RERANKED])
     return EvaluationResult({name: mean_scores(scores) for name, scores in per_query.items()}, per_query,
                             first_stage, final, comparisons)
 

@@ -16,6 +16,7 @@ FUSION_FILE = "esrerank_fusion.json"  # the fusion a trained model's dev split p
 
 
 RRF_K = 60  # the constant of Cormack et al. (2009)
+FUSIONS = ("interpolate", "rrf")
 
 
 def fuse(first_stage: Sequence[Hit], reranker_scores: np.ndarray, fusion: str | None, alpha: float) -> np.ndarray:

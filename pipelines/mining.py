@@ -6,7 +6,7 @@ the positives (false-negative filter, with the margins of sentence-transformers'
 then ``num_negatives`` of them, the first ones or a seeded random sample, and ``num_random_negatives``
 easy negatives drawn at random from the whole corpus (positives and the hard negatives excluded): with
 only hard negatives a model never sees an obviously wrong document, and on SciFact it generalised worse
-(see the README's ablation). Mined from an engine index (the user's own query), "the whole corpus" is every
+(see docs/training.md). Mined from an engine index (the user's own query), "the whole corpus" is every
 document the first stage returned for any query, so the query's filters hold for easy negatives too, and
 texts are read from the index as the reranker will read them.
 
@@ -35,8 +35,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from esrerank_errors import DataError, InputError
 from rerank.training_config import DEV_SAMPLES_FILE
-from retrieval.records import DataError, Hit, Query
+from retrieval.records import Hit, Query
 
 from .retrieve_rerank import first_stage_run
 
@@ -66,17 +67,26 @@ class MiningConfig:
 
     def __post_init__(self):
         if self.sampling not in ("top", "random"):
-            raise ValueError(f"sampling must be 'top' or 'random', got {self.sampling!r}")
+            raise InputError(f"sampling (--sampling) must be 'top' or 'random', got {self.sampling!r}")
         if self.output_format not in FORMATS:
-            raise ValueError(f"output_format must be one of {FORMATS}, got {self.output_format!r}")
+            raise InputError(f"output_format (--format) must be one of {FORMATS}, got {self.output_format!r}")
         if not 0 <= self.range_min < self.range_max:
-            raise ValueError(f"need 0 <= range_min < range_max, got {self.range_min}, {self.range_max}")
+            raise InputError(f"the window needs 0 <= range_min < range_max (--range-min, --range-max), got "
+                             f"{self.range_min} and {self.range_max}")
         if self.num_negatives < 1 or self.retrieve_k < 1:
-            raise ValueError("num_negatives and retrieve_k must be at least 1")
+            raise InputError(f"num_negatives (--num-negatives) and retrieve_k (--retrieve-k) must be at least 1, "
+                             f"got {self.num_negatives} and {self.retrieve_k}")
         if self.num_random_negatives < 0:
-            raise ValueError(f"num_random_negatives must be at least 0, got {self.num_random_negatives}")
+            raise InputError(f"num_random_negatives (--num-random-negatives) must be at least 0, got "
+                             f"{self.num_random_negatives}")
         if self.absolute_margin is not None and self.relative_margin is not None:
-            raise ValueError("give absolute_margin or relative_margin, not both")
+            raise InputError("give absolute_margin or relative_margin (--absolute-margin, --relative-margin), "
+                             "not both")
+
+    def check_teacher(self, teacher) -> None:
+        """A margin filters negatives by a teacher's scores: refused without a teacher."""
+        if (self.absolute_margin is not None or self.relative_margin is not None) and teacher is None:
+            raise InputError("a margin (--absolute-margin or --relative-margin) needs a teacher model (--teacher)")
 
 
 @dataclass
@@ -115,8 +125,7 @@ def mine_hard_negatives(queries: Sequence[Query], qrels: Mapping[str, Mapping[st
     least ``retrieve_k`` deep); ``texts``: doc id → text; ``teacher``: anything with ``predict(pairs)``;
     ``random_pool``: the documents easy negatives are drawn from (default: every document of ``texts``)."""
     config = config or MiningConfig()
-    if (config.absolute_margin is not None or config.relative_margin is not None) and teacher is None:
-        raise ValueError("a margin needs a teacher model")
+    config.check_teacher(teacher)
     stats = MiningStats()
     rows: list[dict] = []
     corpus_ids = (list(texts) if random_pool is None else list(random_pool)) if config.num_random_negatives else []
@@ -189,7 +198,8 @@ def _rows(query: str, positives: list[str], negatives: list[str], config: Mining
 def split_queries(queries: Sequence[Query], dev_size: int, seed: int = 12) -> tuple[list[Query], list[Query]]:
     """(train, dev): ``dev_size`` queries chosen by a seeded hash of their ids, independent of file order."""
     if not 0 < dev_size < len(queries):
-        raise ValueError(f"dev size must be between 1 and {len(queries) - 1}, got {dev_size}")
+        raise InputError(f"dev queries (--dev-queries) must be between 1 and {len(queries) - 1} (of {len(queries)} "
+                         f"queries, at least one is left for training), got {dev_size}")
     def key(query):
         return hashlib.sha256(f"{seed}:{query.query_id}".encode()).hexdigest()
     dev_ids = {q.query_id for q in sorted(queries, key=key)[:dev_size]}
@@ -251,7 +261,7 @@ def save_mined(rows: list[dict], stats: MiningStats, config: MiningConfig, out_d
 
 
 @dataclass
-class MiningReport:
+class MiningResult:
     """What :func:`mine_collection` wrote: the training rows' summary, and the held-out dev queries."""
 
     out_dir: Path
@@ -267,7 +277,8 @@ def default_dev_size(queries: int) -> int:
 
 def mine_collection(collection, retriever, out_dir, config: MiningConfig | None = None, teacher=None,
                     dev_queries: int | None = None, dev_retrieve_k: int = 100, exclude: set[str] | None = None,
-                    first_stage_description: str = "", show_progress: bool = False) -> MiningReport:
+                    first_stage_description: str = "", show_progress: bool = False,
+                    dev_seed: int | None = None) -> MiningResult:
     """What ``esrerank mine`` does: hold out a dev split, mine hard negatives for the other queries from
     ``retriever``'s candidates, save the rows and the dev split's candidates under ``out_dir``.
 
@@ -281,16 +292,19 @@ def mine_collection(collection, retriever, out_dir, config: MiningConfig | None 
             ``default_dev_size`` (a fifth, at most 100); 0: none.
         dev_retrieve_k: first-stage candidates kept per dev query. Default 100 (as deep as evaluation reranks).
         exclude: query ids to leave out entirely (e.g. a test split).
+        dev_seed: the seed of the dev split's hash. Default None: ``config.seed``; the recipe, which has
+            already drawn its held-out split with that seed, draws the dev split with another.
 
     Returns:
-        A :class:`MiningReport`.
+        A :class:`MiningResult`.
     """
     config = config or MiningConfig()
+    config.check_teacher(teacher)  # before the first stage's work
     queries = [q for q in collection.queries if q.query_id not in (exclude or set())]
     dev_size = default_dev_size(len(queries)) if dev_queries is None else dev_queries
     held_out: list[Query] = []
     if dev_size:
-        queries, held_out = split_queries(queries, dev_size, config.seed)
+        queries, held_out = split_queries(queries, dev_size, config.seed if dev_seed is None else dev_seed)
     depth = max(config.retrieve_k, dev_retrieve_k)
     texts, random_pool = collection.texts(), None
     if hasattr(retriever, "missing_doc_ids"):
@@ -313,7 +327,7 @@ def mine_collection(collection, retriever, out_dir, config: MiningConfig | None 
     if held_out:
         samples = dev_samples(held_out, collection.qrels, candidates, texts, dev_retrieve_k)
         samples_path = save_dev_samples(samples, out_dir)
-    return MiningReport(Path(out_dir), stats.summary(), [q.query_id for q in held_out], samples_path)
+    return MiningResult(Path(out_dir), stats.summary(), [q.query_id for q in held_out], samples_path)
 
 
 TIE_MARGIN = 10  # hits searched past the depth an engine's run is cut at, for ties across the cut

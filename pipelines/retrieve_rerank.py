@@ -1,15 +1,23 @@
-"""Retrieve-then-rerank: BM25 candidates from any first stage, rescored by a cross-encoder."""
+"""Reranking a first-stage run, and retrieve-then-rerank.
+
+:func:`rerank_run` is the one way esrerank reranks: a first-stage run in, a reranked run out (optionally
+fused with the first stage's scores). Evaluation, the recipe, the batch job, the benchmarks and the
+engine-side route (:class:`EngineReranker`) all go through it; :class:`RetrieveRerank` is a first stage
+plus it.
+"""
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from esrerank_errors import DataError, EngineError, InputError
 from retrieval.records import Hit, Query
 
-from .fusion import fused_run
+from .fusion import FUSIONS, fused_run
 from .runs import Run
 
 
@@ -20,13 +28,56 @@ class Retriever(Protocol):
 
 
 class Reranker(Protocol):
+    """A cross-encoder: scores (query, document text) pairs, e.g. ``rerank.CrossEncoder``."""
+
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class HeadReranker(Protocol):
+    """A reranker that reads the documents itself, given each query's head of hits: :class:`EngineReranker`."""
+
+    def score_heads(self, queries: Sequence[Query], heads: Sequence[Sequence[Hit]]) -> list[np.ndarray]: ...
+
+
+# doc id → text, or a function fetching the texts of doc ids (a retriever's ``fetch_texts``)
+Texts = Union[Mapping[str, str], Callable[[Sequence[str]], list[str]]]
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """How a first-stage run is reranked; the defaults of every command and function that reranks.
+
+    rerank_k: candidates per query the reranker rescores; the rest follow in first-stage order. Default 100,
+        the usual trade-off between effectiveness and cost (and what ``esrerank train``'s dev split reranks).
+    fusion: ``None`` (default: the reranker's scores alone), ``"interpolate"`` (``alpha`` × min-max normalized
+        reranker score + (1 − ``alpha``) × normalized first-stage score, per query) or ``"rrf"``
+        (reciprocal rank fusion, ``alpha`` weighting the reranker's ranks).
+    alpha: the reranker's weight in fusion. Default 0.5, equal weights.
+    queries_per_batch: queries whose candidates go to the reranker in one call, so its length-sorted
+        batches are full. Default 32.
+    """
+
+    rerank_k: int = 100
+    fusion: str | None = None
+    alpha: float = 0.5
+    queries_per_batch: int = 32
+
+    def __post_init__(self):
+        if self.rerank_k < 0:
+            raise InputError(f"rerank_k must be 0 or more, got {self.rerank_k}")
+        if self.fusion not in (None, *FUSIONS):
+            raise InputError(f"fusion must be None, {' or '.join(map(repr, FUSIONS))}, got {self.fusion!r}")
+        if not 0 <= self.alpha <= 1:
+            raise InputError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.queries_per_batch < 1:
+            raise InputError(f"queries_per_batch must be 1 or more, got {self.queries_per_batch}")
 
 
 class EngineReranker:
     """Reranking done inside the engine: each query's head is searched again through a search pipeline
     that reranks it (OpenSearch's ``rerank`` processor calling ``esrerank serve``; see
-    ``esrerank register opensearch``), and its scores replace the cross-encoder's in :class:`RetrieveRerank`.
+    ``esrerank register opensearch``), and its scores replace the cross-encoder's in :func:`rerank_run`.
 
     Args:
         searcher: the same index as the first stage, searched through the pipeline, e.g.
@@ -36,7 +87,7 @@ class EngineReranker:
 
     def __init__(self, searcher):
         if not getattr(searcher, "search_pipeline", None):
-            raise ValueError("EngineReranker needs a searcher with a search_pipeline")
+            raise InputError("reranking inside the engine needs a searcher with a search pipeline")
         self.searcher = searcher
 
     def score_heads(self, queries: Sequence[Query], heads: Sequence[Sequence[Hit]]) -> list[np.ndarray]:
@@ -50,9 +101,9 @@ class EngineReranker:
             by_id = {hit.doc_id: hit.score for hit in answer}
             missing = [hit.doc_id for hit in head if hit.doc_id not in by_id]
             if missing or len(answer) != len(head):
-                raise ValueError(f"query {query.query_id}: the engine's reranked window differs from the first "
-                                 f"stage's top {len(head)} (e.g. {missing[:1] or 'its length'}); the first stage "
-                                 "must be the same index, searched the same way")
+                raise EngineError(200, f"query {query.query_id}: the engine's reranked window differs from the "
+                                       f"first stage's top {len(head)} (e.g. {missing[:1] or 'its length'}); the "
+                                       "first stage must be the same index, searched the same way")
             scores.append(np.array([by_id[hit.doc_id] for hit in head], dtype=np.float32))
         return scores
 
@@ -60,44 +111,100 @@ class EngineReranker:
         return f"EngineReranker({self.searcher.url}/{self.searcher.index}, pipeline {self.searcher.search_pipeline})"
 
 
-class RetrieveRerank:
-    """First stage top ``retrieve_k``, of which the top ``rerank_k`` are rescored by ``reranker``.
+def head_scores(queries: Sequence[Query], first_stage: Run, reranker: Reranker | HeadReranker, texts: Texts,
+                rerank_k: int = RerankConfig.rerank_k, queries_per_batch: int = RerankConfig.queries_per_batch,
+                show_progress: bool | None = None) -> dict[str, np.ndarray]:
+    """The reranker's scores of each query's first-stage top ``rerank_k``, in first-stage order, keyed by
+    query id: ``queries_per_batch`` queries' candidates per reranker call, so its batches are full."""
+    if show_progress is None:
+        show_progress = len(queries) > 50
+    scores: dict[str, np.ndarray] = {}
+    for start in tqdm(range(0, len(queries), queries_per_batch), desc="reranking queries", unit="batch",
+                      disable=not show_progress):
+        batch = queries[start:start + queries_per_batch]
+        heads = [list(first_stage.get(q.query_id, []))[:rerank_k] for q in batch]
+        if isinstance(reranker, HeadReranker):  # it reads the documents itself (an engine)
+            batch_scores = reranker.score_heads(batch, heads)
+        else:
+            batch_scores = _pair_scores(batch, heads, reranker, texts)
+        scores.update(zip((q.query_id for q in batch), batch_scores))
+    return scores
 
-    The reranked documents come first in reranker order; the rest of the candidates follow in first-stage
-    order (so Recall@retrieve_k is the first stage's), with scores below the lowest reranked one.
+
+def _pair_scores(queries: Sequence[Query], heads: list[list[Hit]], reranker: Reranker, texts: Texts):
+    doc_ids = [hit.doc_id for hits in heads for hit in hits]
+    doc_texts = _texts_of(doc_ids, texts)
+    pairs, offset = [], 0
+    for q, hits in zip(queries, heads):
+        pairs.extend((q.text, doc_texts[offset + i]) for i in range(len(hits)))
+        offset += len(hits)
+    scores = reranker.predict(pairs) if pairs else np.zeros(0)
+    split_at = np.cumsum([len(hits) for hits in heads])[:-1]
+    return np.split(np.asarray(scores), split_at)
+
+
+def _texts_of(doc_ids: list[str], texts: Texts) -> list[str]:
+    if callable(texts):
+        return texts(doc_ids)
+    missing = [d for d in doc_ids if d not in texts]
+    if missing:
+        raise DataError("candidates", f"{len(missing)} candidate doc ids have no text in the collection "
+                                      f"(e.g. {missing[0]!r})")
+    return [texts[d] for d in doc_ids]
+
+
+def rerank_run(queries: Sequence[Query], first_stage: Run, reranker: Reranker | HeadReranker | None,
+               texts: Texts, config: RerankConfig = RerankConfig(), show_progress: bool | None = None) -> Run:
+    """Rerank a first-stage run: each query's top ``config.rerank_k`` in the reranker's order (its scores,
+    or fused with the first stage's), followed by the rest in first-stage order with scores below the
+    lowest reranked one (so Recall at the run's depth is the first stage's). Results keyed by query id;
+    a query the run lacks gets no hits.
 
     Args:
-        retriever: anything with ``search_many(queries, k)``; also ``fetch_texts(doc_ids)`` unless
-            ``texts`` is given.
-        reranker: anything with ``predict(pairs)``, e.g. ``rerank.CrossEncoder``, or an
-            :class:`EngineReranker` (the engine reranks); ``None`` returns the first stage unchanged.
+        queries: the queries, with their text.
+        first_stage: query id → hits, e.g. ``first_stage_run(retriever, queries, 1000)`` or
+            ``read_trec_run(path)``.
+        reranker: a cross-encoder (``predict(pairs)``), an :class:`EngineReranker`, or None (the first stage
+            unchanged).
+        texts: doc id → text the reranker reads, or a function fetching them (a retriever's ``fetch_texts``).
+        config: :class:`RerankConfig`.
+        show_progress: a progress bar over query batches. Default None: when there are over 50 queries.
+    """
+    if reranker is None or config.rerank_k == 0:
+        return {q.query_id: list(first_stage.get(q.query_id, [])) for q in queries}
+    scores = head_scores(queries, first_stage, reranker, texts, config.rerank_k, config.queries_per_batch,
+                         show_progress)
+    return fused_run(queries, first_stage, scores, config.rerank_k, config.fusion, config.alpha)
+
+
+def first_stage_run(retriever: Retriever, queries: Sequence[Query], k: int) -> Run:
+    """The retriever's top ``k`` for each query, keyed by query id."""
+    return dict(zip((q.query_id for q in queries), retriever.search_many([q.text for q in queries], k)))
+
+
+class RetrieveRerank:
+    """A first stage's top ``retrieve_k``, reranked by :func:`rerank_run`.
+
+    Args:
+        retriever: anything with ``search_many(queries, k)``; also ``fetch_texts(doc_ids)`` unless ``texts``
+            is given.
+        reranker: a cross-encoder (``predict(pairs)``), an :class:`EngineReranker`, or None (the first stage).
         retrieve_k: candidates per query from the first stage. Default 1000.
-        rerank_k: candidates per query the reranker rescores. Default 100, the usual trade-off.
         texts: doc id → text for the reranker, when the retriever cannot fetch texts itself.
-        queries_per_batch: queries whose candidates go to the reranker in one call, so its batches
-            are full. Default 32.
-        fusion: ``None`` (default: reranker scores alone), ``"interpolate"`` (``alpha`` × min-max
-            normalized reranker score + (1 − ``alpha``) × normalized first-stage score, per query) or
-            ``"rrf"`` (reciprocal rank fusion, ``alpha`` weighting the reranker's ranks).
-        alpha: weight of the reranker in fusion. Default 0.5.
+        rerank_k, fusion, alpha, queries_per_batch: as :class:`RerankConfig` (defaults 100, None, 0.5, 32).
     """
 
-    def __init__(self, retriever: Retriever, reranker: Reranker | None, retrieve_k: int = 1000,
-                 rerank_k: int = 100, texts: Mapping[str, str] | None = None, queries_per_batch: int = 32,
-                 fusion: str | None = None, alpha: float = 0.5):
-        if retrieve_k < 1 or rerank_k < 0:
-            raise ValueError(f"need retrieve_k >= 1 and rerank_k >= 0, got {retrieve_k}, {rerank_k}")
-        if fusion not in (None, "interpolate", "rrf"):
-            raise ValueError(f"fusion must be None, 'interpolate' or 'rrf', got {fusion!r}")
-        if not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        self.fusion, self.alpha = fusion, alpha
+    def __init__(self, retriever: Retriever, reranker: Reranker | HeadReranker | None, retrieve_k: int = 1000,
+                 rerank_k: int = RerankConfig.rerank_k, texts: Mapping[str, str] | None = None,
+                 queries_per_batch: int = RerankConfig.queries_per_batch, fusion: str | None = RerankConfig.fusion,
+                 alpha: float = RerankConfig.alpha):
+        if retrieve_k < 1:
+            raise InputError(f"retrieve_k must be 1 or more, got {retrieve_k}")
+        self.config = RerankConfig(min(rerank_k, retrieve_k), fusion, alpha, queries_per_batch)
         self.retriever = retriever
         self.reranker = reranker
         self.retrieve_k = retrieve_k
-        self.rerank_k = min(rerank_k, retrieve_k)
         self.texts = texts
-        self.queries_per_batch = queries_per_batch
 
     def search(self, query: str) -> list[Hit]:
         return self.search_many([query])[0]
@@ -109,52 +216,6 @@ class RetrieveRerank:
 
     def run(self, queries: Sequence[Query], show_progress: bool | None = None) -> Run:
         """Retrieve and rerank every query; results keyed by query id."""
-        return self.rerank_run(queries, first_stage_run(self.retriever, queries, self.retrieve_k), show_progress)
-
-    def rerank_run(self, queries: Sequence[Query], first_stage: Run, show_progress: bool | None = None) -> Run:
-        """Rerank a given first-stage run (e.g. official top-1000 files); queries it lacks get no hits."""
-        if self.reranker is None or self.rerank_k == 0:
-            return {q.query_id: list(first_stage.get(q.query_id, []))[: self.retrieve_k] for q in queries}
-        clipped = {q.query_id: list(first_stage.get(q.query_id, []))[: self.retrieve_k] for q in queries}
-        return fused_run(queries, clipped, self.head_scores(queries, clipped, show_progress), self.rerank_k,
-                         self.fusion, self.alpha)
-
-    def head_scores(self, queries: Sequence[Query], first_stage: Run,
-                    show_progress: bool | None = None) -> dict[str, np.ndarray]:
-        """The reranker's scores of each query's first-stage top ``rerank_k``, in first-stage order:
-        ``queries_per_batch`` queries' candidates per reranker call, so its batches are full."""
-        if show_progress is None:
-            show_progress = len(queries) > 50
-        scores: dict[str, np.ndarray] = {}
-        for start in tqdm(range(0, len(queries), self.queries_per_batch), desc="reranking queries",
-                          unit="batch", disable=not show_progress):
-            batch = queries[start:start + self.queries_per_batch]
-            heads = [list(first_stage.get(q.query_id, []))[: self.rerank_k] for q in batch]
-            scores.update(zip((q.query_id for q in batch), self._head_scores(batch, heads)))
-        return scores
-
-    def _head_scores(self, queries: Sequence[Query], heads: list[list[Hit]]) -> list[np.ndarray]:
-        if isinstance(self.reranker, EngineReranker):
-            return self.reranker.score_heads(queries, heads)
-        doc_ids = [hit.doc_id for hits in heads for hit in hits]
-        texts = self._texts(doc_ids)
-        pairs, offset = [], 0
-        for q, hits in zip(queries, heads):
-            pairs.extend((q.text, texts[offset + i]) for i in range(len(hits)))
-            offset += len(hits)
-        scores = self.reranker.predict(pairs) if pairs else np.zeros(0)
-        split_at = np.cumsum([len(hits) for hits in heads])[:-1]
-        return np.split(np.asarray(scores), split_at)
-
-    def _texts(self, doc_ids: list[str]) -> list[str]:
-        if self.texts is not None:
-            missing = [d for d in doc_ids if d not in self.texts]
-            if missing:
-                raise KeyError(f"{len(missing)} candidate doc ids have no text (e.g. {missing[0]!r})")
-            return [self.texts[d] for d in doc_ids]
-        return self.retriever.fetch_texts(doc_ids)
-
-
-def first_stage_run(retriever: Retriever, queries: Sequence[Query], k: int) -> Run:
-    """The retriever's top ``k`` for each query, keyed by query id."""
-    return dict(zip((q.query_id for q in queries), retriever.search_many([q.text for q in queries], k)))
+        first_stage = first_stage_run(self.retriever, queries, self.retrieve_k)
+        texts = self.texts if self.texts is not None else self.retriever.fetch_texts
+        return rerank_run(queries, first_stage, self.reranker, texts, self.config, show_progress)

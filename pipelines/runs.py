@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from retrieval.records import DataError, Hit
+from esrerank_errors import DataError
+from retrieval.records import Hit
 
 Run = dict[str, list[Hit]]  # query id → hits, best first
 

@@ -8,9 +8,9 @@ from importlib import import_module
 
 DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
 
-_LAZY = {"CrossEncoder": "cross_encoder", "ModelError": "errors", "init_cross_encoder": "heads"}
+_LAZY = {"CrossEncoder": "cross_encoder", "init_cross_encoder": "heads"}
 
-__all__ = ["CrossEncoder", "DEFAULT_MODEL", "ModelError", "init_cross_encoder"]
+__all__ = ["CrossEncoder", "DEFAULT_MODEL", "init_cross_encoder"]
 
 
 def __getattr__(name):

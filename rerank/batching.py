@@ -18,13 +18,13 @@ logger = logging.getLogger(__name__)
 class DynamicBatcher:
     """One worker thread owns the model; requests wait in a queue and are scored together.
 
-    max_batch_tokens: stop collecting requests once their pairs hold about this many tokens (estimated
+    gather_tokens: stop collecting requests once their pairs hold about this many tokens (estimated
     from characters, 4 per token). max_wait_ms: the longest the first request of a batch waits for
     company; 0 turns batching off (each request is scored alone)."""
 
-    def __init__(self, model, max_batch_tokens: int = 65_536, max_wait_ms: float = 5.0, metrics: Metrics | None = None):
+    def __init__(self, model, gather_tokens: int = 65_536, max_wait_ms: float = 5.0, metrics: Metrics | None = None):
         self.model = model
-        self.max_batch_tokens = max_batch_tokens
+        self.gather_tokens = gather_tokens
         self.max_wait_s = max_wait_ms / 1000
         self.metrics = metrics or Metrics()
         self.queue: queue.Queue = queue.Queue()
@@ -50,7 +50,7 @@ class DynamicBatcher:
             jobs = [first]
             tokens = _estimate_tokens(first[0])
             deadline = time.monotonic() + self.max_wait_s
-            while self.max_wait_s > 0 and tokens < self.max_batch_tokens:
+            while self.max_wait_s > 0 and tokens < self.gather_tokens:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

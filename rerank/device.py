@@ -7,18 +7,41 @@ from pathlib import Path
 
 import torch
 
+from esrerank_errors import InputError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def detect_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else the first of cuda, mps, cpu that is available."""
+def detect_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given (an ``InputError`` when it is no device name, or one this machine lacks), else
+    the first of cuda, mps, cpu that is available."""
     if device is not None:
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise InputError(f"device {device!r} (--device) is not a device name: give cuda, cuda:1, mps or "
+                             "cpu") from None
+        _check_available(chosen)
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _check_available(device: torch.device) -> None:
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"device {str(device)!r} (--device): this machine has no CUDA GPU that torch can use")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"device {str(device)!r} (--device): this machine has {count} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InputError(f"device {str(device)!r} (--device): MPS is not available on this machine")
 
 
 @lru_cache(maxsize=1)
@@ -49,7 +72,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
     ``"auto"`` picks the fastest type that keeps rankings: bf16 on GPUs that support it (fp16 on older
     ones), bf16 on CPUs with hardware bf16, fp32 otherwise. On CPUs the choice follows the instruction set,
-    from measurements (README, "Which CPU path is fastest"), never from a timing at load time, which would
+    from measurements (docs/reranking_speed.md, docs/dtype_by_cpu.md), never from a timing at load time, which would
     make the scores depend on the machine's load: with AMX, bf16 (+ float32 rescoring of the top 10) ran
     2.3x float32; on AMD Zen 4 (AVX512-BF16, no AMX) 1.34x; on an Intel CPU with AVX512-BF16 and no AMX
     0.67x, so float32 there; with AVX2 only, bf16 is emulated (0.14x float32 on the GEMMs) and int8 gained
@@ -58,7 +81,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """
     if dtype != "auto":
         if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose 'auto' or one of {sorted(DTYPES)}")
+            raise InputError(f"unknown dtype {dtype!r}; choose 'auto' or one of {sorted(DTYPES)}")
         return DTYPES[dtype]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

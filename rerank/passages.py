@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from esrerank_errors import InputError
+
 SETTINGS_FILE = "esrerank_reranker.json"  # how a model was trained, read back when it is loaded
 PASSAGE_MODES = ("first", "maxp")
 
@@ -38,16 +40,17 @@ class PassageConfig:
 
     def __post_init__(self):
         if self.mode not in PASSAGE_MODES:
-            raise ValueError(f"passage mode must be one of {PASSAGE_MODES}, got {self.mode!r}")
+            raise InputError(f"passage mode must be one of {PASSAGE_MODES}, got {self.mode!r}")
         if self.query_budget < 1 or self.overlap < 0 or self.max_windows < 1:
-            raise ValueError("need query_budget >= 1, overlap >= 0 and max_windows >= 1")
+            raise InputError("need query_budget >= 1, overlap >= 0 and max_windows >= 1")
 
     def window_tokens(self, max_length: int) -> int:
         """Document tokens per window: what ``max_length`` leaves after the query and 3 special tokens."""
         window = max_length - self.query_budget - 3
         if window <= self.overlap:
-            raise ValueError(f"max_length {max_length} leaves {window} tokens for a window, not more than the "
-                             f"overlap {self.overlap}: raise max_length or lower query_budget/overlap")
+            raise InputError(f"max_length {max_length} leaves {window} tokens for a window with maxp passages, not "
+                             f"more than the overlap {self.overlap}: raise max_length (--max-length) or lower "
+                             "query_budget/overlap")
         return window
 
 

@@ -14,16 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from esrerank_errors import RequestError
+
 from .batching import DynamicBatcher
-from .errors import InputError
-
-
-class RequestError(InputError):
-    """A request the service answers with a 4xx status."""
-
-    def __init__(self, status: int, message: str):
-        self.status = status
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -36,7 +29,6 @@ class ServiceConfig:
     max_text_chars: int = 100_000
 
 
-ServiceLimits = ServiceConfig  # the earlier name; kept for scripts that import it
 
 
 def json_score(value) -> float:

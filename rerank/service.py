@@ -35,12 +35,13 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .batching import DynamicBatcher
-from .errors import ServiceError
-from .metrics import Metrics
-from .rerank_api import ROUTES, RequestError, ServiceConfig, ServiceLimits, handle_cohere, handle_tei, json_score
+from esrerank_errors import RequestError, ServiceError
 
-__all__ = ["DynamicBatcher", "Metrics", "RequestError", "RerankService", "ServiceConfig", "ServiceLimits",
+from .batching import DynamicBatcher
+from .metrics import Metrics
+from .rerank_api import ROUTES, ServiceConfig, handle_cohere, handle_tei, json_score
+
+__all__ = ["DynamicBatcher", "Metrics", "RerankService", "ServiceConfig",
            "handle_cohere", "handle_tei", "json_score"]
 
 logger = logging.getLogger(__name__)
@@ -146,12 +147,12 @@ class RerankService:
     api_key: when set, requests need ``Authorization: Bearer <api_key>`` (all routes but ``/health``).
         Default None: no key, for a service only loopback or a private network reaches."""
 
-    def __init__(self, model, host: str = "127.0.0.1", port: int = 8080, max_batch_tokens: int = 65_536,
+    def __init__(self, model, host: str = "127.0.0.1", port: int = 8080, gather_tokens: int = 65_536,
                  max_wait_ms: float = 5.0, limits: ServiceConfig | None = None, model_name: str = "",
                  api_key: str | None = None):
         if api_key is not None and (not api_key.strip() or api_key != api_key.strip()):
             raise ServiceError("the API key is empty or has surrounding whitespace")
-        self.batcher = DynamicBatcher(model, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms)
+        self.batcher = DynamicBatcher(model, gather_tokens=gather_tokens, max_wait_ms=max_wait_ms)
         try:
             self.server = _Server((host, port), make_handler(self.batcher, limits or ServiceConfig(), model_name,
                                                              api_key))

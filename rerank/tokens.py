@@ -4,15 +4,17 @@ Python loops over rows.
 Why not the tokenizer's lists: converting each pair's encoding to a dict of Python lists and copying
 them row by row into a padded array took more time than the GPU's forward pass (a cProfile of 32,000
 MS MARCO-shaped pairs on an H100: ~1.1 s converting encodings and ~0.75 s filling rows in 3.6 s; see the
-README's batch rerank section). Here a fast tokenizer's Rust encodings go straight to one flat array of
+docs/batch_rerank.md). Here a fast tokenizer's Rust encodings go straight to one flat array of
 token ids, and a batch is one fancy-indexing gather.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -83,12 +85,31 @@ def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
     return TokenizedPairs(flat_ids, flat_types, starts, lengths)
 
 
+@contextmanager
+def tokenized_chunks(tokenize: Callable[[Sequence[tuple[str, str]]], TokenizedPairs],
+                     pairs: Sequence[tuple[str, str]], chunk: int, ahead: bool) -> Iterator[Iterator[TokenizedPairs]]:
+    """The pairs tokenized ``chunk`` at a time by ``tokenize``; with ``ahead`` the next chunk is tokenized in a
+    thread (the fast tokenizers release the GIL) while the caller scores this one. Without it no thread is
+    started: a service scoring small requests one at a time paid a thread per call."""
+    if not ahead:
+        yield (tokenize(pairs[start:start + chunk]) for start in range(0, len(pairs), chunk))
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as tokenizing:
+        def upcoming_chunks() -> Iterator[TokenizedPairs]:
+            upcoming = tokenizing.submit(tokenize, pairs[:chunk])
+            for start in range(0, len(pairs), chunk):
+                tokens = upcoming.result()
+                if start + chunk < len(pairs):
+                    upcoming = tokenizing.submit(tokenize, pairs[start + chunk:start + 2 * chunk])
+                yield tokens
+        yield upcoming_chunks()
+
 MAX_BATCH_SIZE = 256  # pairs in one batch, whatever their length
 
 
 def default_batch_tokens(device_type: str) -> int:
     """Token budget of one batch: 4,096 on CPU (the fastest measured there: activations stay in cache; see
-    the README) and 65,536 on GPU (large enough to keep the tensor cores busy)."""
+    docs/reranking_speed.md) and 65,536 on GPU (large enough to keep the tensor cores busy)."""
     return 65_536 if device_type == "cuda" else 4_096
 
 
@@ -98,7 +119,8 @@ def length_batches(indices: np.ndarray, lengths: np.ndarray, max_tokens: int, ma
     order), cut into batches whose padded size fits ``max_tokens`` and that hold at most ``max_size`` pairs.
     ``cut_short`` (on CPU) also ends a batch before the first pair shorter than 3/4 of its longest, so at
     most a quarter of its work is padding: a 10-document request of MS MARCO-like passages was 44% padding
-    in one batch, and cut this way it scored 1.44x faster (README); large sorted inputs are cut as before.
+    in one batch, and cut this way it scored 1.44x faster (docs/reranking_speed.md); large sorted inputs are
+    cut as before.
     (On a GPU, fewer, larger batches matter more than padding; not measured there, so not cut.)"""
     order = indices[np.argsort(-lengths[indices], kind="stable")]
     start = 0

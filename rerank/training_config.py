@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from esrerank_errors import InputError
+
 LOSSES = ("lambda", "bce", "listnet", "plistmle", "ranknet", "listmle", "margin-mse")
 DISTILLATION_LOSSES = ("margin-mse", "listnet")  # the losses that learn a teacher's scores
 LAMBDA_SCHEMES = ("ndcg2pp", "ndcg1", "ndcg2", "lambdarank", "none")
@@ -75,17 +77,17 @@ class TrainingConfig:
 
     def __post_init__(self):
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+            raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.lambda_scheme not in LAMBDA_SCHEMES:
-            raise ValueError(f"lambda_scheme must be one of {LAMBDA_SCHEMES}, got {self.lambda_scheme!r}")
+            raise InputError(f"lambda_scheme must be one of {LAMBDA_SCHEMES}, got {self.lambda_scheme!r}")
         if self.passages not in TRAIN_PASSAGES:
-            raise ValueError(f"passages must be one of {TRAIN_PASSAGES}, got {self.passages!r}")
+            raise InputError(f"passages must be one of {TRAIN_PASSAGES}, got {self.passages!r}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+            raise InputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.max_steps < 1:
-            raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
+            raise InputError(f"max_steps must be at least 1, got {self.max_steps}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ValueError(f"early_stopping_patience must be None or at least 1, got {self.early_stopping_patience}")
+            raise InputError(f"early_stopping_patience must be None or at least 1, got {self.early_stopping_patience}")
 
     def steps_for(self, train_rows: int) -> tuple[int, int, int]:
         """(batch size, updates, dev-evaluation interval) for ``train_rows`` training rows."""

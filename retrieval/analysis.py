@@ -19,6 +19,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
+from esrerank_errors import InputError
+
 from .porter import porter_stem
 
 # Lucene's EnglishAnalyzer.ENGLISH_STOP_WORDS_SET, which Elasticsearch's ``_english_`` stop list uses.
@@ -145,11 +147,12 @@ ANALYZERS = {
 
 
 def get_analyzer(name: str) -> Analyzer:
-    """Look up an analyzer by its Elasticsearch name; raises ``ValueError`` naming the choices."""
+    """Look up an analyzer by its Elasticsearch name; raises ``InputError`` (a ``ValueError``) naming the
+    choices."""
     try:
         return ANALYZERS[name]
     except KeyError:
-        raise ValueError(f"unknown analyzer {name!r}; choose one of {sorted(ANALYZERS)}") from None
+        raise InputError(f"unknown analyzer {name!r}; choose one of {sorted(ANALYZERS)}") from None
 
 
 class _TermIds(dict):

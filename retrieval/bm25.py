@@ -8,12 +8,10 @@ with no (k1 + 1) factor, where dl is the number of terms the analyzer produced f
 avgdl the mean over documents. A query's score is the sum over its terms (a repeated query term counts
 again, as in a ``match`` query). Ties are broken by corpus order, as Lucene breaks them by doc id.
 
-Two backends give the same scores:
-- ``"fast"``: compact postings (document positions and term frequencies, ``retrieval.postings``) built
-  by streaming the corpus once. A compiled kernel (numba) scores the postings of a batch of queries in
-  float64 and keeps each query's k best, on all cores.
-- ``"rank_bm25"``: the ``rank-bm25`` package's corpus statistics with Lucene's formula; slow, kept as
-  an independent implementation for tests.
+The index is compact postings (document positions and term frequencies, ``retrieval.postings``) built by
+streaming the corpus once; a compiled kernel (numba) scores the postings of a batch of queries in float64
+and keeps each query's k best, on all cores. (The tests check it against an independent implementation on
+the ``rank-bm25`` package's statistics, ``tests/retrieval/bm25_oracle.py``.)
 
 ``length_norm="lucene"`` stores document lengths the way Lucene does (one byte per document, exact
 below 24 terms and 4 significant bits above) so that scores match a real engine's; ``"exact"`` (the
@@ -37,6 +35,8 @@ import numba
 import numpy as np
 from tqdm.auto import tqdm
 
+from esrerank_errors import DataError, InputError
+
 from .analysis import get_analyzer
 from .encoding_pool import EncodingPool
 from .postings import PostingsBuilder
@@ -45,7 +45,6 @@ from .string_store import StringStore, StringStoreWriter
 from .topk_kernel import BLOCK_DOCS, top_k_batch
 
 FORMAT_VERSION = 2  # 1: a scipy score matrix and JSON ids/texts (before the compact postings)
-BACKENDS = ("fast", "rank_bm25")
 LENGTH_NORMS = ("exact", "lucene")
 
 
@@ -79,12 +78,6 @@ def lucene_decoded_length(norm_byte: int) -> int:
     return min(_FREE_VALUES + _int4_to_long(norm_byte - _FREE_VALUES), 2**31 - 1)
 
 
-def lucene_lengths(lengths: np.ndarray) -> np.ndarray:
-    """Document lengths as Lucene's BM25 sees them (quantized through the norm byte)."""
-    table = {n: lucene_decoded_length(lucene_encoded_length(int(n))) for n in np.unique(lengths)}
-    return np.array([table[n] for n in lengths], dtype=np.float64)
-
-
 def _lucene_norm_bytes(lengths: np.ndarray) -> np.ndarray:
     """Lucene's norm byte of each document length, as uint8."""
     unique, inverse = np.unique(lengths, return_inverse=True)
@@ -111,8 +104,6 @@ class InMemoryBM25:
         k1: term-frequency saturation. Default 0.9, as Anserini uses for MS MARCO.
         b: length normalization. Default 0.4, as Anserini uses for MS MARCO.
         analyzer: ``"english"`` (default, Elasticsearch's english analyzer) or ``"standard"``.
-        backend: ``"fast"`` (default, compiled postings kernel) or ``"rank_bm25"`` (the ``rank-bm25``
-            package, which holds every analyzed document: for tests on small corpora).
         length_norm: ``"exact"`` (default) or ``"lucene"`` (lengths quantized as a real engine stores them).
         show_progress: progress bar while indexing; ``None`` (default) shows it when indexing takes more
             than two seconds.
@@ -126,20 +117,17 @@ class InMemoryBM25:
     """
 
     def __init__(self, corpus: Iterable, k1: float = 0.9, b: float = 0.4, analyzer: str = "english",
-                 backend: str = "fast", length_norm: str = "exact", show_progress: bool | None = None,
-                 batch_docs: int = 50_000, scratch_dir: str | os.PathLike | None = None, workers: int = 1):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+                 length_norm: str = "exact", show_progress: bool | None = None, batch_docs: int = 50_000,
+                 scratch_dir: str | os.PathLike | None = None, workers: int = 1):
         if length_norm not in LENGTH_NORMS:
-            raise ValueError(f"unknown length_norm {length_norm!r}; choose one of {LENGTH_NORMS}")
+            raise InputError(f"unknown length_norm {length_norm!r}; choose one of {LENGTH_NORMS}")
         if k1 < 0 or not 0 <= b <= 1:
-            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+            raise InputError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         if isinstance(corpus, (str, bytes, os.PathLike)):
             raise TypeError("corpus must be an iterable of documents, not a path; read the file with "
                             "retrieval.corpus.open_corpus(path).documents")
         self.k1, self.b = float(k1), float(b)
         self.analyzer = get_analyzer(analyzer)
-        self.backend = backend
         self.length_norm = length_norm
         self._lock = threading.Lock()
         self._scratch_folder = tempfile.TemporaryDirectory(prefix="esrerank-bm25-", dir=scratch_dir)
@@ -161,30 +149,21 @@ class InMemoryBM25:
                 counted += len(batch)
                 yield contents
 
-        analyzed: list[list[str]] = []  # the rank_bm25 backend only
-        with EncodingPool(self.analyzer.name, workers if backend == "fast" else 1) as pool, \
+        with EncodingPool(self.analyzer.name, workers) as pool, \
                 tqdm(desc="indexing", unit="doc", delay=2, disable=show_progress is False,
                      total=len(corpus) if hasattr(corpus, "__len__") else None) as progress:
-            if backend == "rank_bm25":
-                for contents in text_batches():
-                    analyzed.extend(self.analyzer(text) for text in contents)
-                    progress.update(len(contents))
-            else:
-                for term_ids, lengths in pool.encode_batches(text_batches()):
-                    postings.add(term_ids, lengths, len(pool.vocabulary))
-                    progress.update(len(lengths))
+            for term_ids, lengths in pool.encode_batches(text_batches()):
+                postings.add(term_ids, lengths, len(pool.vocabulary))
+                progress.update(len(lengths))
             pool.close()
         if counted == 0:
-            raise ValueError("cannot index an empty corpus")
+            raise InputError("cannot index an empty corpus")
         self.doc_ids = ids_writer.finish()
         self._texts = texts_writer.finish()
         duplicates = self.doc_ids.duplicates()
         if duplicates:
             listed = ", ".join(f"{doc_id!r} (documents {a} and {b})" for doc_id, a, b in duplicates)
-            raise ValueError(f"corpus has duplicate doc ids: {listed}")
-        if backend == "rank_bm25":
-            self._rank_bm25 = _LuceneRankBM25(analyzed, self.k1, self.b, self.length_norm)
-            return
+            raise InputError(f"corpus has duplicate doc ids: {listed}")
         self.vocabulary = pool.vocabulary
         self._set_postings(*postings.finish(len(self.vocabulary)))
 
@@ -231,25 +210,13 @@ class InMemoryBM25:
         results: list[list[Hit]] = []
         for start in tqdm(range(0, len(queries), batch_size), desc="searching", unit="batch",
                           disable=not show_progress):
-            batch = queries[start:start + batch_size]
-            if self.backend == "rank_bm25":
-                results.extend(self._top_k(self._rank_bm25.get_scores(self.analyzer(q)), k) for q in batch)
-            else:
-                results.extend(self._hits(self._search_batch(batch, k)))
+            results.extend(self._hits(self._search_batch(queries[start:start + batch_size], k)))
         return results
 
     def search_many_arrays(self, queries: Sequence[str], k: int = 10) -> TopKArrays:
         """Top ``k`` for each query as arrays, as bm25s returns them: for bulk work (run files, mining) where
         a record per hit is not needed. Same results as ``search_many``; see ``TopKArrays``."""
         self._check_queries(queries, k)
-        if self.backend == "rank_bm25":
-            hits = self.search_many(queries, k)
-            top = TopKArrays(np.full((len(queries), k), -1, dtype=np.int64), np.zeros((len(queries), k)),
-                             np.array([len(h) for h in hits], dtype=np.int64))
-            for q, query_hits in enumerate(hits):
-                top.doc_indices[q, :len(query_hits)] = self.doc_ids.positions([h.doc_id for h in query_hits])
-                top.scores[q, :len(query_hits)] = [h.score for h in query_hits]
-            return top
         return self._search_batch(queries, k)
 
     @staticmethod
@@ -257,10 +224,10 @@ class InMemoryBM25:
         if isinstance(queries, str):
             raise TypeError("expected a list of query strings; use search() for one query")
         if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise InputError(f"k must be a positive integer, got {k!r}")
         for i, query in enumerate(queries):
             if not isinstance(query, str) or not query.strip():
-                raise ValueError(f"query {i} is empty or not a string: {query!r}")
+                raise InputError(f"query {i} is empty or not a string: {query!r}")
 
     def _search_batch(self, queries: Sequence[str], k: int) -> TopKArrays:
         query_ptr, query_terms, query_weights = [0], [], []
@@ -302,25 +269,12 @@ class InMemoryBM25:
             return [list(map(_make_hit, zip(ids[q][:n], scores[q][:n], ranks)))
                     for q, n in enumerate(top.counts.tolist())]
 
-    def _top_k(self, dense_scores: np.ndarray, k: int) -> list[Hit]:
-        matched = np.flatnonzero(dense_scores > 0)
-        return self._rank(matched, dense_scores[matched], k)
-
-    def _rank(self, doc_indices: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
-        if len(scores) > k:
-            kth_best = np.partition(scores, len(scores) - k)[len(scores) - k]
-            keep = scores >= kth_best  # every tie at the boundary, so the tie-break below decides
-            doc_indices, scores = doc_indices[keep], scores[keep]
-        order = np.lexsort((doc_indices, -scores))[:k]
-        ids = self.doc_ids.take(doc_indices[order])
-        return [Hit(doc_id, float(scores[i]), rank) for rank, (doc_id, i) in enumerate(zip(ids, order), start=1)]
-
     def fetch_texts(self, doc_ids: Sequence[str]) -> list[str]:
         """The indexed text (title and text joined) of each doc id, for the reranker."""
         positions = self.doc_ids.positions(doc_ids)
         if (positions < 0).any():
             missing = doc_ids[int(np.flatnonzero(positions < 0)[0])]
-            raise KeyError(f"doc id {missing!r} is not in this index")
+            raise InputError(f"doc id {missing!r} is not in this index")
         return self._texts.take(positions)
 
     # --- saving --------------------------------------------------------------------------------
@@ -333,14 +287,12 @@ class InMemoryBM25:
         except PackageNotFoundError:
             library_version = "unknown"
         return {"k1": self.k1, "b": self.b, "analyzer": self.analyzer.name, "length_norm": self.length_norm,
-                "backend": self.backend, "num_docs": len(self.doc_ids), "format_version": FORMAT_VERSION,
+                "num_docs": len(self.doc_ids), "format_version": FORMAT_VERSION,
                 "library": "esrerank", "library_version": library_version}
 
     def save(self, folder) -> None:
         """Save to ``folder``: ``params.json`` (k1, b, analyzer, versions), the postings as ``.npy`` arrays,
         the vocabulary, and the id and text buffers. ``load`` memory-maps them."""
-        if self.backend != "fast":
-            raise ValueError("only the fast backend can be saved")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("indptr", "docs", "tfs", "doc_lengths"):
@@ -358,15 +310,15 @@ class InMemoryBM25:
         folder = Path(folder)
         params_path = folder / "params.json"
         if not params_path.is_file():
-            raise FileNotFoundError(f"{params_path}: not found; is {folder} a saved InMemoryBM25 index?")
+            raise DataError(params_path, f"not found; is {folder} a saved InMemoryBM25 index?")
         params = json.loads(params_path.read_text(encoding="utf-8"))
         if params.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{params_path}: index format {params.get('format_version')} is not "
-                             f"{FORMAT_VERSION}; build the index again with this version")
+            raise DataError(params_path, f"index format {params.get('format_version')} is not {FORMAT_VERSION}; "
+                                         "build the index again with this version")
         index = cls.__new__(cls)
         index.k1, index.b = params["k1"], params["b"]
         index.analyzer = get_analyzer(params["analyzer"])
-        index.backend, index.length_norm = "fast", params["length_norm"]
+        index.length_norm = params["length_norm"]
         index._lock = threading.Lock()
         index._scratch_folder = None
         terms = json.loads((folder / "vocabulary.json").read_text(encoding="utf-8"))
@@ -412,52 +364,7 @@ def _as_document(row, position: int) -> Document:
         return row
     if isinstance(row, dict):
         if "_id" not in row or "text" not in row:
-            raise ValueError(f"corpus row {position} needs '_id' and 'text' keys, has {sorted(row)}")
+            raise InputError(f"corpus row {position} needs '_id' and 'text' keys, has {sorted(row)}")
         return Document(str(row["_id"]), row.get("title") or "", row["text"] or "")
     raise TypeError(f"corpus row {position} must be a dict with '_id', 'title', 'text' or a Document, "
                     f"got {type(row).__name__}")
-
-
-class _LuceneRankBM25:
-    """rank-bm25's corpus statistics (document frequencies, lengths) with Lucene's BM25 formula."""
-
-    def __init__(self, analyzed: list[list[str]], k1: float, b: float, length_norm: str):
-        from rank_bm25 import BM25
-
-        class LuceneBM25(BM25):
-            def __init__(self, corpus):
-                self.k1, self.b = k1, b
-                super().__init__(corpus)
-
-            def _calc_idf(self, nd):
-                self.idf = {term: float(lucene_idf(n, self.corpus_size)) for term, n in nd.items()}
-
-            def get_scores(self, query):
-                scores = np.zeros(self.corpus_size)
-                dl = np.array(self.doc_len, dtype=np.float64)
-                if length_norm == "lucene":
-                    dl = lucene_lengths(np.array(self.doc_len))
-                norm = self.k1 * (1 - self.b + self.b * dl / self.avgdl)
-                for term in query:
-                    tf = np.array([doc.get(term, 0) for doc in self.doc_freqs], dtype=np.float64)
-                    scores += self.idf.get(term, 0.0) * tf / (tf + norm)
-                return scores
-
-        empty = sum(1 for doc in analyzed if not doc)
-        if empty:
-            # rank-bm25 counts every document in N and avgdl; Lucene only those with terms. Keep the
-            # empty ones out of its statistics and map positions back.
-            self._positions = np.array([i for i, doc in enumerate(analyzed) if doc])
-            analyzed = [doc for doc in analyzed if doc]
-        else:
-            self._positions = None
-        self._size = len(analyzed) + empty
-        self._model = LuceneBM25(analyzed)
-
-    def get_scores(self, query_terms: list[str]) -> np.ndarray:
-        scores = self._model.get_scores(query_terms)
-        if self._positions is None:
-            return scores
-        full = np.zeros(self._size)
-        full[self._positions] = scores
-        return full

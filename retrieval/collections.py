@@ -18,8 +18,10 @@ import logging
 import os
 from pathlib import Path
 
+from esrerank_errors import DataError
+
 from .corpus import Collection, check_qrels, load_beir, load_hf_beir
-from .records import DataError, Document, Query
+from .records import Document, Query
 
 logger = logging.getLogger(__name__)
 

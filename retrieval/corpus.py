@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .records import DataError, Document, Query
+from esrerank_errors import DataError
+
+from .records import Document, Query
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +177,23 @@ class Collection:
         return {d.doc_id: d.contents for d in self.documents}
 
 
+def check_documents(documents: list[Document], path) -> set[str]:
+    """The doc ids of a corpus read from ``path``, refused when there are none or one is there twice (the
+    error names both lines)."""
+    if not documents:
+        raise DataError(path, "the corpus has no documents")
+    doc_ids = {d.doc_id for d in documents}
+    if len(doc_ids) < len(documents):
+        seen: dict[str, int] = {}
+        for line, row in _iter_json_lines(Path(path), "skip", SkippedLines()):
+            doc_id = str(row.get("_id"))
+            if doc_id in seen:
+                raise DataError(path, f"duplicate doc id {doc_id!r} (first on line {seen[doc_id]})", line)
+            seen[doc_id] = line
+        raise DataError(path, f"{len(documents) - len(doc_ids)} doc ids are there twice")
+    return doc_ids
+
+
 def load_beir(folder, split: str = "test") -> Collection:
     """Load a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``). Only queries
     with judgments in the split are kept, as BEIR's evaluation does."""
@@ -186,9 +205,9 @@ def load_beir(folder, split: str = "test") -> Collection:
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
         raise DataError(qrels_path, f"qrels for split {split!r} not found (splits here: {splits or 'none'})")
     documents = list(iter_beir_corpus(folder / "corpus.jsonl"))
+    doc_ids = check_documents(documents, folder / "corpus.jsonl")
     queries = read_beir_queries(folder / "queries.jsonl")
-    qrels = check_qrels(read_qrels(qrels_path), (q.query_id for q in queries),
-                        (d.doc_id for d in documents), source=str(qrels_path))
+    qrels = check_qrels(read_qrels(qrels_path), (q.query_id for q in queries), doc_ids, source=str(qrels_path))
     judged = [q for q in queries if q.query_id in qrels]
     return Collection(folder.name, documents, judged, qrels)
 

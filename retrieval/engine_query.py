@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .records import DataError
+from esrerank_errors import DataError, InputError
 
 PLACEHOLDER = "{{query}}"
 SIZE_PLACEHOLDER = "{{size}}"
@@ -55,7 +55,8 @@ class EngineQuery:
 
     def __post_init__(self):
         if sum((bool(self.fields), self.template is not None, self.template_id is not None)) != 1:
-            raise ValueError("an EngineQuery has exactly one of fields, template or template_id")
+            raise InputError("an EngineQuery has exactly one of fields, template or template_id (--fields or "
+                             "--query-template)")
         if self.match_type not in MATCH_TYPES:
             raise DataError(self.source or "--match-type", f"unknown multi_match type {self.match_type!r}; one of "
                                                            f"{', '.join(MATCH_TYPES)}")

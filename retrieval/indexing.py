@@ -28,18 +28,17 @@ from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
+from esrerank_errors import EngineError, EngineUnavailable, IndexingAborted
+
 from .analysis import get_analyzer
-from .engines import FIELD, EngineError, EngineUnavailable, IndexConfig, SearchEngineBM25, error_reason, ndjson
-from .errors import EsrerankError
+from .engine_admin import FIELD, IndexConfig
+from .engine_rest import error_reason, ndjson
+from .engines import SearchEngineBM25
 from .records import Document
 
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
-
-
-class IndexingAborted(EsrerankError, RuntimeError):
-    """The load stopped (server gone, interrupted); what was acknowledged is recorded for a re-run."""
 
 
 @dataclass
@@ -56,7 +55,7 @@ class Backoff:
 
 
 @dataclass
-class IndexingReport:
+class IndexingResult:
     alias: str
     index: str
     indexed: int = 0
@@ -175,7 +174,7 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
                 settings: IndexConfig | None = None, batch_docs: int = 1000, workers: int = 2,
                 dead_letter: str | os.PathLike | None = None, backoff: Backoff | None = None,
                 total: int | None = None, force_merge: bool = True, keep_old: bool = False,
-                checkpoint_every_s: float = 1.0, show_progress: bool = True) -> IndexingReport:
+                checkpoint_every_s: float = 1.0, show_progress: bool = True) -> IndexingResult:
     """Load ``documents`` into a new index behind ``alias`` (resuming an unfinished one), then swap it in.
 
     Args:
@@ -194,7 +193,7 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
         keep_old: keep the index the alias pointed to before. Default False (deleted after the swap).
 
     Returns:
-        An :class:`IndexingReport`: documents indexed and failed, where a resume started, the index
+        An :class:`IndexingResult`: documents indexed and failed, where a resume started, the index
         behind the alias, the count in it, and the time taken.
 
     Example::
@@ -228,7 +227,7 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
         logger.info("created index %s (%s analysis, %s analyzer, k1=%s, b=%s)", index, settings.analysis,
                     settings.analyzer, settings.k1, settings.b)
     meta = engine.index_meta(index)
-    report = IndexingReport(alias=alias, index=index, resumed_after=resumed_after, settings=asdict(settings),
+    report = IndexingResult(alias=alias, index=index, resumed_after=resumed_after, settings=asdict(settings),
                             dead_letter=str(dead_letter) if dead_letter else None)
     dead_letters = DeadLetters(Path(dead_letter) if dead_letter else None)
 

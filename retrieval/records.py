@@ -1,11 +1,9 @@
-"""Plain records that cross module lines: documents, queries, hits, and the error for bad input."""
+"""Plain records that cross module lines: documents, queries, hits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import NamedTuple
-
-from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -35,14 +33,3 @@ class Hit(NamedTuple):
     doc_id: str
     score: float
     rank: int
-
-
-class DataError(InputError):
-    """Bad input data. The message names the file, the line (when there is one) and the problem."""
-
-    def __init__(self, path, problem: str, line: int | None = None):
-        self.path = str(path)
-        self.line = line
-        self.problem = problem
-        where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {problem}")

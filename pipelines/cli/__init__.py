@@ -2,7 +2,7 @@
 
 Each subcommand module has ``add_parser(commands, common)`` and ``run(args)``: ``run`` turns flags into a
 library call and prints. Anything a user can cause ends in one ``esrerank: error: …`` line: every
-esrerank error derives from :class:`retrieval.errors.EsrerankError` and is caught here, once; exit
+esrerank error derives from :class:`esrerank_errors.EsrerankError` and is caught here, once; exit
 status 2 for bad input (as argparse's own errors), 1 for a run that failed.
 """
 
@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from retrieval.errors import EsrerankError
+from esrerank_errors import EsrerankError
 
 from . import evaluate, index, mine, recipe, register, rerank, search, serve, train
 

@@ -7,17 +7,17 @@ import time
 from pathlib import Path
 
 from rerank import DEFAULT_MODEL
-from retrieval.records import DataError
 
+from ..retrieve_rerank import RerankConfig
 from .options import (
     add_first_stage_args,
+    add_rerank_k_arg,
     add_reranker_args,
     add_retriever_args,
     add_search_pipeline_arg,
     first_stage_from,
     fraction,
     logger,
-    non_negative_int,
     positive_int,
     read_query_ids,
     reranker_from,
@@ -32,12 +32,13 @@ def add_parser(commands, common) -> None:
                         "folder or fetched by ir_datasets (vaswani, cranfield, scifact, …), an ir_datasets id "
                         "(msmarco-passage/dev/small, beir/scifact/test, …) or a HF id (default vaswani)")
     parser.add_argument("--split", default="test", help="qrels split (default test)")
-    parser.add_argument("--query-ids", help="JSON list of query ids to evaluate (e.g. a recipe's dev_query_ids.json)")
+    parser.add_argument("--query-ids",
+                        help="JSON list of query ids to evaluate (e.g. a recipe's heldout_query_ids.json)")
     add_reranker_args(parser, DEFAULT_MODEL)
     parser.add_argument("--retrieve-k", type=positive_int, default=1000,
-                        help="first-stage candidates per query (default 1000)")
-    parser.add_argument("--rerank-k", type=non_negative_int, default=100,
-                        help="candidates reranked per query (default 100)")
+                        help="first-stage candidates per query (default 1000, so that the first stage's "
+                        "Recall@1000 is measured)")
+    add_rerank_k_arg(parser)
     add_first_stage_args(parser)
     add_retriever_args(parser)
     add_search_pipeline_arg(parser)
@@ -45,7 +46,8 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--fusion", choices=["auto", "none", "interpolate", "rrf"], default="none",
                         help="combine BM25 and reranker scores: none (default: the reranker alone), interpolate, "
                         "rrf, or auto: what 'esrerank recipe' found best for this model (recorded beside it)")
-    parser.add_argument("--alpha", type=fraction, default=None, help="reranker weight in fusion (default 0.5)")
+    parser.add_argument("--alpha", type=fraction, default=None,
+                        help=f"reranker weight in fusion (default {RerankConfig.alpha}, or the recorded one with auto)")
     parser.add_argument("--save-run", help="write the final run (reranked, or BM25 with --model none) here")
     parser.add_argument("--output-json", help="write the measures as JSON here")
     parser.set_defaults(handler=run)
@@ -54,7 +56,7 @@ def add_parser(commands, common) -> None:
 def run(args) -> int:
     from retrieval.corpus import load_collection
 
-    from ..evaluation import format_single, format_table
+    from ..evaluation import FIRST_STAGE, format_single, format_table
     from ..experiment import evaluate, select_queries
     from ..runs import read_trec_run, write_trec_run
 
@@ -70,7 +72,7 @@ def run(args) -> int:
     else:
         retriever, source = first_stage_from(args, collection.documents)
     logger.info("first stage: %s", source)
-    fusion, alpha = args.fusion, args.alpha if args.alpha is not None else 0.5
+    fusion, alpha = args.fusion, args.alpha if args.alpha is not None else RerankConfig.alpha
     if reranker is not None:
         logger.info("reranker: %r, top %d of %d", reranker, args.rerank_k, args.retrieve_k)
         if fusion == "auto":
@@ -80,17 +82,13 @@ def run(args) -> int:
             alpha = args.alpha if args.alpha is not None else recorded_alpha
             if fusion:
                 logger.info("fusion %s with alpha %.2f, as recorded for this model on its dev split", fusion, alpha)
-    try:
-        result = evaluate(collection, retriever, reranker, retrieve_k=args.retrieve_k, rerank_k=args.rerank_k,
-                          candidates=candidates, fusion=None if fusion in (None, "none") else fusion, alpha=alpha,
-                          show_progress=not args.quiet)
-    except DataError as error:
-        if error.path == "candidates":  # name the file the user gave
-            raise DataError(args.candidates, error.problem) from None
-        raise
+    rerank = RerankConfig(rerank_k=args.rerank_k, fusion=None if fusion in (None, "none") else fusion, alpha=alpha)
+    result = evaluate(collection, retriever, reranker, retrieve_k=args.retrieve_k, rerank=rerank,
+                      candidates=candidates, candidates_source=args.candidates or "candidates",
+                      show_progress=not args.quiet)
 
     print(f"{collection.name} ({args.split}, {len(collection.queries)} queries); first stage: {source}")
-    print(format_table(result.comparisons) if reranker is not None else format_single(result.measures["bm25"]))
+    print(format_table(result.comparisons) if reranker is not None else format_single(result.measures[FIRST_STAGE]))
     if args.save_run:
         write_trec_run(result.final, args.save_run, tag="reranked" if reranker is not None else "bm25")
         logger.info("run written to %s", args.save_run)

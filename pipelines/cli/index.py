@@ -40,7 +40,8 @@ def add_parser(commands, common) -> None:
 
 def run(args) -> int:
     from retrieval.corpus import open_corpus
-    from retrieval.engines import IndexConfig, connect
+    from retrieval.engine_admin import IndexConfig
+    from retrieval.engines import connect
     from retrieval.indexing import Backoff, DeadLetters, build_index
 
     corpus = open_corpus(args.data)

@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from retrieval.records import DataError
+from esrerank_errors import DataError
 
 logger = logging.getLogger("esrerank")
 
@@ -33,12 +33,14 @@ port_number = _number(int, 0, 65535, rule="a port number from 0 to 65535")
 # the query budget, separators and a few document tokens need room
 max_length_tokens = _number(int, 8, rule="at least 8 tokens")
 fraction = _number(float, 0.0, 1.0, rule="between 0 and 1")
+non_negative_float = _number(float, 0.0, rule="0 or more")
 positive_float = _number(float, 0.0, low_open=True, rule="more than 0")
 
 
 def add_first_stage_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--k1", type=float, default=0.9, help="BM25 k1 (default 0.9, Anserini's MS MARCO setting)")
-    parser.add_argument("--b", type=float, default=0.4, help="BM25 b (default 0.4, Anserini's MS MARCO setting)")
+    parser.add_argument("--k1", type=non_negative_float, default=0.9,
+                        help="BM25 k1 (default 0.9, Anserini's MS MARCO setting)")
+    parser.add_argument("--b", type=fraction, default=0.4, help="BM25 b (default 0.4, Anserini's MS MARCO setting)")
     parser.add_argument("--analyzer", choices=["english", "standard"], default="english",
                         help="Elasticsearch analyzer to reproduce (default english)")
 
@@ -82,6 +84,15 @@ def add_index_fields_args(parser: argparse.ArgumentParser, search: bool = True) 
                         help="engine: the _source field holding the ids your qrels use (default: _id)")
 
 
+def add_rerank_k_arg(parser: argparse.ArgumentParser, default: int | None = None, help: str | None = None) -> None:
+    from ..retrieve_rerank import RerankConfig
+
+    default = RerankConfig.rerank_k if default is None else default
+    parser.add_argument("--rerank-k", type=non_negative_int, default=default,
+                        help=help or f"candidates reranked per query, the rest kept in first-stage order "
+                        f"(default {default})")
+
+
 def add_search_pipeline_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-pipeline", metavar="NAME",
                         help="rerank inside OpenSearch through this search pipeline (made by 'esrerank register "
@@ -115,11 +126,11 @@ def add_model_run_args(parser: argparse.ArgumentParser) -> None:
                         help="torch (default), or ONNX Runtime on CPU in float32 or int8 (the onnx extra)")
 
 
-def cross_encoder_from(args, show_progress: bool | None = None):
-    """The cross-encoder the options of ``add_model_run_args`` describe."""
+def cross_encoder_from(args, show_progress: bool | None = None, device: str | None = None):
+    """The cross-encoder the options of ``add_model_run_args`` describe (``device``: instead of --device)."""
     from rerank.cross_encoder import CrossEncoder
 
-    return CrossEncoder(args.model, max_length=args.max_length, device=args.device, dtype=args.dtype,
+    return CrossEncoder(args.model, max_length=args.max_length, device=device or args.device, dtype=args.dtype,
                         runtime=args.runtime, passages=args.passages, show_progress=show_progress)
 
 
@@ -127,7 +138,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     from rerank.training_config import LAMBDA_SCHEMES, LOSSES, LR_SCHEDULES, TRAIN_PASSAGES, TrainingConfig
 
     defaults = TrainingConfig()
-    parser.add_argument("--loss", choices=LOSSES, default=defaults.loss, help=f"(default {defaults.loss})")
+    parser.add_argument("--loss", choices=LOSSES, default=None,
+                        help=f"(default {defaults.loss}; margin-mse when distilling from a --teacher)")
     parser.add_argument("--lambda-scheme", choices=LAMBDA_SCHEMES, default=defaults.lambda_scheme)
     parser.add_argument("--max-steps", type=positive_int, default=defaults.max_steps,
                         help="the most optimizer updates; early stopping on the dev split normally ends training "
@@ -165,7 +177,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
 def training_config_from(args):
     from rerank.training_config import TrainingConfig
 
-    return TrainingConfig(loss=args.loss, lambda_scheme=args.lambda_scheme, max_steps=args.max_steps,
+    return TrainingConfig(loss=args.loss or TrainingConfig.loss, lambda_scheme=args.lambda_scheme,
+                          max_steps=args.max_steps,
                           epochs=args.epochs, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size,
                           lr=args.lr, warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule,
                           freeze_embeddings=not args.train_embeddings,
@@ -270,8 +283,8 @@ def read_api_key(path: str | None, environment_variable: str = "ESRERANK_API_KEY
 
 def teacher_from(model: str, kind: str):
     """The false-negative filter: a cross-encoder, or a bi-encoder scoring by cosine similarity."""
+    from esrerank_errors import ModelError
     from rerank.cross_encoder import CrossEncoder
-    from rerank.errors import ModelError
 
     if kind == "cross-encoder":
         return CrossEncoder(model)

@@ -9,29 +9,38 @@ from .options import add_first_stage_args, add_training_args, non_negative_int, 
 
 
 def add_parser(commands, common) -> None:
+    from ..mining import MiningConfig
+    from ..recipe import RecipeConfig
+
+    recipe, mining = RecipeConfig(), MiningConfig()
     parser = commands.add_parser("recipe", parents=[common], allow_abbrev=False,
                                  help="mine, train and evaluate in one command")
-    parser.add_argument("--train-data", required=True)
-    parser.add_argument("--train-split", default="train")
-    parser.add_argument("--eval-data", required=True)
-    parser.add_argument("--eval-split", default=None, help="default: --train-split when the data is the same")
+    parser.add_argument("--train-data", required=True, help="collection with the training queries and qrels")
+    parser.add_argument("--train-split", default="train", help="its qrels split (default train)")
+    parser.add_argument("--heldout-data", required=True,
+                        help="collection of the final evaluation; when it is --train-data, --heldout-queries of "
+                        "its queries are held out of training")
+    parser.add_argument("--heldout-split", default=None,
+                        help="its qrels split (default: --train-split when the data is the same, else test)")
     parser.add_argument("--base-model", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--dev-queries", type=positive_int, default=200,
-                        help="evaluation queries held out of training when train and eval data are the same "
-                        "(default 200)")
-    parser.add_argument("--num-negatives", type=non_negative_int, default=6,
-                        help="hard negatives per query (default 6)")
-    parser.add_argument("--num-random-negatives", type=non_negative_int, default=3,
-                        help="easy negatives per query, at random from the corpus (default 3)")
-    parser.add_argument("--retrieve-k", "--depth", dest="retrieve_k", type=positive_int, default=100,
-                        help="BM25 candidates per query for mining and for the evaluation (default 100)")
-    parser.add_argument("--train-eval-queries", type=non_negative_int, default=100,
-                        help="dev queries held out of the training queries for training's evaluations (default 100)")
-    parser.add_argument("--train-eval-retrieve-k", "--train-eval-depth", dest="train_eval_retrieve_k",
-                        type=positive_int, default=100,
-                        help="BM25 candidates per query of training's dev evaluations (default 100, as deep as the "
-                        "evaluation)")
+    parser.add_argument("--heldout-queries", type=positive_int, default=recipe.heldout_queries,
+                        help="queries held out of training for the final evaluation when --heldout-data is "
+                        f"--train-data (default {recipe.heldout_queries})")
+    parser.add_argument("--dev-queries", type=non_negative_int, default=recipe.dev_queries,
+                        help="queries held out of training as its dev split: early stopping and the best "
+                        f"checkpoint (default {recipe.dev_queries})")
+    parser.add_argument("--num-negatives", type=non_negative_int, default=mining.num_negatives,
+                        help=f"hard negatives per query (default {mining.num_negatives})")
+    parser.add_argument("--num-random-negatives", type=non_negative_int, default=mining.num_random_negatives,
+                        help="easy negatives per query, at random from the corpus "
+                        f"(default {mining.num_random_negatives})")
+    parser.add_argument("--retrieve-k", type=positive_int, default=recipe.retrieve_k,
+                        help="BM25 candidates per query for mining and for the evaluation "
+                        f"(default {recipe.retrieve_k})")
+    parser.add_argument("--dev-retrieve-k", type=positive_int, default=recipe.dev_retrieve_k,
+                        help=f"BM25 candidates per dev query (default {recipe.dev_retrieve_k}, as deep as the "
+                        "evaluation reranks)")
     add_training_args(parser)
     add_first_stage_args(parser)
     parser.add_argument("--resume", action="store_true")
@@ -41,25 +50,25 @@ def add_parser(commands, common) -> None:
 def run(args) -> int:
     from retrieval.corpus import load_collection
 
+    from ..evaluation import FIRST_STAGE, RERANKED
     from ..mining import MiningConfig
     from ..recipe import RecipeConfig
     from ..recipe import run_recipe as recipe
 
     train = load_collection(args.train_data, args.train_split, args.data_dir)
-    same_data = Path(args.train_data).resolve() == Path(args.eval_data).resolve()
-    eval_split = args.eval_split or (args.train_split if same_data else "test")
-    evaluation = (train if same_data and eval_split == args.train_split
-                  else load_collection(args.eval_data, eval_split, args.data_dir))
+    same_data = Path(args.train_data).resolve() == Path(args.heldout_data).resolve()
+    heldout_split = args.heldout_split or (args.train_split if same_data else "test")
+    evaluation = (train if same_data and heldout_split == args.train_split
+                  else load_collection(args.heldout_data, heldout_split, args.data_dir))
     report = recipe(train, evaluation, args.base_model, args.out, training_config_from(args),
-                    RecipeConfig(dev_queries=args.dev_queries, retrieve_k=args.retrieve_k,
-                                 train_eval_queries=args.train_eval_queries,
-                                 train_eval_retrieve_k=args.train_eval_retrieve_k),
+                    RecipeConfig(heldout_queries=args.heldout_queries, dev_queries=args.dev_queries,
+                                 retrieve_k=args.retrieve_k, dev_retrieve_k=args.dev_retrieve_k),
                     MiningConfig(retrieve_k=args.retrieve_k, range_max=args.retrieve_k,
                                  num_negatives=args.num_negatives, num_random_negatives=args.num_random_negatives),
                     k1=args.k1, b=args.b, analyzer=args.analyzer, resume=args.resume)
     result = report["evaluation"]
-    bm25, reranked = result["measures"]["bm25"], result["measures"]["reranked"]
-    print(f"evaluation queries: {result['queries']}; time: {report['seconds']['total']:.0f} s")
+    bm25, reranked = result["measures"][FIRST_STAGE], result["measures"][RERANKED]
+    print(f"held-out queries: {result['queries']}; time: {report['seconds']['total']:.0f} s")
     print(f"{'measure':<9} {'BM25':>9} {'reranked':>9} {'p (paired t)':>13}")
     for measure in ("nDCG@10", "RR@10", "R@100", "AP"):
         print(f"{measure:<9} {bm25[measure]:>9.4f} {reranked[measure]:>9.4f} {result['significance'][measure]:>13.4g}")

@@ -32,7 +32,7 @@ def add_parser(commands, common) -> None:
 
 
 def run(args) -> int:
-    from retrieval.engines import rest_client
+    from retrieval.engine_rest import rest_client
 
     from ..engine_rerank import register_elasticsearch, register_opensearch
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrieval.records import DataError
+from esrerank_errors import DataError
 
 from .options import (
     add_index_fields_args,
@@ -102,11 +102,11 @@ def run(args) -> int:
         report = rerank_run_file_on_devices(queries, candidates, texts, args.model, devices, args.out,
                                             model_options, **options)
     else:
-        if args.devices not in ("auto", "") and not args.device:
-            args.device = args.devices
-        report = rerank_run_file(queries, candidates, texts, cross_encoder_from(args, show_progress=False),
-                                 args.out,
-                                 show_progress=not args.quiet, **options)
+        # one device named by --devices (e.g. cpu) is --device's
+        device = args.devices if args.devices not in ("auto", "") and not args.device else None
+        reranker = cross_encoder_from(args, show_progress=False, device=device)
+        report = rerank_run_file(queries, candidates, texts, reranker, args.out, show_progress=not args.quiet,
+                                 **options)
     print(f"reranked {report.queries} queries ({report.pairs} pairs, {report.pairs_per_second:.1f} pairs/s) into "
           f"{report.out}; {report.resumed_after} were done before")
     return 0

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from retrieval.records import DataError
+from esrerank_errors import DataError
 
 from .options import (
     add_first_stage_args,
+    add_rerank_k_arg,
     add_reranker_args,
     add_retriever_args,
     add_search_pipeline_arg,
     any_split,
     first_stage_from,
     logger,
-    non_negative_int,
     positive_int,
     reranker_from,
 )
@@ -28,15 +28,14 @@ def add_parser(commands, common) -> None:
     add_reranker_args(parser, "none")
     add_search_pipeline_arg(parser)
     parser.add_argument("-k", "--k", type=positive_int, default=10, help="results per query (default 10)")
-    parser.add_argument("--rerank-k", type=non_negative_int, default=100,
-                        help="candidates reranked per query (default 100)")
+    add_rerank_k_arg(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from retrieval.records import Query
 
-    from ..retrieve_rerank import RetrieveRerank
+    from ..retrieve_rerank import RerankConfig, first_stage_run, rerank_run
 
     documents = None
     if args.retriever == "memory":
@@ -47,15 +46,16 @@ def run(args) -> int:
         documents = load_collection(args.data, any_split(args.data), args.data_dir).documents
     retriever, source = first_stage_from(args, documents)
     reranker = reranker_from(args)
-    pipeline = RetrieveRerank(retriever, reranker, retrieve_k=max(args.k, args.rerank_k if reranker else args.k),
-                              rerank_k=args.rerank_k)
     queries = [Query(str(i), text) for i, text in enumerate(args.queries, start=1)]
-    run = pipeline.run(queries, show_progress=False)
+    first_stage = first_stage_run(retriever, queries, max(args.k, args.rerank_k if reranker else args.k))
+    # the texts of every document that is reranked or shown, fetched once: the reranker and the listing share them
+    shown = args.rerank_k if reranker else 0
+    doc_ids = list(dict.fromkeys(h.doc_id for hits in first_stage.values() for h in hits[:max(args.k, shown)]))
+    texts = dict(zip(doc_ids, retriever.fetch_texts(doc_ids))) if doc_ids else {}
+    run = rerank_run(queries, first_stage, reranker, texts, RerankConfig(rerank_k=args.rerank_k), show_progress=False)
     logger.info("first stage: %s%s", source, f"; reranker {reranker!r}" if reranker else "")
     for query in queries:
-        hits = run[query.query_id][: args.k]
-        texts = retriever.fetch_texts([h.doc_id for h in hits]) if hits else []
         print(f"query {query.query_id}: {query.text}")
-        for hit, text in zip(hits, texts):
-            print(f"  {hit.rank:>3}  {hit.score:>10.4f}  {hit.doc_id:<12} {text[:90]!s}")
+        for hit in run[query.query_id][: args.k]:
+            print(f"  {hit.rank:>3}  {hit.score:>10.4f}  {hit.doc_id:<12} {texts[hit.doc_id][:90]!s}")
     return 0

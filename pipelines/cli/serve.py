@@ -6,7 +6,14 @@ import signal
 
 from rerank import DEFAULT_MODEL
 
-from .options import add_model_run_args, cross_encoder_from, port_number, positive_int, read_api_key
+from .options import (
+    add_model_run_args,
+    cross_encoder_from,
+    non_negative_float,
+    port_number,
+    positive_int,
+    read_api_key,
+)
 
 
 def add_parser(commands, common) -> None:
@@ -16,10 +23,10 @@ def add_parser(commands, common) -> None:
                         help=f"cross-encoder hub id or folder (default {DEFAULT_MODEL})")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=port_number, default=8080)
-    parser.add_argument("--max-batch-tokens", type=positive_int, default=65_536,
+    parser.add_argument("--gather-tokens", type=positive_int, default=65_536,
                         help="gather queued requests up to about this many tokens per model call (default 65,536)")
     parser.add_argument("--max-docs", type=positive_int, default=1000, help="documents per request (default 1,000)")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0,
+    parser.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
                         help="longest a request waits for others to batch with (default 5; 0 turns batching off)")
     parser.add_argument("--api-key-file", help="file holding the API key requests must send as 'Authorization: "
                         "Bearer <key>' (default: $ESRERANK_API_KEY, else no key). Never "
@@ -33,7 +40,7 @@ def run(args) -> int:
 
     api_key = read_api_key(args.api_key_file)
     model = cross_encoder_from(args)
-    service = RerankService(model, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
+    service = RerankService(model, host=args.host, port=args.port, gather_tokens=args.gather_tokens,
                             max_wait_ms=args.max_wait_ms, limits=ServiceConfig(max_docs=args.max_docs),
                             model_name=args.model, api_key=api_key)
     print(f"esrerank serving {args.model} on {service.url} (POST /v1/rerank, POST /rerank, GET /health, GET /metrics; "

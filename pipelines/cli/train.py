@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..retrieve_rerank import RerankConfig
 from .options import add_training_args, logger, positive_int, read_query_ids, teacher_from, training_config_from
 
 
@@ -12,14 +13,13 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--base-model", required=True, help="hub id or local folder; a base encoder gets a new head")
     parser.add_argument("--out", required=True, help="where the trained model goes")
     add_training_args(parser)
-    parser.add_argument("--eval-data", help="BEIR folder whose queries evaluate the pipeline during training "
-                        "(default: the dev split 'esrerank mine' held out, when there is one)")
-    parser.add_argument("--eval-split", default="test")
-    parser.add_argument("--eval-queries", help="JSON list of query ids to evaluate on (default: all of the split)")
-    parser.add_argument("--eval-retrieve-k", "--eval-depth", dest="eval_retrieve_k", type=positive_int,
-                        default=100,
-                        help="BM25 candidates per dev query with --eval-data (default 100: as deep as "
-                        "'esrerank evaluate' reranks, so the checkpoint kept is the one best there)")
+    parser.add_argument("--dev-data", help="collection whose queries are the dev split (early stopping, the "
+                        "checkpoint kept) instead of the one 'esrerank mine' held out beside --dataset")
+    parser.add_argument("--dev-split", default="test", help="qrels split of --dev-data (default test)")
+    parser.add_argument("--dev-queries", help="JSON list of --dev-data's query ids to use (default: all of the split)")
+    parser.add_argument("--dev-retrieve-k", type=positive_int, default=RerankConfig.rerank_k,
+                        help=f"BM25 candidates per dev query with --dev-data (default {RerankConfig.rerank_k}: as "
+                        "deep as 'esrerank evaluate' reranks, so the checkpoint kept is the one best there)")
     parser.add_argument("--teacher", help="distillation: a cross-encoder whose scores of the mined lists the "
                         "model learns instead of the judgments (with --loss margin-mse, the default with a "
                         "teacher, or listnet)")
@@ -34,11 +34,11 @@ def run(args) -> int:
 
     dataset = load_mined(args.dataset)
     evaluation = None
-    if args.eval_data:
+    if args.dev_data:
         from retrieval.corpus import load_collection
 
-        evaluation = load_collection(args.eval_data, args.eval_split, args.data_dir)
-    samples = training_dev_samples(args.dataset, evaluation, read_query_ids(args.eval_queries), args.eval_retrieve_k)
+        evaluation = load_collection(args.dev_data, args.dev_split, args.data_dir)
+    samples = training_dev_samples(args.dataset, evaluation, read_query_ids(args.dev_queries), args.dev_retrieve_k)
     if samples is not None and evaluation is None:
         logger.info("dev split: %d queries held out by 'esrerank mine' (%s)", len(samples), args.dataset)
     config = training_config_from(args)
@@ -47,7 +47,7 @@ def run(args) -> int:
         from dataclasses import replace
 
         teacher = teacher_from(args.teacher, "cross-encoder")
-        if config.loss == "lambda":  # the default loss: a teacher's scores are learnt as margins unless asked
+        if args.loss is None:  # no loss asked for: a teacher's scores are learnt as margins
             config = replace(config, loss="margin-mse")
     result = train_cross_encoder(dataset, args.base_model, args.out, config, samples, resume=args.resume,
                                  teacher=teacher)

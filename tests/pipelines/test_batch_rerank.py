@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from esrerank_errors import DataError
 from pipelines.batch_rerank import rerank_run_file, rerank_run_file_on_devices
-from pipelines.retrieve_rerank import RetrieveRerank, first_stage_run
+from pipelines.retrieve_rerank import RerankConfig, first_stage_run, rerank_run
 from pipelines.runs import read_trec_run, write_trec_run
 from rerank.cross_encoder import CrossEncoder
 from retrieval.bm25 import InMemoryBM25
 from retrieval.corpus import load_beir
-from retrieval.records import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 DEPTH = 100
@@ -46,8 +46,8 @@ def uninterrupted(setup):
 
 def test_equals_the_pipeline_written_in_one_go(setup, uninterrupted):
     collection, candidates, model, folder = setup
-    reference = RetrieveRerank(None, model, retrieve_k=DEPTH, rerank_k=DEPTH, texts=collection.texts(),
-                               queries_per_batch=4).rerank_run(collection.queries, candidates)
+    reference = rerank_run(collection.queries, candidates, model, collection.texts(),
+                           RerankConfig(rerank_k=DEPTH, queries_per_batch=4))
     write_trec_run(reference, folder / "reference.trec")
     assert uninterrupted == (folder / "reference.trec").read_text()
 

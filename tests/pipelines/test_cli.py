@@ -17,26 +17,131 @@ def test_evaluate_bm25_only_writes_json_and_run(tmp_path, vaswani, capsys):
     assert main(["evaluate", "--data", str(vaswani), "--model", "none", "--k1", "1.2", "--b", "0.75",
                  "--output-json", str(out), "--save-run", str(run_path), "-q"]) == 0
     result = json.loads(out.read_text())
-    assert list(result) == ["bm25"] and list(result["bm25"]) == MEASURES
+    assert list(result) == ["first_stage"] and list(result["first_stage"]) == MEASURES
     c = load_beir(vaswani, "test")
     index = InMemoryBM25(c.documents, k1=1.2, b=0.75)
     run = dict(zip((q.query_id for q in c.queries), index.search_many([q.text for q in c.queries], 1000)))
     expected = mean_scores(per_query_scores(run, c.qrels))
-    assert result["bm25"] == pytest.approx(expected, abs=1e-12)
+    assert result["first_stage"] == pytest.approx(expected, abs=1e-12)
     assert read_trec_run(run_path)[c.queries[0].query_id][0].doc_id == run[c.queries[0].query_id][0].doc_id
     assert "nDCG@10" in capsys.readouterr().out
 
 
-def test_evaluate_reranks_with_local_model_and_candidates(tmp_path, small_beir, tiny_cross_encoder, capsys):
-    out, run_path = tmp_path / "m.json", tmp_path / "bm25.run"
-    assert main(["evaluate", "--data", str(small_beir), "--model", "none", "--save-run", str(run_path), "-q"]) == 0
-    assert main(["evaluate", "--data", str(small_beir), "--model", str(tiny_cross_encoder), "--candidates",
-                 str(run_path), "--rerank-k", "20", "--max-length", "64", "--output-json", str(out), "-q"]) == 0
-    result = json.loads(out.read_text())
-    assert set(result) == {"bm25", "reranked"} and list(result["reranked"]) == MEASURES
-    assert result["reranked"]["R@100"] == result["bm25"]["R@100"]  # only the top 20 are reordered
+def _beir_qrels(folder, split="test") -> dict[str, dict[str, int]]:
+    lines = (folder / "qrels" / f"{split}.tsv").read_text().splitlines()[1:]
+    qrels: dict[str, dict[str, int]] = {}
+    for query_id, doc_id, grade in (line.split("\t") for line in lines):
+        qrels.setdefault(query_id, {})[doc_id] = int(grade)
+    return qrels
+
+
+def _ir_measures_of_run_file(path, qrels) -> dict[str, float]:
+    """Each measure's mean over the judged queries, by ir-measures on the TREC run file as written, a query
+    the run lacks counting 0 (trec_eval -c)."""
+    import ir_measures
+
+    run = list(ir_measures.read_trec_run(str(path)))
+    values = {name: dict.fromkeys(qrels, 0.0) for name in MEASURES}
+    for result in ir_measures.iter_calc([ir_measures.parse_measure(m) for m in MEASURES], qrels, run):
+        values[str(result.measure)][result.query_id] = result.value
+    return {name: float(np.mean(list(per_query.values()))) for name, per_query in values.items()}
+
+
+@pytest.fixture(scope="module")
+def spread_cross_encoder(tmp_path_factory):
+    """A 2-layer, 32-wide BERT cross-encoder built here whose logits spread over several units (weights
+    initialized with a standard deviation of 0.5): its rankings have no near-ties (adjacent scores of a
+    SciFact top 20 are more than 1e-3 apart), so neither float noise nor a run file's six decimals can flip
+    them. (tiny_cross_encoder's scores of a query's documents are about 1e-6 apart.)"""
+    import torch
+    from models_support import local_minilm_path
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, num_labels=1, initializer_range=0.5)
+    out = tmp_path_factory.mktemp("spread-ce")
+    BertForSequenceClassification(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(local_minilm_path())).save_pretrained(out)
+    return out
+
+
+def _evaluate_with_candidates(tmp_path, data, model) -> tuple[dict, object, object]:
+    """`esrerank evaluate` of BM25 alone (saving its run), then of ``model`` reranking that run's top 20 in
+    float32; returns the reranked measures JSON, the BM25 run file and the reranked run file."""
+    out, run_path, reranked_path = tmp_path / "m.json", tmp_path / "bm25.run", tmp_path / "reranked.run"
+    assert main(["evaluate", "--data", str(data), "--model", "none", "--save-run", str(run_path), "-q"]) == 0
+    assert main(["evaluate", "--data", str(data), "--model", str(model), "--candidates", str(run_path),
+                 "--rerank-k", "20", "--max-length", "64", "--dtype", "float32", "--output-json", str(out),
+                 "--save-run", str(reranked_path), "-q"]) == 0
+    return json.loads(out.read_text()), run_path, reranked_path
+
+
+def _beir_qrels(folder, split="test") -> dict[str, dict[str, int]]:
+    lines = (folder / "qrels" / f"{split}.tsv").read_text().splitlines()[1:]
+    qrels: dict[str, dict[str, int]] = {}
+    for query_id, doc_id, grade in (line.split("\t") for line in lines):
+        qrels.setdefault(query_id, {})[doc_id] = int(grade)
+    return qrels
+
+
+def _ir_measures_of_run_file(path, qrels) -> dict[str, float]:
+    """Each measure's mean over the judged queries, by ir-measures on the TREC run file as written, a query
+    the run lacks counting 0 (trec_eval -c)."""
+    import ir_measures
+
+    run = list(ir_measures.read_trec_run(str(path)))
+    values = {name: dict.fromkeys(qrels, 0.0) for name in MEASURES}
+    for result in ir_measures.iter_calc([ir_measures.parse_measure(m) for m in MEASURES], qrels, run):
+        values[str(result.measure)][result.query_id] = result.value
+    return {name: float(np.mean(list(per_query.values()))) for name, per_query in values.items()}
+
+
+def test_evaluate_reranks_with_local_model_and_candidates(tmp_path, small_beir, spread_cross_encoder, capsys):
+    import torch
+    from sentence_transformers import CrossEncoder as SentenceTransformersCrossEncoder
+
+    result, run_path, reranked_path = _evaluate_with_candidates(tmp_path, small_beir, spread_cross_encoder)
+    assert set(result) == {"first_stage", "reranked"} and list(result["reranked"]) == MEASURES
     printed = capsys.readouterr().out
     assert "p (paired t)" in printed and "reranked" in printed
+    # The measures reported are ir-measures' on the runs as saved, against the qrels file
+    qrels = _beir_qrels(small_beir)
+    assert result["first_stage"] == pytest.approx(_ir_measures_of_run_file(run_path, qrels), abs=1e-12)
+    assert result["reranked"] == pytest.approx(_ir_measures_of_run_file(reranked_path, qrels), abs=1e-12)
+    assert result["reranked"]["nDCG@10"] != result["first_stage"]["nDCG@10"]  # the reranker did reorder
+    assert result["reranked"]["R@100"] == result["first_stage"]["R@100"]  # only the top 20 are reordered
+    # The reranked run: each query's first-stage top 20 in the order of sentence-transformers' float32 scores of
+    # the same model (queries and title + text read from the BEIR files), then the first stage's rest unchanged
+    queries = {row["_id"]: row["text"] for row in map(json.loads, (small_beir / "queries.jsonl").read_text().splitlines())}
+    texts = {}
+    for row in map(json.loads, (small_beir / "corpus.jsonl").read_text().splitlines()):
+        texts[row["_id"]] = f"{row['title']} {row['text']}" if row.get("title") else row["text"]
+    first_stage, reranked = read_trec_run(run_path), read_trec_run(reranked_path)
+    reference = SentenceTransformersCrossEncoder(str(spread_cross_encoder), max_length=64,
+                                                 activation_fn=torch.nn.Identity())
+    assert set(reranked) == set(first_stage) == set(queries)
+    for query_id, hits in first_stage.items():
+        head = [hit.doc_id for hit in hits[:20]]
+        expected = reference.predict([(queries[query_id], texts[doc_id]) for doc_id in head])
+        order = np.argsort(-expected, kind="stable")
+        assert np.diff(expected[order]).max() < -1e-4  # no near-ties: the order below is the model's own
+        got = reranked[query_id]
+        assert [hit.doc_id for hit in got[:20]] == [head[i] for i in order], query_id
+        # the file's scores: six decimals of scores equal to sentence-transformers' to 1e-4 (float32, as in
+        # tests/rerank/test_cross_encoder.py)
+        assert [hit.score for hit in got[:20]] == pytest.approx(expected[order].tolist(), abs=1e-4)
+        assert [hit.doc_id for hit in got[20:]] == [hit.doc_id for hit in hits[20:]]
+
+
+@pytest.mark.xfail(strict=True, reason="write_trec_run writes scores with six decimals: reranked scores closer "
+                   "than 1e-6 (tiny_cross_encoder's are) become ties in the saved run, which ir-measures and "
+                   "trec_eval order by doc id, so the saved run scores other measures than evaluate reported "
+                   "(here nDCG@10 0.2684 reported, 0.2677 from the file; RR@10 0.2261 vs 0.2472)")
+def test_saved_run_reproduces_the_reported_measures_when_scores_are_close(tmp_path, small_beir, tiny_cross_encoder):
+    result, _, reranked_path = _evaluate_with_candidates(tmp_path, small_beir, tiny_cross_encoder)
+    assert result["reranked"] == pytest.approx(_ir_measures_of_run_file(reranked_path, _beir_qrels(small_beir)),
+                                               abs=1e-12)
 
 
 @pytest.mark.parametrize("problem,expected", [
@@ -56,7 +161,7 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, small_beir, problem, 
         (data / "queries.jsonl").write_text((small_beir / "queries.jsonl").read_text())
         (data / "corpus.jsonl").write_text('{"_id": "1", "text": "x"}\n{"_id": "2", "text": "y"\n')
     elif problem == "model":
-        from rerank.heads import local_minilm_path
+        from models_support import local_minilm_path
         args = ["--model", str(local_minilm_path())]
     elif problem == "folder":
         data = tmp_path / "nowhere"

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 from engines_support import free_port, require_server
 
-from pipelines.engine_rerank import RegistrationError, register_opensearch
+from esrerank_errors import EngineError, RegistrationError
+from pipelines.engine_rerank import register_opensearch
 from pipelines.evaluation import mean_scores, per_query_scores
-from pipelines.retrieve_rerank import EngineReranker, RetrieveRerank, first_stage_run
+from pipelines.retrieve_rerank import EngineReranker, RerankConfig, first_stage_run, rerank_run
 from rerank.cross_encoder import CrossEncoder
 from rerank.service import RerankService
 from retrieval.corpus import load_collection
-from retrieval.engines import EngineError, IndexConfig, OpenSearchBM25, rest_client
+from retrieval.engine_admin import IndexConfig
+from retrieval.engine_rest import rest_client
+from retrieval.engines import OpenSearchBM25
 from retrieval.indexing import build_index
 
 INDEX = "esrerank-test-engine-rerank"
@@ -72,10 +75,11 @@ def test_engine_reranked_top10_equals_client_side_for_every_query(engine_url, va
     queries = vaswani_collection.queries
     bm25 = OpenSearchBM25(engine_url, vaswani_index)
     first_stage = first_stage_run(bm25, queries, 100)
-    client = RetrieveRerank(bm25, model, retrieve_k=100, rerank_k=WINDOW).rerank_run(queries, first_stage)
-    in_engine = RetrieveRerank(bm25, EngineReranker(OpenSearchBM25(engine_url, vaswani_index,
-                                                                   search_pipeline=registration.pipeline)),
-                               retrieve_k=100, rerank_k=WINDOW).rerank_run(queries, first_stage)
+    window = RerankConfig(rerank_k=WINDOW)
+    client = rerank_run(queries, first_stage, model, bm25.fetch_texts, window)
+    in_engine = rerank_run(queries, first_stage, EngineReranker(OpenSearchBM25(engine_url, vaswani_index,
+                                                                               search_pipeline=registration.pipeline)),
+                           bm25.fetch_texts, window)
     assert len(queries) == 93
     for query in queries:
         client_top, engine_top = client[query.query_id][:10], in_engine[query.query_id][:10]

@@ -4,12 +4,13 @@ import ir_measures
 import numpy as np
 import pytest
 
+from esrerank_errors import DataError
 from pipelines.evaluation import compare, mean_scores, per_query_scores
 from pipelines.retrieve_rerank import RetrieveRerank
 from pipelines.runs import read_trec_run, write_trec_run
 from retrieval.bm25 import InMemoryBM25
 from retrieval.corpus import load_beir
-from retrieval.records import DataError, Hit
+from retrieval.records import Hit
 
 
 class CountingReranker:

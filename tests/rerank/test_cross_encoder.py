@@ -5,8 +5,9 @@ import pytest
 import torch
 from sentence_transformers import CrossEncoder as SentenceTransformersCrossEncoder
 
+from esrerank_errors import ModelError
+from rerank.batch_scoring import Batching
 from rerank.cross_encoder import CrossEncoder
-from rerank.errors import ModelError
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +60,14 @@ def test_rank_matches_sentence_transformers(minilm_cross_encoder, pairs):
 
 
 def test_token_budget_batches_keep_input_order(minilm_cross_encoder, pairs):
-    one_by_one = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32", max_batch_size=1)
-    budgeted = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32", max_batch_tokens=700)
+    one_by_one = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32",
+                              batching=Batching(max_batch_size=1))
+    budgeted = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32",
+                            batching=Batching(max_batch_tokens=700))
     shuffled = [pairs[i] for i in np.random.default_rng(0).permutation(len(pairs))]
     np.testing.assert_allclose(budgeted.predict(shuffled), one_by_one.predict(shuffled), atol=1e-4, rtol=0)
-    ahead = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32", tokenize_ahead=True,
-                         tokenize_chunk=7)  # 19 chunks, the last one short
+    ahead = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32",
+                         batching=Batching(tokenize_ahead=True, tokenize_chunk=7))  # 19 chunks, the last one short
     np.testing.assert_allclose(ahead.predict(shuffled), one_by_one.predict(shuffled), atol=1e-4, rtol=0)
     assert budgeted.predict([]).shape == (0,)
 
@@ -113,7 +116,7 @@ def test_each_ranking_learns_its_own_error_bound(minilm_cross_encoder, pairs):
 def test_rescoring_the_ambiguous_pairs_gives_the_exact_top_k():
     # Oracle: true scores; the reduced-precision ones are off by up to `error`. After replacing the
     # ambiguous pairs' scores by the true ones, each ranking's top k must be the true top k, in order.
-    from rerank.cross_encoder import _ambiguous_pairs
+    from rerank.precision import ambiguous_pairs
 
     rng = np.random.default_rng(0)
     rescored_fraction = []
@@ -122,7 +125,7 @@ def test_rescoring_the_ambiguous_pairs_gives_the_exact_top_k():
         true = rng.normal(0, 2, size=2 * n)
         reduced = true + rng.uniform(-error, error, size=2 * n)
         groups = {"q1": np.arange(n), "q2": np.arange(n, 2 * n)}
-        ambiguous = _ambiguous_pairs(groups, reduced, k, error)
+        ambiguous = ambiguous_pairs(groups, reduced, k, error)
         mixed = reduced.copy()
         mixed[ambiguous] = true[ambiguous]
         for rows in groups.values():
@@ -132,17 +135,37 @@ def test_rescoring_the_ambiguous_pairs_gives_the_exact_top_k():
 
 
 def test_rankings_label_which_pairs_rank_together(minilm_cross_encoder, pairs):
-    fast = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="bfloat16")
+    # Two queries' 40 documents each, every query's list cut into two rankings of 20 (as two requests of
+    # the same query batched together by the service): 4 rankings, where the default grouping (by query
+    # text) would see 2. Oracle: sentence-transformers' float32 scores of the same pairs.
+    batch = pairs[:80]
+    labels = np.array([(i // 40) * 2 + i % 2 for i in range(80)])
+    reference = SentenceTransformersCrossEncoder(str(minilm_cross_encoder), max_length=64,
+                                                 activation_fn=torch.nn.Identity())
+    expected = reference.predict(batch, batch_size=16)
+
+    def top10(scores, rows):
+        return list(rows[np.argsort(-scores[rows], kind="stable")][:10])
+
+    # float32: labels change nothing; every ranking is sentence-transformers' own, order and scores
+    exact = CrossEncoder(str(minilm_cross_encoder), max_length=64, dtype="float32").predict(batch, rankings=labels)
+    np.testing.assert_allclose(exact, expected, atol=1e-4, rtol=0)
+    # bf16: the float32 rescoring works per label, so each of the four rankings gets float32's top 10, in
+    # order. Grouped by query text instead (no labels), this data gives one of them a wrong top 10.
+    fast = CrossEncoder(str(minilm_cross_encoder), max_length=64, dtype="bfloat16", exact_top_k=10)
+    scores = fast.predict(batch, rankings=labels.tolist())
+    assert scores.shape == (80,) and scores.dtype == np.float32
+    for label in range(4):
+        rows = np.flatnonzero(labels == label)
+        assert top10(scores, rows) == top10(expected, rows), label
+    assert np.abs(scores - expected).max() < 0.01  # bf16's error bound here is under 1e-3
     with pytest.raises(ValueError, match="labels for"):
         fast.predict(pairs[:3], rankings=[0, 1])
-    scores = fast.predict(pairs[:20], rankings=[i % 2 for i in range(20)])
-    assert scores.shape == (20,)
 
 
 def test_models_that_cannot_rerank_are_refused(tmp_path, minilm_cross_encoder):
+    from models_support import local_minilm_path
     from transformers import AutoModelForSequenceClassification
-
-    from rerank.heads import local_minilm_path
 
     with pytest.raises(ModelError, match="BertModel, not a sequence-classification model"):
         CrossEncoder(str(local_minilm_path()))
@@ -168,9 +191,9 @@ def test_bad_pairs_are_rejected(tiny_cross_encoder):
 
 
 def test_cpu_batches_fit_the_token_budget_and_keep_padding_under_a_quarter(tiny_cross_encoder):
-    encoder = CrossEncoder(str(tiny_cross_encoder), device="cpu", max_batch_tokens=400)
+    encoder = CrossEncoder(str(tiny_cross_encoder), device="cpu", batching=Batching(max_batch_tokens=400))
     lengths = np.array([50, 100, 74, 90, 80, 75, 20, 19, 15, 16, 14, 13, 12, 11, 10, 9, 8, 8, 8, 8, 8, 8, 8, 8])
-    batches = [list(lengths[batch]) for batch in encoder._batches(np.arange(len(lengths)), lengths)]
+    batches = [list(lengths[batch]) for batch in encoder.scorer.batches(np.arange(len(lengths)), lengths)]
     assert batches[:4] == [[100, 90, 80, 75], [74], [50], [20, 19, 16, 15]]
     assert sorted(n for batch in batches for n in batch) == sorted(lengths)  # every pair once
     for batch in batches:

@@ -19,6 +19,7 @@ from transformers import (
 
 from rerank.cross_encoder import CrossEncoder
 from rerank.first_token import FirstTokenLayer, first_token_last_layer, first_token_only
+from rerank.model_loading import Runtime
 
 SIZES = dict(vocab_size=200, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=64, num_labels=1)
@@ -90,7 +91,8 @@ def test_minilm_scores_with_and_without_the_cut_equal_sentence_transformers(mini
     reference = SentenceTransformersCrossEncoder(str(minilm_cross_encoder), max_length=128,
                                                  activation_fn=torch.nn.Identity()).predict(pairs, batch_size=16)
     cut = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32")
-    full = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32", first_token_only=False)
+    full = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32",
+                        runtime=Runtime(first_token_only=False))
     assert isinstance(cut.model.bert.encoder.layer[-1], FirstTokenLayer)
     assert not isinstance(full.model.bert.encoder.layer[-1], FirstTokenLayer)
     np.testing.assert_allclose(cut.predict(pairs), reference, atol=1e-5, rtol=0)

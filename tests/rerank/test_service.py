@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
+from esrerank_errors import ServiceError
 from rerank.cross_encoder import CrossEncoder
-from rerank.errors import ServiceError
 from rerank.service import RerankService, ServiceConfig
 
 
@@ -111,12 +111,104 @@ def test_bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving(servic
     assert request(running, "POST", "/v1/rerank", {"query": "q", "documents": ["d"]})[0] == 200
 
 
-def test_health_and_metrics(service):
+def test_health_and_unknown_routes(service):
     running, _ = service
     assert request(running, "GET", "/health") == (200, {"status": "ok", "model": "tiny"})
-    status, text = request(running, "GET", "/metrics")
-    assert status == 200 and "esrerank_requests_total" in text and "esrerank_batches_total" in text
-    assert request(running, "GET", "/nope")[0] == 404
+    status, body = request(running, "GET", "/nope")
+    assert status == 404 and "/nope" in body["error"]["message"]
+
+
+def _prometheus_samples(text: str) -> dict:
+    """The samples of a Prometheus text exposition, ``{(name, ((label, value), ...)): float}``, read strictly:
+    every line is a ``# TYPE`` line or a sample of a family declared before it, and no sample is there twice."""
+    import re
+
+    sample = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-zA-Z_]\w*="[^"]*",?)*)\})? (\S+)')
+    families, samples = {}, {}
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind in ("counter", "gauge", "summary", "histogram") and name not in families, line
+            families[name] = kind
+            continue
+        match = sample.fullmatch(line)
+        assert match, f"not a sample line: {line!r}"
+        name, labels, value = match.groups()
+        family = name.removesuffix("_sum").removesuffix("_count") if families.get(name) is None else name
+        assert family in families, f"{name}: no # TYPE line before it"
+        key = (name, tuple(re.findall(r'(\w+)="([^"]*)"', labels or "")))
+        assert key not in samples, f"{line!r} is there twice"
+        samples[key] = float(value)
+    return samples
+
+
+def test_metrics_count_the_requests_documents_and_batches_served(tiny_cross_encoder):
+    # A service of its own (the module's service also serves the other tests), without batching
+    # (max_wait_ms=0: each request is one model call), sent a known sequence of requests one at a time.
+    model = CrossEncoder(str(tiny_cross_encoder), max_length=64, dtype="float32")
+    running = RerankService(model, port=0, max_wait_ms=0, model_name="tiny").start()
+    try:
+        sent = [("/v1/rerank", {"query": "q", "documents": ["a", "b", "c"]}, None, 200),
+                ("/rerank", {"query": "q", "texts": ["a", "b"]}, None, 200),
+                ("/v1/rerank", {"query": "q", "documents": ["a", "b", "c", "d"], "top_n": 1}, None, 200),
+                ("/v1/rerank", {"query": "q", "documents": []}, None, 200),  # nothing to score: no model call
+                ("/v1/rerank", None, b"{not json", 400),
+                ("/v1/rerank", {"query": "q", "documents": "a"}, None, 422),
+                ("/nope", {"query": "q"}, None, 404)]
+        for path, body, raw, status in sent:
+            assert request(running, "POST", path, body, raw)[0] == status, path
+        status, text = request(running, "GET", "/metrics")
+        assert status == 200
+        samples = _prometheus_samples(text)
+        posted = {key: value for key, value in samples.items() if key[0] == "esrerank_requests_total"
+                  and dict(key[1])["endpoint"] in ("/v1/rerank", "/rerank", "/nope")}
+        def requests_total(endpoint, code):
+            return ("esrerank_requests_total", (("endpoint", endpoint), ("status", code)))
+        assert posted == {requests_total("/v1/rerank", "200"): 3, requests_total("/rerank", "200"): 1,
+                          requests_total("/v1/rerank", "400"): 1, requests_total("/v1/rerank", "422"): 1,
+                          requests_total("/nope", "404"): 1}
+        assert samples[("esrerank_documents_total", ())] == 3 + 2 + 4
+        assert samples[("esrerank_batches_total", ())] == 3
+        assert samples[("esrerank_batched_requests_total", ())] == 3
+        assert samples[("esrerank_request_seconds_count", ())] == len(sent)
+        assert samples[("esrerank_request_seconds_sum", ())] > 0
+        assert samples[("esrerank_queue_depth", ())] == 0
+        # counters only grow, by what was served since
+        assert request(running, "POST", "/rerank", {"query": "q", "texts": ["a", "b", "c", "d", "e"]})[0] == 200
+        later = _prometheus_samples(request(running, "GET", "/metrics")[1])
+        assert later[requests_total("/rerank", "200")] == 2
+        assert later[("esrerank_documents_total", ())] == 9 + 5
+        assert later[("esrerank_batches_total", ())] == later[("esrerank_batched_requests_total", ())] == 4
+        assert later[("esrerank_request_seconds_count", ())] == len(sent) + 1
+        assert later[("esrerank_request_seconds_sum", ())] > samples[("esrerank_request_seconds_sum", ())]
+    finally:
+        running.close()
+
+
+def test_metrics_count_requests_batched_together(tiny_cross_encoder):
+    # With batching, concurrent requests share model calls: every request and document is counted once,
+    # in fewer batches than requests.
+    model = CrossEncoder(str(tiny_cross_encoder), max_length=64, dtype="float32")
+    running = RerankService(model, port=0, max_wait_ms=200, model_name="tiny").start()
+    try:
+        barrier, statuses = threading.Barrier(8), {}
+
+        def client(i):
+            barrier.wait()
+            statuses[i] = request(running, "POST", "/v1/rerank", {"query": f"q{i}", "documents": ["x"] * (i + 1)})[0]
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert statuses == dict.fromkeys(range(8), 200)
+        samples = _prometheus_samples(request(running, "GET", "/metrics")[1])
+        assert samples[("esrerank_requests_total", (("endpoint", "/v1/rerank"), ("status", "200")))] == 8
+        assert samples[("esrerank_batched_requests_total", ())] == 8
+        assert samples[("esrerank_documents_total", ())] == sum(range(1, 9))
+        assert 1 <= samples[("esrerank_batches_total", ())] < 8
+    finally:
+        running.close()
 
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
@@ -213,9 +305,9 @@ def test_api_key_guards_every_route_but_health(tiny_cross_encoder):
 
 
 def test_api_key_comes_from_a_file_or_the_environment_never_an_argument(tmp_path, monkeypatch):
+    from esrerank_errors import DataError
     from pipelines.cli import build_parser
     from pipelines.cli.options import read_api_key
-    from retrieval.records import DataError
 
     (tmp_path / "key").write_text("from-file\n")
     monkeypatch.setenv("ESRERANK_API_KEY", "from-env")

@@ -55,7 +55,7 @@ def test_bce_on_pairs_equals_sentence_transformers(tiny_cross_encoder):
 
 
 def test_base_encoder_gets_a_fresh_head_and_attention_dropout_is_off():
-    from rerank.heads import local_minilm_path
+    from models_support import local_minilm_path
 
     model = load_model(str(local_minilm_path()), TrainingConfig(max_length=128))
     assert model.num_labels == 1
@@ -70,16 +70,16 @@ def test_recipe_end_to_end_on_a_tiny_model(small_beir, tiny_cross_encoder, tmp_p
     from rerank.cross_encoder import CrossEncoder
 
     out = tmp_path / "recipe"
-    code = main(["recipe", "--train-data", str(small_beir), "--train-split", "test", "--eval-data", str(small_beir),
-                 "--base-model", str(tiny_cross_encoder), "--out", str(out), "--dev-queries", "8",
-                 "--max-length", "64", "--batch-size", "4", "--train-eval-queries", "8", "--train-eval-retrieve-k", "10",
+    code = main(["recipe", "--train-data", str(small_beir), "--train-split", "test", "--heldout-data", str(small_beir),
+                 "--base-model", str(tiny_cross_encoder), "--out", str(out), "--heldout-queries", "8",
+                 "--max-length", "64", "--batch-size", "4", "--dev-queries", "8", "--dev-retrieve-k", "10",
                  "--retrieve-k", "30", "--num-negatives", "4", "--epochs", "1", "-q"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["mining"]["kept"] == 14 and report["training"]["steps"] == 4  # 30 - 8 evaluation - 8 dev
-    assert len(json.loads((out / "dev_query_ids.json").read_text())) == 8
+    assert len(json.loads((out / "heldout_query_ids.json").read_text())) == 8
     measures = report["evaluation"]["measures"]
-    assert set(measures) == {"bm25", "reranked"}
+    assert set(measures) == {"first_stage", "reranked"}
     # the report's figures, recomputed here from the saved model with ir-measures directly
     import ir_measures
 
@@ -88,7 +88,7 @@ def test_recipe_end_to_end_on_a_tiny_model(small_beir, tiny_cross_encoder, tmp_p
     from retrieval.corpus import load_beir
 
     collection = load_beir(small_beir, "test")
-    dev_ids = json.loads((out / "dev_query_ids.json").read_text())
+    dev_ids = json.loads((out / "heldout_query_ids.json").read_text())
     queries = [q for q in collection.queries if q.query_id in dev_ids]
     texts = collection.texts()
     bm25 = dict(zip(dev_ids, InMemoryBM25(collection.documents).search_many(
@@ -102,7 +102,7 @@ def test_recipe_end_to_end_on_a_tiny_model(small_beir, tiny_cross_encoder, tmp_p
         reranked[query_id] = {h.doc_id: float(s) for h, s in zip(hits, scores)}
         first_stage[query_id] = {h.doc_id: h.score for h in hits}
     ndcg = ir_measures.nDCG @ 10
-    assert measures["bm25"]["nDCG@10"] == pytest.approx(ir_measures.calc_aggregate([ndcg], qrels, first_stage)[ndcg])
+    assert measures["first_stage"]["nDCG@10"] == pytest.approx(ir_measures.calc_aggregate([ndcg], qrels, first_stage)[ndcg])
     assert measures["reranked"]["nDCG@10"] == pytest.approx(ir_measures.calc_aggregate([ndcg], qrels, reranked)[ndcg],
                                                             abs=1e-6)
     # the fusion file is written exactly when cross-validated fusion beat the reranker alone, and says which
@@ -202,17 +202,17 @@ def _ndcg10_on_collection_ids(model, samples, collection, first_stage, judged_on
 
 
 def test_dev_evaluation_equals_ir_measures_and_counts_missed_positives(scifact, tiny_cross_encoder):
+    from rerank.dev_evaluation import dev_evaluator_class
     from rerank.passages import PassageConfig
-    from rerank.training import _dev_evaluator_class
 
     complete, missing, collection, first_stage = _samples(scifact, with_collection=True)
     assert len(complete) >= 8 and len(missing) >= 4
     model = STCrossEncoder(str(tiny_cross_encoder), max_length=64, activation_fn=torch.nn.Identity())
     model.eval()
-    ours = _dev_evaluator_class()(complete, 64, PassageConfig())(model)["dev_ndcg@10"]
+    ours = dev_evaluator_class()(complete, 64, PassageConfig())(model)["dev_ndcg@10"]
     assert ours == pytest.approx(_ndcg10_on_collection_ids(model, complete, collection, first_stage), abs=1e-6)
     # a positive the first stage missed counts in the ideal ranking: the oracle keeps it in the qrels
-    ours_missing = _dev_evaluator_class()(missing, 64, PassageConfig())(model)["dev_ndcg@10"]
+    ours_missing = dev_evaluator_class()(missing, 64, PassageConfig())(model)["dev_ndcg@10"]
     oracle = _ndcg10_on_collection_ids(model, missing, collection, first_stage)
     assert ours_missing == pytest.approx(oracle, abs=1e-6)
     # and the check can fail: judged only on what the first stage found, the same scores give a higher nDCG@10
@@ -270,8 +270,8 @@ def test_mine_holds_out_a_dev_split_that_train_uses_by_default(small_beir, tiny_
     from pipelines.cli import main
 
     mined = tmp_path / "mined"
-    assert main(["mine", "--data", str(small_beir), "--split", "test", "--out", str(mined), "--depth", "20",
-                 "--dev-depth", "10", "-q"]) == 0
+    assert main(["mine", "--data", str(small_beir), "--split", "test", "--out", str(mined), "--retrieve-k", "20",
+                 "--dev-retrieve-k", "10", "-q"]) == 0
     dev = [json.loads(line) for line in (mined / "dev_samples.jsonl").read_text().splitlines()]
     config = json.loads((mined / "mining_config.json").read_text())
     assert len(dev) == 6 == len(config["dev_queries"])  # min(100, 30 // 5)

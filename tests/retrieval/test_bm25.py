@@ -3,6 +3,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from bm25_oracle import RankBM25Oracle
 
 from retrieval.analysis import english_analyzer, standard_analyzer
 from retrieval.bm25 import InMemoryBM25, lucene_decoded_length, lucene_encoded_length
@@ -33,11 +34,11 @@ def collections(scifact, vaswani, cranfield):
 
 
 @pytest.mark.parametrize("name", ["scifact", "vaswani", "cranfield"])
-@pytest.mark.parametrize("backend", ["fast", "rank_bm25"])
-def test_scores_equal_lucene_formula(collections, name, backend):
+@pytest.mark.parametrize("implementation", [InMemoryBM25, RankBM25Oracle])
+def test_scores_equal_lucene_formula(collections, name, implementation):
     collection = collections[name]
     k1, b = 0.9, 0.4
-    index = InMemoryBM25(collection.documents, k1=k1, b=b, backend=backend)
+    index = implementation(collection.documents, k1=k1, b=b)
     analyzed = [english_analyzer(d.contents) for d in collection.documents]
     doc_ids = [d.doc_id for d in collection.documents]
     for query in collection.queries[:15]:
@@ -51,10 +52,10 @@ def test_scores_equal_lucene_formula(collections, name, backend):
 
 
 @pytest.mark.parametrize("name", ["scifact", "cranfield"])
-def test_backends_return_same_top100(collections, name):
+def test_in_memory_bm25_and_the_rank_bm25_oracle_return_same_top100(collections, name):
     collection = collections[name]
     fast = InMemoryBM25(collection.documents)
-    slow = InMemoryBM25(collection.documents, backend="rank_bm25")
+    slow = RankBM25Oracle(collection.documents)
     queries = [q.text for q in collection.queries[:120]]
     for a, b in zip(fast.search_many(queries, 100), slow.search_many(queries, 100)):
         assert [h.doc_id for h in a] == [h.doc_id for h in b]
@@ -71,10 +72,9 @@ def test_search_many_equals_search_and_ties_keep_corpus_order():
     assert index.search_many(["apple", "banana"], k=3)[0] == index.search("apple", k=3)
 
 
-@pytest.mark.parametrize("backend", ["fast", "rank_bm25"])
-def test_search_many_arrays_holds_the_same_results_as_the_hits(collections, backend):
+def test_search_many_arrays_holds_the_same_results_as_the_hits(collections):
     collection = collections["cranfield"]
-    index = InMemoryBM25(collection.documents, backend=backend)
+    index = InMemoryBM25(collection.documents)
     queries = [q.text for q in collection.queries[:40]] + ["zzzunknownterm", "boundary"]
     top = index.search_many_arrays(queries, 30)
     assert top.doc_indices.shape == top.scores.shape == (len(queries), 30)
@@ -142,6 +142,4 @@ def test_bad_input_is_rejected_clearly():
         InMemoryBM25([])
     with pytest.raises(ValueError, match="needs '_id' and 'text'"):
         InMemoryBM25([{"id": "1"}])
-    with pytest.raises(ValueError, match="unknown backend"):
-        InMemoryBM25(docs, backend="bm25s")
     assert index.search("the of", 10) == []  # only stop words: a valid query with no hits

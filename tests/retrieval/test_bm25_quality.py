@@ -1,4 +1,4 @@
-"""BM25 effectiveness against bm25s, an independent Lucene-formula implementation, on SciFact."""
+"""BM25 scores and effectiveness against bm25s, an independent Lucene-formula implementation, on SciFact."""
 
 import bm25s
 import pytest
@@ -16,8 +16,8 @@ class _LucenePorter:
         return [porter_stem(w) for w in words]
 
 
-def _bm25s_run(collection, tokenize):
-    retriever = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
+def _bm25s_run(collection, tokenize, dtype="float32"):
+    retriever = bm25s.BM25(k1=0.9, b=0.4, method="lucene", dtype=dtype)
     retriever.index(tokenize([d.contents for d in collection.documents]), show_progress=False)
     docs, scores = retriever.retrieve(tokenize([q.text for q in collection.queries]), k=100, show_progress=False)
     return {q.query_id: [Hit(collection.documents[d].doc_id, float(s), r + 1)
@@ -31,17 +31,44 @@ def scifact_collection(scifact):
 
 
 @pytest.fixture(scope="module")
-def our_ndcg(scifact_collection):
+def our_run(scifact_collection):
     c = scifact_collection
     index = InMemoryBM25(c.documents, k1=0.9, b=0.4)
-    run = dict(zip((q.query_id for q in c.queries), index.search_many([q.text for q in c.queries], 100)))
-    return mean_scores(per_query_scores(run, c.qrels, ["nDCG@10"]))["nDCG@10"]
+    return dict(zip((q.query_id for q in c.queries), index.search_many([q.text for q in c.queries], 100)))
 
 
-def test_same_analysis_gives_bm25s_effectiveness_exactly(scifact_collection, our_ndcg):
-    run = _bm25s_run(scifact_collection, lambda texts: [english_analyzer(t) for t in texts])
+@pytest.fixture(scope="module")
+def our_ndcg(scifact_collection, our_run):
+    return mean_scores(per_query_scores(our_run, scifact_collection.qrels, ["nDCG@10"]))["nDCG@10"]
+
+
+# Both compute Lucene's formula in float64 from the same tokens, in another order (a sum over at most 25 query
+# terms on SciFact, each term's value a few roundings away from exact; log1p here, log(1 + x) there): they can
+# differ by about 2 x 25 x 2^-52, 1e-14 relative. 1e-13 allows for that and nothing more; observed: 5e-16.
+# (bm25s' default float32 differs from float64 by up to 2e-7 relative.)
+SAME_SCORE = 1e-13
+
+
+def test_same_analysis_gives_bm25s_scores_and_effectiveness_exactly(scifact_collection, our_run, our_ndcg):
+    run = _bm25s_run(scifact_collection, lambda texts: [english_analyzer(t) for t in texts], dtype="float64")
+    for query in scifact_collection.queries:
+        ours, theirs = our_run[query.query_id], run[query.query_id]
+        assert len(ours) == len(theirs) > 0, query  # 100, or every document that matches a query term
+        # the same 100 scores, best first: the same ranking up to the order of tied documents
+        assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], rel=SAME_SCORE, abs=0)
+        their_scores = {h.doc_id: h.score for h in theirs}
+        for hit in ours:
+            if hit.doc_id in their_scores:  # each document gets the same score
+                assert hit.score == pytest.approx(their_scores[hit.doc_id], rel=SAME_SCORE, abs=0)
+            else:  # or it is one of documents tied at the cut, which each keeps a different one of
+                assert hit.score == pytest.approx(ours[-1].score, rel=SAME_SCORE, abs=0), (query, hit)
+        # ir-measures orders by score, then doc id. Scores within SAME_SCORE of each other here are exactly
+        # equal, in both runs: each run's order is the other's, and so are its measures, to the last bit.
+        for a, b in zip(ours, ours[1:]):
+            if a.score == pytest.approx(b.score, rel=SAME_SCORE, abs=0):
+                assert a.score == b.score and their_scores.get(a.doc_id) == their_scores.get(b.doc_id), (a, b)
     theirs = mean_scores(per_query_scores(run, scifact_collection.qrels, ["nDCG@10"]))["nDCG@10"]
-    assert our_ndcg == pytest.approx(theirs, abs=1e-3)
+    assert our_ndcg == theirs
 
 
 def test_bm25s_own_tokenizer_with_same_stemmer_is_within_001(scifact_collection, our_ndcg):

@@ -18,7 +18,8 @@ from run_agreement import top_k_agreement
 
 from retrieval.bm25 import InMemoryBM25
 from retrieval.corpus import load_beir
-from retrieval.engines import IndexConfig, connect
+from retrieval.engine_admin import IndexConfig
+from retrieval.engines import connect
 from retrieval.indexing import build_index
 
 REPO = Path(__file__).resolve().parents[2]

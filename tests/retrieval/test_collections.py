@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from esrerank_errors import DataError
 from retrieval.collections import data_dirs, load_collection
 from retrieval.corpus import load_beir
-from retrieval.records import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -2,6 +2,7 @@ import logging
 
 import pytest
 
+from esrerank_errors import DataError
 from retrieval.corpus import (
     SkippedLines,
     iter_beir_corpus,
@@ -12,7 +13,6 @@ from retrieval.corpus import (
     read_msmarco_queries,
     read_qrels,
 )
-from retrieval.records import DataError
 
 
 def _beir(folder, corpus, queries, qrels):

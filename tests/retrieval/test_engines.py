@@ -8,10 +8,12 @@ import pytest
 from engines_support import require_server
 from run_agreement import top_k_agreement
 
+from esrerank_errors import EngineError
 from retrieval.analysis import english_analyzer, standard_analyzer
 from retrieval.bm25 import InMemoryBM25
 from retrieval.corpus import load_beir
-from retrieval.engines import EngineError, IndexConfig, connect
+from retrieval.engine_admin import IndexConfig
+from retrieval.engines import connect
 from retrieval.indexing import build_index
 from retrieval.records import Document
 

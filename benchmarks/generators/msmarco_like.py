@@ -7,7 +7,9 @@ import json
 import random
 from pathlib import Path
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact-train"
+from benchmarks.common import SHARED_DATA
+
+DEFAULT_DATA = SHARED_DATA / "scifact-train"
 
 
 def msmarco_like_pairs(num_queries: int = 20, passages_per_query: int = 100, data: Path = DEFAULT_DATA,

@@ -10,8 +10,8 @@ import json
 import random
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COLLECTIONS = ("scifact-train", "vaswani", "cranfield")
+from benchmarks.common import SHARED_COLLECTIONS as COLLECTIONS
+from benchmarks.common import SHARED_DATA as SHARED
 
 
 def load_words_and_queries(shared: Path = SHARED) -> tuple[list[str], list[str]]:

@@ -15,7 +15,7 @@ so the MS MARCO-scale benchmarks run on text of the same shape instead:
 What it does not have: MS MARCO's 2.6M-term vocabulary (this one has the shared collections' ~100k
 words), sentences, and relevance judgements. Speeds and memory are what it is for.
 
-    python benchmarks/msmarco_shaped.py --out ../data/msmarco-shaped [--passages 8841823] [--seed 0]
+    python -m benchmarks.generators.msmarco_shaped --out ../data/msmarco-shaped [--passages 8841823] [--seed 0]
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COLLECTIONS = ("scifact-train", "vaswani", "cranfield")
+from benchmarks.common import SHARED_COLLECTIONS as COLLECTIONS
+from benchmarks.common import SHARED_DATA as SHARED
+
 MSMARCO_PASSAGES = 8_841_823
 MEAN_WORDS, SIGMA = 56.5, 0.55
 MIN_WORDS, MAX_WORDS = 2, 362
@@ -85,7 +86,7 @@ def write_collection(out: Path, num_passages: int = MSMARCO_PASSAGES, seed: int 
     with open(out / "queries.tsv", "w", encoding="utf-8", newline="\n") as handle:
         handle.writelines(f"{qid}\t{text}\n" for qid, text in enumerate(real_queries()))
     (out / "README.json").write_text(json.dumps({
-        "what": "MS MARCO-shaped stand-in written by benchmarks/msmarco_shaped.py", "passages": num_passages,
+        "what": "MS MARCO-shaped stand-in written by benchmarks/generators/msmarco_shaped.py", "passages": num_passages,
         "seed": seed, "vocabulary": len(words), "mean_words": written_words / num_passages}, indent=2))
     print(f"\nwrote {num_passages:,} passages ({written_words / num_passages:.1f} words on average, "
           f"{len(words):,}-word vocabulary) to {out} in {time.perf_counter() - started:.0f} s")
