@@ -18,8 +18,8 @@ What is compared, per output (``COMMANDS``):
   - stdout (search results, evaluate's table, summaries): byte for byte after the side's own folders are
     written as <OUT>/<TREE>, and after the masks listed in ``STDOUT_MASKS`` (wall-clock figures only);
   - JSON (measures, stats, configs, reports): parsed and compared exactly, numbers included (and their JSON
-    type: 1 vs 1.0 is a difference), paths normalized as above, the keys in ``EXCLUDED_KEYS`` removed (each
-    with its reason), keys renamed by ``KEY_RENAMES`` on both sides;
+    type: 1 vs 1.0 is a difference; key order is not), paths normalized as above, the keys in
+    ``EXCLUDED_KEYS`` removed (each with its reason), keys renamed by ``KEY_RENAMES`` on both sides;
   - mined datasets: ``datasets.load_from_disk``, features and every row;
   - trained models: every tensor of model.safetensors, exactly;
   - output folders: the list of files they hold, less ``EXCLUDED_FILES`` (each with its reason).
@@ -77,6 +77,22 @@ KEY_RENAMES: dict[str, dict[str, str]] = {
     "evaluate": {"bm25": "first_stage"},
     "recipe": {"bm25": "first_stage"},
 }
+# Renames applied to the BEFORE side only (a swap: recipe's config field dev_queries, the final evaluation's
+# size, is heldout_queries now, and train_eval_* became dev_*), each with the reason.
+BEFORE_KEY_RENAMES: dict[str, dict[str, str]] = {
+    "recipe": {"dev_queries": "heldout_queries", "train_eval_queries": "dev_queries",
+               "train_eval_retrieve_k": "dev_retrieve_k"},
+}
+# Output files renamed by the refactor: output folder -> {old name: new name} (BEFORE's listing is renamed,
+# and a JSON output of the old name is compared with the new file on the AFTER side).
+FILE_RENAMES: dict[str, dict[str, str]] = {
+    "recipe": {"dev_query_ids.json": "heldout_query_ids.json"},  # they always were the held-out queries
+}
+# Files only the AFTER side writes, each with the reason (left out of AFTER's listing).
+ADDED_FILES: dict[str, str] = {
+    "mined/dev_samples.jsonl": "the recipe now mines through mine_collection, which saves the dev split's "
+                               "candidates beside the dataset (the same samples the recipe built in memory)",
+}
 
 # --- what is not compared, and why ----------------------------------------------------------------------
 _WALL = "wall-clock time: differs between any two runs"
@@ -92,6 +108,10 @@ EXCLUDED_KEYS: dict[str, dict[str, str]] = {
         "_fingerprint": "datasets' cache fingerprint of a dataset built in memory: random per run"},
     "recipe/mined/state.json": {
         "_fingerprint": "datasets' cache fingerprint of a dataset built in memory: random per run"},
+    "recipe/mined/mining_config.json": {
+        "first_stage": "added: mine_collection records the first stage, as 'esrerank mine' always did",
+        "data": "added: mine_collection records the collection's name",
+        "dev_queries": "added: mine_collection records the dev split's query ids"},
     "recipe/report.json": {
         "seconds": _WALL + " (time per stage)",
         "training.seconds": _WALL, "training.seconds_per_step": _WALL, "training.seconds_per_epoch": _WALL},
@@ -126,7 +146,9 @@ STDOUT_MASKS: dict[str, list[tuple[str, str, str]]] = {
     "rerank-vaswani": [(r"[\d.]+ pairs/s", "<N> pairs/s", _WALL)],
     "train-tiny": [_TRAINER_LOG,
                    (r"\b\d+(\.\d+)? s\b", "<N> s", _WALL + " (the summary's seconds, per step, per epoch)")],
-    "recipe-tiny": [_TRAINER_LOG, (r"time: \d+ s", "time: <N> s", _WALL)],
+    "recipe-tiny": [_TRAINER_LOG, (r"time: \d+ s", "time: <N> s", _WALL),
+                    (r"^(evaluation|held-out) queries:", "<held-out> queries:",
+                     "the line's label renamed: 'evaluation queries' are the held-out queries")],
     "index-cranfield-engine": [
         (r"into \S+ \(alias", "into <VERSIONED-INDEX> (alias", "the versioned index name holds the time"),
         (r"in [\d.]+ s \(\d+ docs/s\)", "in <N> s (<N> docs/s)", _WALL)],
@@ -522,9 +544,7 @@ def first_json_difference(a, b, path: str = "") -> str | None:
             found = first_json_difference(a[key], b[key], f"{path}.{key}" if path else key)
             if found:
                 return found
-        if list(a) != list(b):
-            return f"{where}: same keys, other order ({list(a)[:6]} vs {list(b)[:6]})"
-        return None
+        return None  # key order is not compared: JSON objects are unordered (RFC 8259), and readers parse them
     if isinstance(a, list):
         for i, (x, y) in enumerate(zip(a, b)):
             found = first_json_difference(x, y, f"{path}.{i}" if path else str(i))
@@ -559,13 +579,16 @@ def compare_output(command: Command, output: Output, before: Side, after: Side) 
     """None when identical, else the first difference."""
     sub = command.argv[0]
     name = output.name or output.path
-    a_path, b_path = before / output.path, after / output.path
+    folder, _, file_name = output.path.partition("/")
+    b_path = after / (f"{folder}/{FILE_RENAMES[folder].get(file_name, file_name)}" if folder in FILE_RENAMES
+                      else output.path)
+    a_path = before / output.path
     if output.kind == "stdout":
         a = (before / "logs" / f"{command.name}.stdout").read_text()
         b = (after / "logs" / f"{command.name}.stdout").read_text()
         a, b = normalize_text(a, before), normalize_text(b, after)
         for pattern, replacement, _ in STDOUT_MASKS.get(command.name, []):
-            a, b = re.sub(pattern, replacement, a), re.sub(pattern, replacement, b)
+            a, b = (re.sub(pattern, replacement, a, flags=re.M), re.sub(pattern, replacement, b, flags=re.M))
         return first_line_difference(a, b)
     for side, path in (("BEFORE", a_path), ("AFTER", b_path)):
         if not path.exists():
@@ -577,12 +600,13 @@ def compare_output(command: Command, output: Output, before: Side, after: Side) 
         return first_line_difference(a.decode(errors="replace"), b.decode(errors="replace")) or "bytes differ"
     if output.kind in ("json", "jsonl"):
         renames, excluded, masks = KEY_RENAMES.get(sub, {}), EXCLUDED_KEYS.get(name, {}), VALUE_MASKS.get(name, {})
+        before_renames = {**renames, **BEFORE_KEY_RENAMES.get(sub, {})}
 
         def load(path: Path, side: Side):
             text = path.read_text()
             value = (json.loads(text) if output.kind == "json"
                      else [json.loads(line) for line in text.splitlines() if line.strip()])
-            return normalize_json(value, side, renames, excluded, masks)
+            return normalize_json(value, side, before_renames if side is before else renames, excluded, masks)
 
         return first_json_difference(load(a_path, before), load(b_path, after))
     if output.kind == "dataset":
@@ -625,7 +649,9 @@ def compare_output(command: Command, output: Output, before: Side, after: Side) 
             return sorted(str(p.relative_to(root)) for p in root.rglob("*")
                           if p.is_file() and not _excluded_file(str(p.relative_to(root))))
 
-        a, b = listing(a_path), listing(b_path)
+        renamed = FILE_RENAMES.get(output.path, {})
+        a = sorted(renamed.get(f, f) for f in listing(a_path))
+        b = [f for f in listing(b_path) if f not in ADDED_FILES]
         if a != b:
             return f"files only BEFORE: {sorted(set(a) - set(b))[:5]}; only AFTER: {sorted(set(b) - set(a))[:5]}"
         return None
@@ -715,9 +741,12 @@ def main(argv=None) -> int:
         for name, keys in VALUE_MASKS.items():
             for key, (regex, _, why) in keys.items():
                 print(f"  {name}: {key}: {regex}: {why}")
-        print("excluded files:")
-        for glob, why in EXCLUDED_FILES.items():
-            print(f"  {glob}: {why}")
+        for title, table in (("renamed JSON keys (BEFORE side only)", BEFORE_KEY_RENAMES),
+                             ("renamed files", FILE_RENAMES), ("files only AFTER writes", ADDED_FILES),
+                             ("excluded files", EXCLUDED_FILES)):
+            print(f"{title}:")
+            for name, what in table.items():
+                print(f"  {name}: {what}")
         print("stdout masks:")
         for name, masks in STDOUT_MASKS.items():
             for pattern, _, why in masks:

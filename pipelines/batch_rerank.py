@@ -87,8 +87,9 @@ def _append(handle, record: dict) -> None:
 
 
 def rerank_run_file(queries: Sequence[Query], candidates: Run, texts: Mapping[str, str], reranker, out,
-                    rerank_k: int | None = None, queries_per_chunk: int = 32, tag: str = "esrerank",
-                    fingerprint: dict | None = None, show_progress: bool = True) -> BatchRerankResult:
+                    rerank_k: int | None = None, queries_per_chunk: int = RerankConfig.queries_per_batch,
+                    tag: str = "esrerank", fingerprint: dict | None = None,
+                    show_progress: bool = True) -> BatchRerankResult:
     """Rerank ``candidates`` (query id → hits) for ``queries``, appending to the TREC run ``out``; resumes.
 
     Args:

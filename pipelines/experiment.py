@@ -12,7 +12,7 @@ from retrieval.corpus import Collection
 from retrieval.records import Hit
 
 from .evaluation import FIRST_STAGE, RERANKED, Comparison, compare, mean_scores, per_query_scores
-from .retrieve_rerank import RerankConfig, Retriever, first_stage_run, rerank_run
+from .retrieve_rerank import EVALUATE_RETRIEVE_K, RerankConfig, Retriever, first_stage_run, rerank_run
 from .runs import Run, check_doc_ids
 
 
@@ -42,7 +42,7 @@ def select_queries(collection: Collection, query_ids: Container[str] | None, sou
 
 
 def evaluate(collection: Collection, retriever: Retriever | None = None, reranker=None, *,
-             retrieve_k: int = 1000, rerank: RerankConfig = RerankConfig(),
+             retrieve_k: int = EVALUATE_RETRIEVE_K, rerank: RerankConfig = RerankConfig(),
              candidates: Mapping[str, list[Hit]] | None = None, candidates_source: str = "candidates",
              show_progress: bool = False) -> EvaluationResult:
     """The first stage (or the given candidates) vs reranked, on a judged collection.

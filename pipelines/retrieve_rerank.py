@@ -43,6 +43,10 @@ class HeadReranker(Protocol):
 # doc id → text, or a function fetching the texts of doc ids (a retriever's ``fetch_texts``)
 Texts = Union[Mapping[str, str], Callable[[Sequence[str]], list[str]]]
 
+# First-stage candidates per query in an evaluation (``esrerank evaluate``): deep enough that the first stage's
+# Recall@1000 is measured; reranking reads only the first ``rerank_k`` of them.
+EVALUATE_RETRIEVE_K = 1000
+
 
 @dataclass(frozen=True)
 class RerankConfig:

@@ -3,7 +3,8 @@
 Each subcommand module has ``add_parser(commands, common)`` and ``run(args)``: ``run`` turns flags into a
 library call and prints. Anything a user can cause ends in one ``esrerank: error: …`` line: every
 esrerank error derives from :class:`esrerank_errors.EsrerankError` and is caught here, once; exit
-status 2 for bad input (as argparse's own errors), 1 for a run that failed.
+status 2 for bad input (as argparse's own errors), 1 for a run that failed; a file that cannot be read
+or written (an ``OSError``: full disk, permissions) is one line too, with exit status 1.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     except EsrerankError as error:  # anything a user can cause: one line, 2 for bad input, 1 for a failed run
         print(f"esrerank: error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_status
+    except (ConnectionError, TimeoutError):  # network failures are wrapped as EngineError where they matter
+        raise
+    except OSError as error:
+        # a file or folder that cannot be read or written (full disk, permissions, a folder where a file
+        # belongs): the system's own words, and the path where the system gives it, on one line
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"esrerank: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("esrerank: interrupted", file=sys.stderr)
         return 130

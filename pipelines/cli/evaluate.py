@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rerank import DEFAULT_MODEL
 
-from ..retrieve_rerank import RerankConfig
+from ..retrieve_rerank import EVALUATE_RETRIEVE_K, RerankConfig
 from .options import (
     add_first_stage_args,
     add_rerank_k_arg,
@@ -18,6 +18,7 @@ from .options import (
     first_stage_from,
     fraction,
     logger,
+    output_file,
     positive_int,
     read_query_ids,
     reranker_from,
@@ -35,9 +36,9 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--query-ids",
                         help="JSON list of query ids to evaluate (e.g. a recipe's heldout_query_ids.json)")
     add_reranker_args(parser, DEFAULT_MODEL)
-    parser.add_argument("--retrieve-k", type=positive_int, default=1000,
-                        help="first-stage candidates per query (default 1000, so that the first stage's "
-                        "Recall@1000 is measured)")
+    parser.add_argument("--retrieve-k", type=positive_int, default=EVALUATE_RETRIEVE_K,
+                        help=f"first-stage candidates per query (default {EVALUATE_RETRIEVE_K}, so that the first "
+                        "stage's Recall@1000 is measured)")
     add_rerank_k_arg(parser)
     add_first_stage_args(parser)
     add_retriever_args(parser)
@@ -48,8 +49,9 @@ def add_parser(commands, common) -> None:
                         "rrf, or auto: what 'esrerank recipe' found best for this model (recorded beside it)")
     parser.add_argument("--alpha", type=fraction, default=None,
                         help=f"reranker weight in fusion (default {RerankConfig.alpha}, or the recorded one with auto)")
-    parser.add_argument("--save-run", help="write the final run (reranked, or BM25 with --model none) here")
-    parser.add_argument("--output-json", help="write the measures as JSON here")
+    parser.add_argument("--save-run", type=output_file,
+                        help="write the final run (reranked, or BM25 with --model none) here")
+    parser.add_argument("--output-json", type=output_file, help="write the measures as JSON here")
     parser.set_defaults(handler=run)
 
 

@@ -11,6 +11,7 @@ from .options import (
     first_stage_from,
     fraction,
     non_negative_int,
+    output_folder,
     positive_float,
     positive_int,
     read_query_ids,
@@ -27,7 +28,8 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--data", required=True, help="BEIR folder, collection name or ir_datasets id with the "
                         "training queries and qrels")
     parser.add_argument("--split", default="train", help="qrels split (default train)")
-    parser.add_argument("--out", required=True, help="output folder (a HF datasets dataset, stats.json)")
+    parser.add_argument("--out", required=True, type=output_folder,
+                        help="output folder (a HF datasets dataset, stats.json)")
     add_retriever_args(parser)
     add_first_stage_args(parser)
     parser.add_argument("--retrieve-k", type=positive_int, default=defaults.retrieve_k,

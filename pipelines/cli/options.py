@@ -37,6 +37,40 @@ non_negative_float = _number(float, 0.0, rule="0 or more")
 positive_float = _number(float, 0.0, low_open=True, rule="more than 0")
 
 
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def output_file(text: str) -> str:
+    """An argparse type for a file the command writes: refused at once (not after minutes of work) when it
+    is a folder, or when what should hold it is a file or cannot be written. Missing folders are made."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder: give a file name")
+    holder = _nearest_existing(path.absolute().parent)
+    if not holder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: {str(holder)!r} is a file, not a folder")
+    if not os.access(path if path.exists() else holder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: no permission to write there")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """An argparse type for a folder the command writes into: refused at once when it is a file, or when
+    what should hold it is a file or cannot be written."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file: give a folder")
+    holder = _nearest_existing(path.absolute())
+    if not holder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: {str(holder)!r} is a file, not a folder")
+    if not os.access(holder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: no permission to write there")
+    return text
+
+
 def add_first_stage_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k1", type=non_negative_float, default=0.9,
                         help="BM25 k1 (default 0.9, Anserini's MS MARCO setting)")

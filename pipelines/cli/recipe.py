@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import add_first_stage_args, add_training_args, non_negative_int, positive_int, training_config_from
+from .options import (
+    add_first_stage_args,
+    add_training_args,
+    non_negative_int,
+    output_folder,
+    positive_int,
+    training_config_from,
+)
 
 
 def add_parser(commands, common) -> None:
@@ -23,7 +30,8 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--heldout-split", default=None,
                         help="its qrels split (default: --train-split when the data is the same, else test)")
     parser.add_argument("--base-model", required=True)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, type=output_folder,
+                        help="folder for the mined dataset, the model and the report")
     parser.add_argument("--heldout-queries", type=positive_int, default=recipe.heldout_queries,
                         help="queries held out of training for the final evaluation when --heldout-data is "
                         f"--train-data (default {recipe.heldout_queries})")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from esrerank_errors import DataError
 
+from ..retrieve_rerank import RerankConfig
 from .options import (
     add_index_fields_args,
     add_model_run_args,
@@ -14,6 +15,7 @@ from .options import (
     engine_url,
     logger,
     non_negative_int,
+    output_file,
     positive_int,
 )
 
@@ -26,12 +28,13 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--split", default="test", help="qrels split whose queries are reranked (default test)")
     parser.add_argument("--candidates", required=True, help="first-stage TREC run to rerank")
     parser.add_argument("--model", required=True, help="cross-encoder hub id or local folder")
-    parser.add_argument("--out", required=True,
+    parser.add_argument("--out", required=True, type=output_file,
                         help="reranked TREC run; OUT.progress.jsonl beside it lets a re-run resume")
     parser.add_argument("--rerank-k", type=non_negative_int, default=None,
                         help="candidates reranked per query, the rest kept in first-stage order (default: all)")
-    parser.add_argument("--queries-per-chunk", type=positive_int, default=32,
-                        help="queries scored in one call and made durable together (default 32)")
+    parser.add_argument("--queries-per-chunk", type=positive_int, default=RerankConfig.queries_per_batch,
+                        help="queries scored in one call and made durable together "
+                        f"(default {RerankConfig.queries_per_batch})")
     parser.add_argument("--devices", default="auto",
                         help="auto (default: every GPU, one process each, else the one device), or a list such "
                              "as cuda:0,cuda:1 or cpu")

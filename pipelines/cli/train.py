@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from ..retrieve_rerank import RerankConfig
-from .options import add_training_args, logger, positive_int, read_query_ids, teacher_from, training_config_from
+from .options import (
+    add_training_args,
+    logger,
+    output_folder,
+    positive_int,
+    read_query_ids,
+    teacher_from,
+    training_config_from,
+)
 
 
 def add_parser(commands, common) -> None:
@@ -11,7 +19,7 @@ def add_parser(commands, common) -> None:
                                  help="train a cross-encoder on mined data")
     parser.add_argument("--dataset", required=True, help="folder written by 'esrerank mine' (labeled-list)")
     parser.add_argument("--base-model", required=True, help="hub id or local folder; a base encoder gets a new head")
-    parser.add_argument("--out", required=True, help="where the trained model goes")
+    parser.add_argument("--out", required=True, type=output_folder, help="where the trained model goes")
     add_training_args(parser)
     parser.add_argument("--dev-data", help="collection whose queries are the dev split (early stopping, the "
                         "checkpoint kept) instead of the one 'esrerank mine' held out beside --dataset")

@@ -27,26 +27,6 @@ def test_evaluate_bm25_only_writes_json_and_run(tmp_path, vaswani, capsys):
     assert "nDCG@10" in capsys.readouterr().out
 
 
-def _beir_qrels(folder, split="test") -> dict[str, dict[str, int]]:
-    lines = (folder / "qrels" / f"{split}.tsv").read_text().splitlines()[1:]
-    qrels: dict[str, dict[str, int]] = {}
-    for query_id, doc_id, grade in (line.split("\t") for line in lines):
-        qrels.setdefault(query_id, {})[doc_id] = int(grade)
-    return qrels
-
-
-def _ir_measures_of_run_file(path, qrels) -> dict[str, float]:
-    """Each measure's mean over the judged queries, by ir-measures on the TREC run file as written, a query
-    the run lacks counting 0 (trec_eval -c)."""
-    import ir_measures
-
-    run = list(ir_measures.read_trec_run(str(path)))
-    values = {name: dict.fromkeys(qrels, 0.0) for name in MEASURES}
-    for result in ir_measures.iter_calc([ir_measures.parse_measure(m) for m in MEASURES], qrels, run):
-        values[str(result.measure)][result.query_id] = result.value
-    return {name: float(np.mean(list(per_query.values()))) for name, per_query in values.items()}
-
-
 @pytest.fixture(scope="module")
 def spread_cross_encoder(tmp_path_factory):
     """A 2-layer, 32-wide BERT cross-encoder built here whose logits spread over several units (weights

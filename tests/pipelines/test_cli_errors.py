@@ -231,6 +231,18 @@ CASES = [
      "--retriever opensearch needs --index NAME"),
     ("rerank on a device that is no device", "rerank --data {bad}/ok --candidates {bad}/ok.run --model {tiny} "
                                              "--out {bad}/out.run --devices nonsense", 2, "is not a device name"),
+    # output paths, refused before any work
+    ("evaluate --output-json is a folder", "evaluate --data {bad}/ok --model none --output-json {bad}", 2,
+     "--output-json: '{bad}' is a folder: give a file name"),
+    ("evaluate --save-run under a file", "evaluate --data {bad}/ok --model none --save-run {bad}/ok.run/run.trec", 2,
+     "is a file, not a folder"),
+    ("rerank --out is a folder", "rerank --data {bad}/ok --candidates {bad}/ok.run --model {tiny} --out {bad}", 2,
+     "is a folder: give a file name"),
+    ("mine --out is a file", "mine --data {bad}/ok --out {bad}/ok.run", 2, "--out: '{bad}/ok.run' is a file: give a folder"),
+    ("a full disk while writing", "evaluate --data {bad}/ok --model none --output-json /dev/full", 1,
+     "No space left on device"),
+    ("train --out under a file", "train --dataset {bad}/dataset-lists --base-model {tiny} --out {bad}/ok.run/model", 2,
+     "is a file, not a folder"),
     # engines (retrieval/test_engines.py, pipelines/test_engine_rerank.py need live ones; here one that is down)
     ("register with the engine down", "register opensearch --url http://127.0.0.1:{refused} --service-url "
                                       "http://127.0.0.1:8080", 1, "cannot reach http://127.0.0.1:{refused}"),
