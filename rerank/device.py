@@ -47,7 +47,8 @@ def _check_available(device: torch.device) -> None:
 @lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """True where bf16 was measured faster than float32 on this kind of CPU (docs/dtype_by_cpu.md, written by
-    benchmarks/bench_dtype_by_cpu.py): with AMX (bf16 scoring 2.3x float32); AMD with AVX512-BF16 (Zen 4:
+    benchmarks/bench_dtype_by_cpu.py): with AMX (Intel Xeon family 6 model 167: bf16 scoring 1.94x float32 with
+    the top-10 rescoring, a training step 1.46x); AMD with AVX512-BF16 (Zen 4:
     scoring 1.34x with the float32 top-10 rescoring, a training step 1.49x). Not on Intel with AVX512-BF16
     and no AMX, where bf16 scored 0.67x float32 (issue 25's report), nor without bf16 instructions, where
     bf16 is emulated (0.14x)."""
@@ -74,10 +75,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     ones), bf16 on CPUs with hardware bf16, fp32 otherwise. On CPUs the choice follows the instruction set,
     from measurements (docs/reranking_speed.md, docs/dtype_by_cpu.md), never from a timing at load time, which would
     make the scores depend on the machine's load: with AMX, bf16 (+ float32 rescoring of the top 10) ran
-    2.3x float32; on AMD Zen 4 (AVX512-BF16, no AMX) 1.34x; on an Intel CPU with AVX512-BF16 and no AMX
-    0.67x, so float32 there; with AVX2 only, bf16 is emulated (0.14x float32 on the GEMMs) and int8 gained
-    nothing (fbgemm 1.09x on the GEMMs, ONNX Runtime and OpenVINO slower end to end), so float32. The
-    table is docs/dtype_by_cpu.md (``cpu_has_fast_bf16``).
+    1.94x float32 (a training step 1.46x); on AMD Zen 4 (AVX512-BF16, no AMX) 1.34x; on an Intel CPU with
+    AVX512-BF16 and no AMX 0.67x, so float32 there; with AVX2 only, bf16 is emulated (0.14x float32 on the
+    GEMMs) and int8 gained nothing (fbgemm 1.09x on the GEMMs, ONNX Runtime and OpenVINO slower end to end),
+    so float32. The table is docs/dtype_by_cpu.md (``cpu_has_fast_bf16``).
     """
     if dtype != "auto":
         if dtype not in DTYPES:
