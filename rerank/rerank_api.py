@@ -1,8 +1,11 @@
-"""The two rerank APIs the service speaks, as functions from a request body to an answer: validation of
+"""The rerank APIs the service speaks, as functions from a request body to an answer: validation of
 what a client sends (4xx :class:`RequestError` with the reason), scoring through the batcher, and the
 answer's JSON shape.
 
 - Cohere/Jina (``POST /v1/rerank``): ``{"query", "documents", "top_n", "return_documents", "raw_scores"}``.
+- Cohere v2 (``POST /v2/rerank``, what the cohere SDK's ``ClientV2`` and LangChain's Cohere reranker send):
+  ``{"model", "query", "documents", "top_n", "max_tokens_per_doc", "priority"}``, documents as strings
+  only → ``{"id", "results": [{"index", "relevance_score"}], "meta": {"api_version": {"version": "2"}}}``.
 - Text-Embeddings-Inference (``POST /rerank``): ``{"query", "texts", "raw_scores", "return_text",
   "truncate"}``; as TEI, ``truncate`` false (its default) refuses a text longer than the model's
   ``max_length`` tokens with 413 instead of scoring its start.
@@ -10,6 +13,7 @@ answer's JSON shape.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,6 +106,52 @@ def handle_cohere(body: dict, batcher: DynamicBatcher, limits: ServiceConfig) ->
     return {"results": results}
 
 
+def _non_negative_int(body: dict, key: str, default, positive: bool = False):
+    value = body.get(key, default)
+    if value is default:
+        return value
+    if not isinstance(value, int) or isinstance(value, bool) or value < (1 if positive else 0):
+        raise RequestError(422, f"'{key}' must be a {'positive' if positive else 'non-negative'} integer")
+    return value
+
+
+def _cut_to_tokens(model, text: str, max_tokens: int) -> str:
+    """The start of ``text`` that is ``max_tokens`` of the model's tokens (Cohere's ``max_tokens_per_doc``),
+    cut at the end of the last whole token so the text sent on is the client's own, not a decoding of it."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+        raise RequestError(422, "'max_tokens_per_doc' needs a model with a fast tokenizer; this one has none")
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
+
+
+def handle_cohere_v2(body: dict, batcher: DynamicBatcher, limits: ServiceConfig) -> dict:
+    """Cohere's v2 rerank. ``model`` must be a string, as Cohere requires, but the service answers with the
+    one model it serves. ``relevant_spans`` is refused (not computed here); ``priority`` is accepted and has
+    no effect (every request is batched in arrival order)."""
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise RequestError(422, "'model' must be a string (the service answers with the model it serves)")
+    query = _text(body.get("query"), "'query'", limits)
+    documents = body.get("documents")
+    if isinstance(documents, list) and any(not isinstance(d, str) for d in documents):
+        raise RequestError(422, "'documents' must be a list of strings in v2 (use /v1/rerank for objects)")
+    documents = _documents(body, "documents", limits)
+    top_n = _non_negative_int(body, "top_n", None)
+    max_tokens = _non_negative_int(body, "max_tokens_per_doc", None, positive=True)
+    _non_negative_int(body, "priority", None)
+    spans = body.get("relevant_spans")
+    if spans is not None and not (isinstance(spans, dict) and spans.get("mode", "disabled") == "disabled"):
+        raise RequestError(422, "'relevant_spans' is not supported by esrerank serve")
+    if max_tokens is not None:
+        documents = [_cut_to_tokens(batcher.model, d, max_tokens) for d in documents]
+    scores = _scores(batcher, query, documents, raw=False)
+    order = np.argsort(-scores, kind="stable")[: len(documents) if top_n is None else top_n]
+    return {"id": str(uuid.uuid4()),
+            "results": [{"index": int(i), "relevance_score": json_score(scores[i])} for i in order],
+            "meta": {"api_version": {"version": "2"}}}
+
+
 def _refuse_truncation(model, query: str, texts: list[str]) -> None:
     """TEI's ``truncate: false``: a (query, text) pair longer than the model reads is refused, not cut."""
     tokenizer, max_length = getattr(model, "tokenizer", None), getattr(model, "max_length", None)
@@ -130,4 +180,4 @@ def handle_tei(body: dict, batcher: DynamicBatcher, limits: ServiceConfig) -> li
     return results
 
 
-ROUTES = {"/v1/rerank": handle_cohere, "/rerank": handle_tei}
+ROUTES = {"/v1/rerank": handle_cohere, "/v2/rerank": handle_cohere_v2, "/rerank": handle_tei}

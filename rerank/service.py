@@ -4,6 +4,9 @@
   ``{"results": [{"index", "relevance_score"[, "document": {"text"}]}]}``, best first; scores are
   probabilities (sigmoid of the logit), as those clients expect. ``"raw_scores": true`` (an esrerank
   extension, as in TEI) returns the logits instead.
+- ``POST /v2/rerank`` (Cohere v2: the cohere SDK's ``ClientV2``): ``{"model", "query", "documents", "top_n",
+  "max_tokens_per_doc"}`` → ``{"id", "results": [{"index", "relevance_score"}], "meta"}``, best first,
+  probabilities.
 - ``POST /rerank`` (Text-Embeddings-Inference style): ``{"query", "texts", "raw_scores", "truncate"}`` →
   ``[{"index", "score"[, "text"]}]``, best first; ``raw_scores`` returns logits.
 - ``GET /health`` (never needs a key: load balancers probe it), ``GET /metrics`` (Prometheus text format).
@@ -39,10 +42,10 @@ from esrerank_errors import RequestError, ServiceError
 
 from .batching import DynamicBatcher
 from .metrics import Metrics
-from .rerank_api import ROUTES, ServiceConfig, handle_cohere, handle_tei, json_score
+from .rerank_api import ROUTES, ServiceConfig, handle_cohere, handle_cohere_v2, handle_tei, json_score
 
 __all__ = ["DynamicBatcher", "Metrics", "RerankService", "ServiceConfig",
-           "handle_cohere", "handle_tei", "json_score"]
+           "handle_cohere", "handle_cohere_v2", "handle_tei", "json_score"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ def make_handler(batcher: DynamicBatcher, limits: ServiceConfig, model_name: str
                     raise self._refusal()
                 handler = ROUTES.get(self.path)
                 if handler is None:
-                    raise RequestError(404, f"no route {self.path}; use /v1/rerank or /rerank")
+                    raise RequestError(404, f"no route {self.path}; use /v1/rerank, /v2/rerank or /rerank")
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > limits.max_body_bytes:
                     self.close_connection = True  # the body is not read: the connection cannot be reused

@@ -333,3 +333,65 @@ def test_tei_truncate_false_refuses_what_the_model_would_cut_and_true_scores_the
     expected = model.predict([("q", "short"), ("q", long_text)])
     assert {r["index"]: r["score"] for r in body} == {i: pytest.approx(float(expected[i]), abs=1e-5) for i in range(2)}
     assert request(running, "POST", "/rerank", {"query": "q", "texts": ["x"], "truncate": "no"})[0] == 422
+
+
+def _base_url(running) -> str:
+    host, port = running.server.server_address[:2]
+    return f"http://{host}:{port}"
+
+
+def test_the_cohere_sdks_clients_v1_and_v2_get_what_rank_gives(tiny_cross_encoder):
+    """The real cohere SDK (the client no one here wrote): ``ClientV2.rerank`` (POST /v2/rerank, what
+    LangChain's Cohere reranker sends) and ``Client.rerank`` (POST /v1/rerank), with an API key, get the
+    indices and scores of ``CrossEncoder.rank`` (scores as probabilities: the sigmoid of rank's logits)."""
+    import cohere
+
+    model = CrossEncoder(str(tiny_cross_encoder), max_length=64, dtype="float32")
+    running = RerankService(model, port=0, max_wait_ms=5, model_name="tiny", api_key="sdk-key").start()
+    try:
+        query = "how do rerankers work"
+        docs = ["bm25 ranks documents", "cross-encoders read query and document together", "bananas",
+                "a reranker rescores the first stage's candidates", "ranking with learned models"]
+        ranked = model.rank(query, docs)
+        expected_indices = [entry["corpus_id"] for entry in ranked]
+        expected_scores = [1 / (1 + np.exp(-entry["score"])) for entry in ranked]
+        v2 = cohere.ClientV2(api_key="sdk-key", base_url=_base_url(running), timeout=30)
+        answer = v2.rerank(model="esrerank", query=query, documents=docs, top_n=3)
+        assert [r.index for r in answer.results] == expected_indices[:3]
+        assert [r.relevance_score for r in answer.results] == pytest.approx(expected_scores[:3], abs=1e-6)
+        assert answer.id and answer.meta.api_version.version == "2"
+        answer = v2.rerank(model="esrerank", query=query, documents=docs)  # no top_n: every document
+        assert [r.index for r in answer.results] == expected_indices
+        v1 = cohere.Client(api_key="sdk-key", base_url=_base_url(running), timeout=30)
+        answer = v1.rerank(model="esrerank", query=query, documents=docs, top_n=3)
+        assert [r.index for r in answer.results] == expected_indices[:3]
+        assert [r.relevance_score for r in answer.results] == pytest.approx(expected_scores[:3], abs=1e-6)
+        with pytest.raises(cohere.core.api_error.ApiError) as refused:  # the SDK with a wrong key
+            cohere.ClientV2(api_key="wrong", base_url=_base_url(running), timeout=30).rerank(
+                model="esrerank", query=query, documents=docs)
+        assert refused.value.status_code == 401
+    finally:
+        running.close()
+
+
+def test_cohere_v2_cuts_documents_to_max_tokens_per_doc_and_refuses_what_it_cannot_do(service):
+    running, model = service
+    query, long_doc = "rerankers", "crossencoders read the query and the document together " * 3
+    # lower case, no punctuation: the tokenizer's decoding of the first 5 tokens is the text's own start
+    start = model.tokenizer.decode(model.tokenizer(long_doc, add_special_tokens=False)["input_ids"][:5])
+    assert long_doc.startswith(start) and len(start) < len(long_doc) // 3
+    status, body = request(running, "POST", "/v2/rerank", {"model": "m", "query": query,
+                                                           "documents": [long_doc, "bananas"], "max_tokens_per_doc": 5})
+    assert status == 200
+    expected = 1 / (1 + np.exp(-model.predict([(query, start), (query, "bananas")])))
+    scores = {r["index"]: r["relevance_score"] for r in body["results"]}
+    assert [scores[0], scores[1]] == pytest.approx(expected.tolist(), abs=1e-6)
+    for bad, fragment in [({"query": query, "documents": ["a"]}, "'model' must be a string"),
+                          ({"model": "m", "query": query, "documents": [{"text": "a"}]}, "list of strings in v2"),
+                          ({"model": "m", "query": query, "documents": ["a"], "top_n": -1}, "'top_n'"),
+                          ({"model": "m", "query": query, "documents": ["a"], "max_tokens_per_doc": 0},
+                           "'max_tokens_per_doc' must be a positive integer"),
+                          ({"model": "m", "query": query, "documents": ["a"],
+                            "relevant_spans": {"mode": "enabled"}}, "'relevant_spans' is not supported")]:
+        status, answer = request(running, "POST", "/v2/rerank", bad)
+        assert status == 422 and fragment in json.dumps(answer), answer
