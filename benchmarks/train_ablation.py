@@ -58,6 +58,11 @@ ROWS = {  # name → (extra mine flags, extra train flags)
     "lr5e-5": ([], ["--lr", "5e-5"]),
     "lr2e-4": ([], ["--lr", "2e-4"]),
     "train-embeddings": ([], ["--train-embeddings"]),
+    # hard negatives drawn at random from the whole BM25 top 100 instead of its top 6 (issue 25: the model
+    # reranked the top 30 better than the top 100, so it had not learnt what to do with deep candidates)
+    "random-negatives": (["--sampling", "random"], []),
+    # 15 such negatives a list, 2 lists a step: about the pairs a step of the default (4 lists of 10)
+    "random-15-lists-2": (["--sampling", "random", "--num-negatives", "15"], ["--batch-size", "2"]),
 }
 MEASURES = ("nDCG@10", "RR@10", "AP")
 
