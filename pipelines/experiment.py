@@ -81,7 +81,7 @@ def evaluate(collection: Collection, retriever: Retriever | None = None, reranke
         if retriever is None:
             from retrieval.bm25 import InMemoryBM25
 
-            retriever = InMemoryBM25(collection.documents)
+            retriever = InMemoryBM25(collection.documents, show_progress=None if show_progress else False)
         if hasattr(retriever, "missing_doc_ids"):  # an engine index: are the qrels' ids its ids?
             check_judged_ids_in_index(retriever, collection.qrels)
         first_stage = first_stage_run(retriever, collection.queries, retrieve_k)

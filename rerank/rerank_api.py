@@ -92,11 +92,9 @@ def _flag(body: dict, key: str, default: bool) -> bool:
 def handle_cohere(body: dict, batcher: DynamicBatcher, limits: ServiceConfig) -> dict:
     query = _text(body.get("query"), "'query'", limits)
     documents = _documents(body, "documents", limits)
-    top_n = body.get("top_n", len(documents))
-    if not isinstance(top_n, int) or top_n < 0:
-        raise RequestError(422, "'top_n' must be a non-negative integer")
+    top_n = _non_negative_int(body, "top_n", None)  # absent or null: every document
     scores = _scores(batcher, query, documents, raw=_flag(body, "raw_scores", False))
-    order = np.argsort(-scores, kind="stable")[:top_n]
+    order = np.argsort(-scores, kind="stable")[: len(documents) if top_n is None else top_n]
     results = []
     for i in order:
         entry = {"index": int(i), "relevance_score": json_score(scores[i])}
@@ -115,14 +113,17 @@ def _non_negative_int(body: dict, key: str, default, positive: bool = False):
     return value
 
 
-def _cut_to_tokens(model, text: str, max_tokens: int) -> str:
-    """The start of ``text`` that is ``max_tokens`` of the model's tokens (Cohere's ``max_tokens_per_doc``),
+def _cut_to_tokens(model, texts: list[str], max_tokens: int) -> list[str]:
+    """The start of each text that is ``max_tokens`` of the model's tokens (Cohere's ``max_tokens_per_doc``),
     cut at the end of the last whole token so the text sent on is the client's own, not a decoding of it."""
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None or not getattr(tokenizer, "is_fast", False):
         raise RequestError(422, "'max_tokens_per_doc' needs a model with a fast tokenizer; this one has none")
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
+    if not texts:
+        return texts
+    offsets = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return [text if len(spans) <= max_tokens else text[: spans[max_tokens - 1][1]]
+            for text, spans in zip(texts, offsets)]
 
 
 def handle_cohere_v2(body: dict, batcher: DynamicBatcher, limits: ServiceConfig) -> dict:
@@ -141,10 +142,10 @@ def handle_cohere_v2(body: dict, batcher: DynamicBatcher, limits: ServiceConfig)
     max_tokens = _non_negative_int(body, "max_tokens_per_doc", None, positive=True)
     _non_negative_int(body, "priority", None)
     spans = body.get("relevant_spans")
-    if spans is not None and not (isinstance(spans, dict) and spans.get("mode", "disabled") == "disabled"):
-        raise RequestError(422, "'relevant_spans' is not supported by esrerank serve")
+    if spans is not None and not (isinstance(spans, dict) and spans.get("mode") == "disabled"):
+        raise RequestError(422, "'relevant_spans' is not supported by esrerank serve (only mode 'disabled')")
     if max_tokens is not None:
-        documents = [_cut_to_tokens(batcher.model, d, max_tokens) for d in documents]
+        documents = _cut_to_tokens(batcher.model, documents, max_tokens)
     scores = _scores(batcher, query, documents, raw=False)
     order = np.argsort(-scores, kind="stable")[: len(documents) if top_n is None else top_n]
     return {"id": str(uuid.uuid4()),

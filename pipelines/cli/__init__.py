@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         # a file or folder that cannot be read or written (full disk, permissions, a folder where a file
         # belongs): the system's own words, and the path where the system gives it, on one line
+        logging.getLogger("esrerank").debug("the OSError in full", exc_info=True)  # a bug shows with -v/DEBUG
         where = f"{error.filename}: " if error.filename else ""
-        print(f"esrerank: error: {where}{error.strerror or error}", file=sys.stderr)
+        print(f"esrerank: error: {' '.join(f'{where}{error.strerror or error}'.split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("esrerank: interrupted", file=sys.stderr)

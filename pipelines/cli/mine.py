@@ -79,6 +79,7 @@ def run(args) -> int:
                           sampling=args.sampling, absolute_margin=args.absolute_margin,
                           relative_margin=args.relative_margin, output_format=args.output_format, seed=args.seed)
     teacher = teacher_from(args.teacher, args.teacher_type) if args.teacher else None
+    config.check_teacher(teacher)  # before the index is built: a wrong combination fails at once
     retriever, source = first_stage_from(args, collection.documents)
     report = mine_collection(collection, retriever, args.out, config, teacher, dev_queries=args.dev_queries,
                              dev_retrieve_k=args.dev_retrieve_k, exclude=read_query_ids(args.exclude_queries),

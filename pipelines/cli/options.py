@@ -43,32 +43,36 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def _checked_output(text: str, folder: bool) -> str:
+    path = Path(text)
+    try:
+        if folder and path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a file: give a folder")
+        if not folder and path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a folder: give a file name")
+        holder = _nearest_existing(path.absolute() if folder else path.absolute().parent)
+        if not holder.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r}: {str(holder)!r} is a file, not a folder")
+        # the folder, not the file: files beside it (a run's progress journal) are written there too. (For
+        # root, os.access allows everything but a read-only file system.)
+        if not os.access(holder, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{text!r}: no permission to write in {str(holder)!r}")
+    except OSError as error:  # a folder on the way that cannot be read, a name too long
+        raise argparse.ArgumentTypeError(f"{text!r}: {error.strerror or error}") from None
+    return text
+
+
 def output_file(text: str) -> str:
     """An argparse type for a file the command writes: refused at once (not after minutes of work) when it
-    is a folder, or when what should hold it is a file or cannot be written. Missing folders are made."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a folder: give a file name")
-    holder = _nearest_existing(path.absolute().parent)
-    if not holder.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r}: {str(holder)!r} is a file, not a folder")
-    if not os.access(path if path.exists() else holder, os.W_OK):
-        raise argparse.ArgumentTypeError(f"{text!r}: no permission to write there")
-    return text
+    is a folder, or when the folder that should hold it is a file or cannot be written. Missing folders are
+    made when the file is written."""
+    return _checked_output(text, folder=False)
 
 
 def output_folder(text: str) -> str:
-    """An argparse type for a folder the command writes into: refused at once when it is a file, or when
-    what should hold it is a file or cannot be written."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a file: give a folder")
-    holder = _nearest_existing(path.absolute())
-    if not holder.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r}: {str(holder)!r} is a file, not a folder")
-    if not os.access(holder, os.W_OK):
-        raise argparse.ArgumentTypeError(f"{text!r}: no permission to write there")
-    return text
+    """An argparse type for a folder the command writes into (an existing one is fine: resuming): refused at
+    once when it is a file, or when the folder that should hold it is a file or cannot be written."""
+    return _checked_output(text, folder=True)
 
 
 def add_first_stage_args(parser: argparse.ArgumentParser) -> None:
@@ -237,7 +241,8 @@ def first_stage_from(args, documents=None):
 
         if documents is None:
             raise DataError("--data", "the in-memory retriever needs --data DIR")
-        index = InMemoryBM25(documents, k1=args.k1, b=args.b, analyzer=args.analyzer)
+        index = InMemoryBM25(documents, k1=args.k1, b=args.b, analyzer=args.analyzer,
+                             show_progress=False if getattr(args, "quiet", False) else None)
         return index, f"in-memory BM25 (k1={args.k1}, b={args.b}, analyzer={args.analyzer})"
     from retrieval.engines import connect
 

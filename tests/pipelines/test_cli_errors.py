@@ -239,6 +239,8 @@ CASES = [
     ("rerank --out is a folder", "rerank --data {bad}/ok --candidates {bad}/ok.run --model {tiny} --out {bad}", 2,
      "is a folder: give a file name"),
     ("mine --out is a file", "mine --data {bad}/ok --out {bad}/ok.run", 2, "--out: '{bad}/ok.run' is a file: give a folder"),
+    ("an output name too long", "evaluate --data {bad}/ok --model none --output-json {bad}/" + "x" * 300, 2,
+     "File name too long"),
     ("a full disk while writing", "evaluate --data {bad}/ok --model none --output-json /dev/full", 1,
      "No space left on device"),
     ("train --out under a file", "train --dataset {bad}/dataset-lists --base-model {tiny} --out {bad}/ok.run/model", 2,

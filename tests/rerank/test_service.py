@@ -340,58 +340,84 @@ def _base_url(running) -> str:
     return f"http://{host}:{port}"
 
 
-def test_the_cohere_sdks_clients_v1_and_v2_get_what_rank_gives(tiny_cross_encoder):
+@pytest.fixture(scope="module")
+def minilm_service(minilm_cross_encoder):
+    """A real MiniLM encoder with a seeded head: its scores are spread (the tiny model's are ~1e-5 apart), so
+    a wrong order or a wrong cut shows; with an API key, as a deployed service has."""
+    model = CrossEncoder(str(minilm_cross_encoder), max_length=128, dtype="float32")
+    running = RerankService(model, port=0, max_wait_ms=5, model_name="minilm", api_key="sdk-key").start()
+    yield running, model
+    running.close()
+
+
+def test_the_cohere_sdks_clients_v1_and_v2_get_what_rank_gives(minilm_service):
     """The real cohere SDK (the client no one here wrote): ``ClientV2.rerank`` (POST /v2/rerank, what
     LangChain's Cohere reranker sends) and ``Client.rerank`` (POST /v1/rerank), with an API key, get the
     indices and scores of ``CrossEncoder.rank`` (scores as probabilities: the sigmoid of rank's logits)."""
     import cohere
 
-    model = CrossEncoder(str(tiny_cross_encoder), max_length=64, dtype="float32")
-    running = RerankService(model, port=0, max_wait_ms=5, model_name="tiny", api_key="sdk-key").start()
-    try:
-        query = "how do rerankers work"
-        docs = ["bm25 ranks documents", "cross-encoders read query and document together", "bananas",
-                "a reranker rescores the first stage's candidates", "ranking with learned models"]
-        ranked = model.rank(query, docs)
-        expected_indices = [entry["corpus_id"] for entry in ranked]
-        expected_scores = [1 / (1 + np.exp(-entry["score"])) for entry in ranked]
-        v2 = cohere.ClientV2(api_key="sdk-key", base_url=_base_url(running), timeout=30)
-        answer = v2.rerank(model="esrerank", query=query, documents=docs, top_n=3)
-        assert [r.index for r in answer.results] == expected_indices[:3]
-        assert [r.relevance_score for r in answer.results] == pytest.approx(expected_scores[:3], abs=1e-6)
-        assert answer.id and answer.meta.api_version.version == "2"
-        answer = v2.rerank(model="esrerank", query=query, documents=docs)  # no top_n: every document
-        assert [r.index for r in answer.results] == expected_indices
-        v1 = cohere.Client(api_key="sdk-key", base_url=_base_url(running), timeout=30)
-        answer = v1.rerank(model="esrerank", query=query, documents=docs, top_n=3)
-        assert [r.index for r in answer.results] == expected_indices[:3]
-        assert [r.relevance_score for r in answer.results] == pytest.approx(expected_scores[:3], abs=1e-6)
-        with pytest.raises(cohere.core.api_error.ApiError) as refused:  # the SDK with a wrong key
-            cohere.ClientV2(api_key="wrong", base_url=_base_url(running), timeout=30).rerank(
-                model="esrerank", query=query, documents=docs)
-        assert refused.value.status_code == 401
-    finally:
-        running.close()
+    running, model = minilm_service
+    query = "how do rerankers work"
+    docs = ["bm25 ranks documents", "cross-encoders read query and document together", "bananas",
+            "a reranker rescores the first stage's candidates", "ranking with learned models"]
+    ranked = model.rank(query, docs)
+    expected_indices = [entry["corpus_id"] for entry in ranked]
+    expected_scores = [1 / (1 + np.exp(-entry["score"])) for entry in ranked]
+    assert min(abs(a - b) for a, b in zip(expected_scores, expected_scores[1:])) > 1e-4  # an order to get wrong
+    v2 = cohere.ClientV2(api_key="sdk-key", base_url=_base_url(running), timeout=30)
+    answer = v2.rerank(model="esrerank", query=query, documents=docs, top_n=3)
+    assert [r.index for r in answer.results] == expected_indices[:3]
+    assert [r.relevance_score for r in answer.results] == pytest.approx(expected_scores[:3], abs=1e-6)
+    assert answer.id and answer.meta.api_version.version == "2"
+    answer = v2.rerank(model="esrerank", query=query, documents=docs, priority=3,  # accepted, no effect
+                       relevant_spans=cohere.RerankRelevantSpans(mode="disabled"))  # no top_n: every document
+    assert [r.index for r in answer.results] == expected_indices
+    with pytest.raises(cohere.errors.UnprocessableEntityError):  # what the service cannot do: 422 through the SDK
+        v2.rerank(model="esrerank", query=query, documents=docs, relevant_spans=cohere.RerankRelevantSpans(mode="enabled"))
+    v1 = cohere.Client(api_key="sdk-key", base_url=_base_url(running), timeout=30)
+    answer = v1.rerank(model="esrerank", query=query, documents=docs, top_n=3)
+    assert [r.index for r in answer.results] == expected_indices[:3]
+    assert [r.relevance_score for r in answer.results] == pytest.approx(expected_scores[:3], abs=1e-6)
+    with pytest.raises(cohere.core.api_error.ApiError) as refused:  # the SDK with a wrong key
+        cohere.ClientV2(api_key="wrong", base_url=_base_url(running), timeout=30).rerank(
+            model="esrerank", query=query, documents=docs)
+    assert refused.value.status_code == 401
 
 
-def test_cohere_v2_cuts_documents_to_max_tokens_per_doc_and_refuses_what_it_cannot_do(service):
-    running, model = service
+def _post(running, path: str, body: dict):
+    host, port = running.server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    connection.request("POST", path, body=json.dumps(body).encode(),
+                       headers={"Content-Type": "application/json", "Authorization": "Bearer sdk-key"})
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    connection.close()
+    return response.status, answer
+
+
+def test_cohere_v2_cuts_documents_to_max_tokens_per_doc_and_refuses_what_it_cannot_do(minilm_service):
+    running, model = minilm_service
     query, long_doc = "rerankers", "crossencoders read the query and the document together " * 3
     # lower case, no punctuation: the tokenizer's decoding of the first 5 tokens is the text's own start
     start = model.tokenizer.decode(model.tokenizer(long_doc, add_special_tokens=False)["input_ids"][:5])
     assert long_doc.startswith(start) and len(start) < len(long_doc) // 3
-    status, body = request(running, "POST", "/v2/rerank", {"model": "m", "query": query,
-                                                           "documents": [long_doc, "bananas"], "max_tokens_per_doc": 5})
+    status, body = _post(running, "/v2/rerank", {"model": "m", "query": query,
+                                                 "documents": [long_doc, "bananas"], "max_tokens_per_doc": 5})
     assert status == 200
     expected = 1 / (1 + np.exp(-model.predict([(query, start), (query, "bananas")])))
+    whole = 1 / (1 + np.exp(-model.predict([(query, long_doc)])))
+    assert abs(whole[0] - expected[0]) > 1e-4  # an uncut document would score otherwise
     scores = {r["index"]: r["relevance_score"] for r in body["results"]}
     assert [scores[0], scores[1]] == pytest.approx(expected.tolist(), abs=1e-6)
+    status, body = _post(running, "/v1/rerank", {"query": query, "documents": ["a", "b"], "top_n": None})
+    assert status == 200 and len(body["results"]) == 2  # v1 with top_n null, as the SDK may send: every one
     for bad, fragment in [({"query": query, "documents": ["a"]}, "'model' must be a string"),
                           ({"model": "m", "query": query, "documents": [{"text": "a"}]}, "list of strings in v2"),
                           ({"model": "m", "query": query, "documents": ["a"], "top_n": -1}, "'top_n'"),
+                          ({"model": "m", "query": query, "documents": ["a"], "top_n": True}, "'top_n'"),
                           ({"model": "m", "query": query, "documents": ["a"], "max_tokens_per_doc": 0},
                            "'max_tokens_per_doc' must be a positive integer"),
                           ({"model": "m", "query": query, "documents": ["a"],
-                            "relevant_spans": {"mode": "enabled"}}, "'relevant_spans' is not supported")]:
-        status, answer = request(running, "POST", "/v2/rerank", bad)
+                            "relevant_spans": {"threshold": 0.5}}, "'relevant_spans' is not supported")]:
+        status, answer = _post(running, "/v2/rerank", bad)
         assert status == 422 and fragment in json.dumps(answer), answer
