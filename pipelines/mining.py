@@ -48,7 +48,10 @@ FORMATS = ("labeled-list", "labeled-pair", "triplet", "n-tuple")
 class MiningConfig:
     """retrieve_k: candidates per query from the first stage (default 100). range_min/range_max: the window
     of negatives after positives are removed (default 0/100). num_negatives: hard ones per query (default 6).
-    sampling: ``top`` (the first in the window, default) or ``random`` (seeded sample from the window).
+    sampling: ``random`` (a seeded sample from the whole window, default) or ``top`` (its first ones). On
+        SciFact (docs/training.md) a model trained on 6 negatives drawn across BM25's top 100 reranked 200
+        held-out queries' top 100 at nDCG@10 0.7549 against 0.6783 with the top 6: with only the top of the
+        list, a model never learns what to do with deep candidates, which it then ranks above relevant ones.
     num_random_negatives: easy negatives per query drawn at random from the whole corpus (default 3).
     absolute_margin / relative_margin: teacher filter; a negative is dropped when its teacher score is
     above ``min positive score - absolute_margin``, or above ``min positive score × (1 - relative_margin)``.
@@ -59,7 +62,7 @@ class MiningConfig:
     range_max: int = 100
     num_negatives: int = 6
     num_random_negatives: int = 3
-    sampling: str = "top"
+    sampling: str = "random"
     absolute_margin: float | None = None
     relative_margin: float | None = None
     output_format: str = "labeled-list"
