@@ -25,11 +25,12 @@ def service(tiny_cross_encoder):
     running.close()
 
 
-def request(service, method, path, body=None, raw=None):
+def request(service, method, path, body=None, raw=None, api_key=None):
     host, port = service.server.server_address[:2]
     connection = http.client.HTTPConnection(host, port, timeout=30)
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    connection.request(method, path, body=data, headers=headers)
     response = connection.getresponse()
     payload = response.read()
     connection.close()
@@ -385,14 +386,7 @@ def test_the_cohere_sdks_clients_v1_and_v2_get_what_rank_gives(minilm_service):
 
 
 def _post(running, path: str, body: dict):
-    host, port = running.server.server_address[:2]
-    connection = http.client.HTTPConnection(host, port, timeout=30)
-    connection.request("POST", path, body=json.dumps(body).encode(),
-                       headers={"Content-Type": "application/json", "Authorization": "Bearer sdk-key"})
-    response = connection.getresponse()
-    answer = json.loads(response.read())
-    connection.close()
-    return response.status, answer
+    return request(running, "POST", path, body, api_key="sdk-key")
 
 
 def test_cohere_v2_cuts_documents_to_max_tokens_per_doc_and_refuses_what_it_cannot_do(minilm_service):
