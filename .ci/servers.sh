@@ -18,6 +18,11 @@
 # The servers refuse to run as root, so they run as the system user 'esrerank' (created if missing). They
 # bundle no JDK: 8.19/3.6 run on the newest JDK >= 21 under /usr/lib/jvm; 2.19.1 needs the Java security
 # manager, gone from Java 24 on, so it runs on the newest JDK from 17 to 23.
+#
+# Elasticsearch runs with esrerank's rescorer plugin (plugins/elasticsearch, built here with Maven when its
+# sources change, installed with elasticsearch-plugin). Its node settings point it at an esrerank service on
+# 127.0.0.1:$ESRERANK_RESCORE_PORT (default 9290; the tests start one there), with the API key
+# $ESRERANK_RESCORE_API_KEY (default esrerank-ci-key) in the node's keystore and a 10 s answer timeout.
 set -euo pipefail
 
 ES_VERSION=8.19.21   # newest org.elasticsearch.distribution.integ-test-zip on Maven Central
@@ -27,6 +32,9 @@ DIST_ROOT="${ESRERANK_SERVER_ROOT:-$HOME/.cache/esrerank-ci/servers}"
 RUN_ROOT="${ESRERANK_SERVER_RUN:-/tmp/esrerank-servers}"
 HEALTH_TIMEOUT_S="${ESRERANK_SERVER_TIMEOUT:-180}"
 SERVER_USER=esrerank
+REPO_ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+RESCORE_PORT="${ESRERANK_RESCORE_PORT:-9290}"
+RESCORE_API_KEY="${ESRERANK_RESCORE_API_KEY:-esrerank-ci-key}"
 
 log() { echo "[servers] $*" >&2; }
 
@@ -115,6 +123,28 @@ distribution() {  # engine -> unpacked folder (downloaded and unzipped once)
     echo "$folder"
 }
 
+rescore_plugin() {  # home java: build plugins/elasticsearch when its sources changed and install it into home
+    local home=$1 java=$2 source="$REPO_ROOT/plugins/elasticsearch" zip installed
+    zip="$source/target/esrerank-rescore-$ES_VERSION.zip"
+    if [ ! -f "$zip" ] || [ -n "$(find "$source/pom.xml" "$source/src" -newer "$zip" -type f | head -1)" ]; then
+        log "building the esrerank rescorer plugin for Elasticsearch $ES_VERSION"
+        JAVA_HOME=$java mvn -q -B -f "$source/pom.xml" -Delasticsearch.version="$ES_VERSION" package >&2
+    fi
+    installed="$home/plugins/esrerank-rescore"
+    if [ -d "$installed" ] && cmp -s "$zip" "$home/esrerank-rescore.installed.zip"; then return 0; fi
+    [ -d "$installed" ] && ES_JAVA_HOME=$java "$home/bin/elasticsearch-plugin" remove esrerank-rescore >&2
+    log "installing the esrerank rescorer plugin into $home"
+    ES_JAVA_HOME=$java "$home/bin/elasticsearch-plugin" install --batch "file://$zip" >&2
+    cp "$zip" "$home/esrerank-rescore.installed.zip"
+}
+
+rescore_keystore() {  # home java config-dir: the node's keystore, holding the service's API key
+    local home=$1 java=$2 config=$3
+    ES_JAVA_HOME=$java ES_PATH_CONF=$config "$home/bin/elasticsearch-keystore" create >/dev/null
+    printf '%s' "$RESCORE_API_KEY" | ES_JAVA_HOME=$java ES_PATH_CONF=$config \
+        "$home/bin/elasticsearch-keystore" add --stdin --force esrerank.service.api_key >/dev/null
+}
+
 readable() {  # the server user must read a distribution inside root's home
     local path=$1
     while [ "$path" != "/" ]; do chmod o+rx "$path" 2>/dev/null || true; path=$(dirname "$path"); done
@@ -176,6 +206,13 @@ plugins.ml_commons.native_memory_threshold: 100
 plugins.ml_commons.jvm_heap_memory_threshold: 100
 YAML
     fi
+    local extra=""
+    if [ "$engine" = elasticsearch ]; then
+        rescore_plugin "$home" "$java"
+        rescore_keystore "$home" "$java" "$dir/config"
+        extra="-E xpack.security.enabled=false -E esrerank.service.url=http://127.0.0.1:$RESCORE_PORT"
+        extra+=" -E esrerank.service.timeout=10s -E esrerank.service.connect_timeout=1s"
+    fi
     chown -R "$SERVER_USER" "$dir"
     if [ "$engine" = elasticsearch ]; then prefix=ES; else prefix=OPENSEARCH; fi
     log "starting $name on 127.0.0.1:$port (java $java, data $dir)"
@@ -183,7 +220,7 @@ YAML
         "${prefix}_PATH_CONF=$dir/config" "$home/bin/$engine" -d -p "$dir/pid" \
         $topology $(disk_settings) -E network.host=127.0.0.1 -E http.port="$port" \
         -E transport.port="$((port + 100))" -E path.data="$dir/data" -E path.logs="$dir/logs" \
-        $([ "$engine" = elasticsearch ] && echo "-E xpack.security.enabled=false") >"$dir/stdout.log" 2>&1) || {
+        $extra >"$dir/stdout.log" 2>&1) || {
         log "$name failed to start:"; tail -30 "$dir/stdout.log" >&2; exit 1; }
 }
 

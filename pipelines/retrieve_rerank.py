@@ -79,19 +79,21 @@ class RerankConfig:
 
 
 class EngineReranker:
-    """Reranking done inside the engine: each query's head is searched again through a search pipeline
-    that reranks it (OpenSearch's ``rerank`` processor calling ``esrerank serve``; see
-    ``esrerank register opensearch``), and its scores replace the cross-encoder's in :func:`rerank_run`.
+    """Reranking done inside the engine, which calls ``esrerank serve`` itself: each query's head is searched
+    again, restricted to the head's documents, through the engine's reranking, and the engine's scores replace
+    the cross-encoder's in :func:`rerank_run`.
 
     Args:
-        searcher: the same index as the first stage, searched through the pipeline, e.g.
-            ``OpenSearchBM25(url, index, search_pipeline="esrerank")``. The engine reranks every hit a
-            search returns, so the window is the head's length.
+        searcher: the same index as the first stage, searched through the engine's reranking:
+            ``ElasticsearchBM25(url, index, rescore="esrerank")`` (esrerank's rescorer plugin) or
+            ``OpenSearchBM25(url, index, search_pipeline="esrerank")`` (OpenSearch's ``rerank`` processor, see
+            ``esrerank register opensearch``). The window is the head's length.
     """
 
     def __init__(self, searcher):
-        if not getattr(searcher, "search_pipeline", None):
-            raise InputError("reranking inside the engine needs a searcher with a search pipeline")
+        if not getattr(searcher, "search_pipeline", None) and not getattr(searcher, "rescore", None):
+            raise InputError("reranking inside the engine needs a searcher with a search pipeline (OpenSearch) or "
+                             "a rescorer (Elasticsearch)")
         self.searcher = searcher
 
     def score_heads(self, queries: Sequence[Query], heads: Sequence[Sequence[Hit]]) -> list[np.ndarray]:
@@ -99,7 +101,13 @@ class EngineReranker:
         depth = max((len(head) for head in heads), default=0)
         if depth == 0:
             return [np.zeros(0) for _ in heads]
-        answers = self.searcher.search_many([q.text for q in queries], depth)
+        texts = [q.text for q in queries]
+        if getattr(self.searcher, "rescore", None):
+            # a rescorer's window is per shard: restricted to the head, the shards' windows are the head
+            answers = self.searcher.search_many(texts, depth, restrict_to=[[hit.doc_id for hit in head]
+                                                                         for head in heads])
+        else:
+            answers = self.searcher.search_many(texts, depth)
         scores = []
         for query, head, answer in zip(queries, heads, answers):
             by_id = {hit.doc_id: hit.score for hit in answer}
@@ -112,7 +120,9 @@ class EngineReranker:
         return scores
 
     def __repr__(self) -> str:
-        return f"EngineReranker({self.searcher.url}/{self.searcher.index}, pipeline {self.searcher.search_pipeline})"
+        how = (f"rescorer {self.searcher.rescore}" if getattr(self.searcher, "rescore", None)
+               else f"pipeline {self.searcher.search_pipeline}")
+        return f"EngineReranker({self.searcher.url}/{self.searcher.index}, {how})"
 
 
 def head_scores(queries: Sequence[Query], first_stage: Run, reranker: Reranker | HeadReranker, texts: Texts,

@@ -10,6 +10,8 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from esrerank_errors import ServiceError
+
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ class DynamicBatcher:
         self.worker.start()
 
     def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        if self._stop.is_set():
+            raise ServiceError("the reranker is shut down")
         future: Future = Future()
         self.queue.put((pairs, future))
         return future.result()
@@ -41,6 +45,14 @@ class DynamicBatcher:
         self._stop.set()
         self.queue.put(None)
         self.worker.join(timeout=10)
+        # a request queued while the worker stopped would wait forever: answer it
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job[1].set_exception(ServiceError("the reranker is shut down"))
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -132,6 +132,35 @@ def make_handler(batcher: DynamicBatcher, limits: ServiceConfig, model_name: str
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # an engine's shards connect all at once; the default backlog of 5 drops SYNs
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._open: set = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request, client_address):
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_open_connections(self) -> None:
+        """End the keep-alive connections still open: their handler threads would otherwise answer later
+        requests on them with a closed reranker (an engine pools its connections and reuses them)."""
+        import socket
+
+        with self._open_lock:
+            open_now = list(self._open)
+        for request in open_now:
+            try:
+                request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def handle_error(self, request, client_address):
         # A client that gave up (an engine's read timeout, a closed load-test client) is not a fault of
@@ -184,4 +213,5 @@ class RerankService:
     def close(self) -> None:
         self.server.shutdown() if self._thread else None
         self.server.server_close()
+        self.server.close_open_connections()
         self.batcher.close()

@@ -113,6 +113,10 @@ def error_reason(body: Any) -> str:
     """The reason an engine gives in an error answer, or in one item of a ``_bulk`` answer."""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         error = body["error"]
+        causes = error.get("root_cause") or []
+        if error.get("type") == "search_phase_execution_exception" and causes and isinstance(causes[0], dict):
+            # "all shards failed" says nothing; the shards' own reason does
+            return f"{causes[0].get('type')}: {causes[0].get('reason')}"
         return f"{error.get('type')}: {error.get('reason')}"
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return body["error"]

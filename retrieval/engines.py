@@ -66,6 +66,10 @@ class SearchEngineBM25(IndexDocuments):
             None: on when the index (or the indices behind the alias) has more than one primary shard,
             where plain ``query_then_fetch`` scores each shard with its own statistics and the ranking is
             no longer exact BM25; False trades that for one round trip less per search.
+        rescore: the name of a rescorer a plugin adds to Elasticsearch (``esrerank``: the plugin in
+            ``plugins/elasticsearch``, which calls ``esrerank serve`` from every shard): searches given
+            ``restrict_to`` rerank those documents inside the engine, reading :meth:`reranked_fields`
+            from ``_source``. Default None (BM25 only). See ``pipelines.retrieve_rerank.EngineReranker``.
         sniff: ask the cluster for its nodes at start (and again when one fails) and spread requests
             over them. Default False: a server in a container often publishes addresses the client cannot
             reach. Several nodes can also be given in ``url``, separated by commas; either way a request
@@ -78,14 +82,21 @@ class SearchEngineBM25(IndexDocuments):
     def __init__(self, url: str = "http://127.0.0.1:9200", index: str = "esrerank", msearch_batch: int = 64,
                  request_timeout: float = 120.0, search_pipeline: str | None = None, dfs: bool | None = None,
                  sniff: bool = False, query: EngineQuery | None = None, rerank_fields: Sequence[str] | None = None,
-                 id_field: str | None = None, max_text_chars: int = 20_000):
+                 id_field: str | None = None, max_text_chars: int = 20_000, rescore: str | None = None):
         if search_pipeline is not None and self.engine != "opensearch":
-            raise DataError("--search-pipeline", "search pipelines are OpenSearch's; Elasticsearch reranks through a "
-                                                 "retriever")
+            raise DataError("--search-pipeline", "search pipelines are OpenSearch's; Elasticsearch reranks through its "
+                                                 "esrerank rescorer plugin (--rescore esrerank)")
+        if rescore is not None and self.engine != "elasticsearch":
+            raise DataError("--rescore", "the esrerank rescorer is an Elasticsearch plugin; OpenSearch reranks through "
+                                         "a search pipeline (--search-pipeline)")
+        if rescore is not None and query is not None and query.template_id is not None:
+            raise DataError("--rescore", "a stored search template cannot be given a rescore section: give the "
+                                         "template as a file (--query-template FILE) or --fields")
         super().__init__(self._adapter(url, request_timeout, sniff), index, id_field, max_text_chars)
         self.url = url
         self.msearch_batch = msearch_batch
         self.search_pipeline = search_pipeline
+        self.rescore = rescore
         self.query = query
         self.rerank_fields = list(rerank_fields) if rerank_fields else None
         self._dfs = dfs
@@ -204,9 +215,15 @@ class SearchEngineBM25(IndexDocuments):
     def search(self, query: str, k: int = 10) -> list[Hit]:
         return self.search_many([query], k)[0]
 
-    def search_many(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
+    def search_many(self, queries: Sequence[str], k: int = 10,
+                    restrict_to: Sequence[Sequence[str]] | None = None) -> list[list[Hit]]:
         """Top ``k`` per query with ``_msearch`` in batches of ``msearch_batch``; no ``_source``, no
-        total-hit counting."""
+        total-hit counting.
+
+        restrict_to: per query, the only documents (ids) it may find; the first-stage scores are unchanged (a
+            filter). With ``rescore``, how a first stage's top k is reranked inside the engine: an
+            Elasticsearch rescorer's window is each shard's top hits, so on several shards the window
+            would hold more than the index's top k; restricted to them, it is exactly those."""
         if isinstance(queries, str):
             raise TypeError("search_many takes a list of query strings; use search() for one query")
         if not isinstance(k, int) or k < 1:
@@ -214,12 +231,16 @@ class SearchEngineBM25(IndexDocuments):
         for number, query in enumerate(queries):
             if not isinstance(query, str) or not query.strip():
                 raise InputError(f"query {number} is empty or not a string: {query!r}")
+        if restrict_to is not None and len(restrict_to) != len(queries):
+            raise InputError(f"restrict_to has {len(restrict_to)} id lists for {len(queries)} queries")
         self.check_search()
         if self.search_pipeline:
             return self._search_through_pipeline(queries, k)
         results: list[list[Hit]] = []
         for start in range(0, len(queries), self.msearch_batch):
-            results.extend(self._complete_msearch(self._msearch_body(queries[start:start + self.msearch_batch], k)))
+            end = start + self.msearch_batch
+            results.extend(self._complete_msearch(self._msearch_body(
+                queries[start:end], k, None if restrict_to is None else restrict_to[start:end])))
         if len(queries) > 1 and not any(results):
             raise DataError("--index", f"none of the {len(queries)} queries found a document in {self.index!r} "
                                        f"with {self.query.describe() if self.query else f'a match on {FIELD}'}: "
@@ -227,11 +248,16 @@ class SearchEngineBM25(IndexDocuments):
                                        f"{', '.join(text_fields(self.fields)) or 'none'}")
         return results
 
-    def _msearch_body(self, queries: Sequence[str], k: int) -> str:
+    def _msearch_body(self, queries: Sequence[str], k: int, restrict_to: Sequence[Sequence[str]] | None = None) -> str:
         lines = []
-        for query in queries:
+        for number, query in enumerate(queries):
             lines.append({})
-            lines.append(self.query.template_params(query, k) if self._stored_template else self._query_body(query, k))
+            if self._stored_template:
+                if restrict_to is not None:
+                    raise InputError("restrict_to needs a query esrerank writes, not a stored search template")
+                lines.append(self.query.template_params(query, k))
+            else:
+                lines.append(self._query_body(query, k, None if restrict_to is None else restrict_to[number]))
         return ndjson(lines)
 
     @property
@@ -248,7 +274,8 @@ class SearchEngineBM25(IndexDocuments):
             response = self.rest.request("POST", f"/{self.index}/{endpoint}", body=body, params=self._search_params())
             items = response["responses"]
             for item in items:
-                if "error" in item and item.get("status", 500) < 500:
+                # a bad query (4xx), or the rescorer's service failing: asking again would only wait again
+                if "error" in item and (item.get("status", 500) < 500 or RESCORER_FAILURE in error_reason(item)):
                     raise EngineError(item["status"], error_reason(item))
             failed = [item for item in items if "error" in item or item.get("_shards", {}).get("failed")]
             if not failed:
@@ -298,15 +325,23 @@ class SearchEngineBM25(IndexDocuments):
     def _hits(self, response: dict) -> list[Hit]:
         # the engine's own scores for the user's query; esrerank's match on its own index is put on Lucene's
         # scale (see ElasticsearchBM25.score_scale)
-        scale = self.score_scale if self.query is None else 1.0
+        # (a rescorer's scores are the cross-encoder's: never scaled)
+        scale = self.score_scale if self.query is None and not self.rescore else 1.0
         return [Hit(self._doc_id(h), float(h["_score"]) * scale, rank)
                 for rank, h in enumerate(response["hits"]["hits"], start=1)]
 
-    def _query_body(self, query: str, k: int) -> dict:
+    def _query_body(self, query: str, k: int, restrict_to: Sequence[str] | None = None) -> dict:
         if self.query is not None:
             body = self.query.body(self._query_text(query), k)
         else:
             body = {"query": {"match": {FIELD: {"query": self._query_text(query)}}}, "size": k}
+        if restrict_to is not None:
+            only = ({"terms": {self._id_lookup_field(): list(restrict_to)}} if self.id_field
+                    else {"ids": {"values": list(restrict_to)}})
+            body["query"] = {"bool": {"must": [body.get("query", {"match_all": {}})], "filter": [only]}}
+        if self.rescore:
+            # the window is the k hits asked for; the rescorer reads the same fields as the client side
+            body["rescore"] = {"window_size": k, self.rescore: {"query": query, "fields": self.reranked_fields()}}
         body["_source"] = [self.id_field] if self.id_field and self.source_enabled else False
         if self.id_field and not self.source_enabled:
             body["stored_fields"] = [self.id_field]
@@ -340,6 +375,8 @@ class OpenSearchBM25(SearchEngineBM25):
     engine = "opensearch"
     _adapter = OpenSearchRest
 
+
+RESCORER_FAILURE = "esrerank rescorer:"  # how the plugin's errors begin (plugins/elasticsearch RerankService)
 
 ENGINES = {"elasticsearch": ElasticsearchBM25, "opensearch": OpenSearchBM25}
 

@@ -13,6 +13,7 @@ from .options import (
     add_first_stage_args,
     add_rerank_k_arg,
     add_reranker_args,
+    add_rescore_arg,
     add_retriever_args,
     add_search_pipeline_arg,
     first_stage_from,
@@ -43,6 +44,7 @@ def add_parser(commands, common) -> None:
     add_first_stage_args(parser)
     add_retriever_args(parser)
     add_search_pipeline_arg(parser)
+    add_rescore_arg(parser)
     parser.add_argument("--candidates", help="rerank this first-stage TREC run instead of retrieving")
     parser.add_argument("--fusion", choices=["auto", "none", "interpolate", "rrf"], default="none",
                         help="combine BM25 and reranker scores: none (default: the reranker alone), interpolate, "

@@ -138,6 +138,13 @@ def add_search_pipeline_arg(parser: argparse.ArgumentParser) -> None:
                         "is not used")
 
 
+def add_rescore_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rescore", metavar="NAME",
+                        help="rerank inside Elasticsearch with this rescorer (esrerank: the plugin in "
+                        "plugins/elasticsearch, which calls the esrerank service set in elasticsearch.yml) instead "
+                        "of on this machine; needs --retriever elasticsearch, and --model is not used")
+
+
 def engine_url(args) -> str:
     return args.url or ("http://127.0.0.1:9201" if getattr(args, "retriever", None) == "opensearch" or
                         getattr(args, "engine", None) == "opensearch" else "http://127.0.0.1:9200")
@@ -282,7 +289,20 @@ def engine_fields_from(args) -> dict:
 
 
 def reranker_from(args):
-    """The cross-encoder --model names, the engine's search pipeline, or None (BM25 only)."""
+    """The cross-encoder --model names, the engine's search pipeline or rescorer, or None (BM25 only)."""
+    if getattr(args, "rescore", None):
+        from retrieval.engines import connect
+
+        from ..retrieve_rerank import EngineReranker
+
+        if args.search_pipeline:
+            raise DataError("--rescore", "give --rescore (Elasticsearch) or --search-pipeline (OpenSearch), not both")
+        if args.retriever != "elasticsearch" or not args.index:
+            raise DataError("--rescore", "reranking inside Elasticsearch needs --retriever elasticsearch --index NAME")
+        logger.info("reranking inside Elasticsearch with the %s rescorer (--model is not used)", args.rescore)
+        searcher = connect("elasticsearch", engine_url(args), args.index, rescore=args.rescore, dfs=args.dfs,
+                           **engine_fields_from(args))
+        return EngineReranker(searcher)
     if args.search_pipeline:
         from retrieval.engines import connect
 

@@ -8,6 +8,7 @@ from .options import (
     add_first_stage_args,
     add_rerank_k_arg,
     add_reranker_args,
+    add_rescore_arg,
     add_retriever_args,
     add_search_pipeline_arg,
     any_split,
@@ -27,6 +28,7 @@ def add_parser(commands, common) -> None:
     add_first_stage_args(parser)
     add_reranker_args(parser, "none")
     add_search_pipeline_arg(parser)
+    add_rescore_arg(parser)
     parser.add_argument("-k", "--k", type=positive_int, default=10, help="results per query (default 10)")
     add_rerank_k_arg(parser)
     parser.set_defaults(handler=run)
