@@ -22,7 +22,8 @@
 # Elasticsearch runs with esrerank's rescorer plugin (plugins/elasticsearch, built here with Maven when its
 # sources change, installed with elasticsearch-plugin). Its node settings point it at an esrerank service on
 # 127.0.0.1:$ESRERANK_RESCORE_PORT (default 9290; the tests start one there), with the API key
-# $ESRERANK_RESCORE_API_KEY (default esrerank-ci-key) in the node's keystore and a 10 s answer timeout.
+# $ESRERANK_RESCORE_API_KEY (default esrerank-ci-key) in the node's keystore, a 10 s answer timeout and
+# batches of 16 documents.
 set -euo pipefail
 
 ES_VERSION=8.19.21   # newest org.elasticsearch.distribution.integ-test-zip on Maven Central
@@ -211,7 +212,8 @@ YAML
         rescore_plugin "$home" "$java"
         rescore_keystore "$home" "$java" "$dir/config"
         extra="-E xpack.security.enabled=false -E esrerank.service.url=http://127.0.0.1:$RESCORE_PORT"
-        extra+=" -E esrerank.service.timeout=10s -E esrerank.service.connect_timeout=1s"
+        # batches of 16: a window of 20 goes as two requests, so the tests cover the plugin's batching
+        extra+=" -E esrerank.service.timeout=10s -E esrerank.service.connect_timeout=1s -E esrerank.service.batch_size=16"
     fi
     chown -R "$SERVER_USER" "$dir"
     if [ "$engine" = elasticsearch ]; then prefix=ES; else prefix=OPENSEARCH; fi

@@ -3,7 +3,7 @@
 
 ``.ci/servers.sh`` builds the plugin with Maven, installs it with ``elasticsearch-plugin install`` and starts
 the node with ``esrerank.service.url=http://127.0.0.1:$ESRERANK_RESCORE_PORT`` (9290), a 10 s answer timeout,
-a 1 s connect timeout, and the API key ``$ESRERANK_RESCORE_API_KEY`` in its keystore. These tests start the
+a 1 s connect timeout, batches of 16 documents, and the API key ``$ESRERANK_RESCORE_API_KEY`` in its keystore. These tests start the
 service on that port (or, for the fault cases, stop it, or put a service there that is slow or answers 500).
 The index is Cranfield, loaded with plain ``_bulk`` and the user's own mapping, on one shard and on three.
 """
@@ -31,6 +31,7 @@ pytestmark = pytest.mark.server
 PORT = int(os.environ.get("ESRERANK_RESCORE_PORT", "9290"))
 API_KEY = os.environ.get("ESRERANK_RESCORE_API_KEY", "esrerank-ci-key")
 NODE_TIMEOUT_S = 10  # esrerank.service.timeout in .ci/servers.sh
+NODE_BATCH = 16  # esrerank.service.batch_size there
 WINDOW = 20
 FIELDS = ["title", "text"]
 MAX_LENGTH = 256
@@ -108,10 +109,12 @@ def model(model_dir):
 
 @contextmanager
 def serving(model, api_key: str = API_KEY):
-    """``esrerank serve``'s service on the port the node calls."""
-    from rerank.service import RerankService
+    """``esrerank serve``'s service on the port the node calls, taking at most the node's batch a request: a
+    window of 20 that the plugin did not split would be refused (422)."""
+    from rerank.service import RerankService, ServiceConfig
 
-    running = RerankService(model, port=PORT, max_wait_ms=2, model_name="spread-tiny", api_key=api_key).start()
+    running = RerankService(model, port=PORT, max_wait_ms=2, model_name="spread-tiny", api_key=api_key,
+                            limits=ServiceConfig(max_docs=NODE_BATCH)).start()
     try:
         yield running
     finally:
