@@ -189,6 +189,7 @@ launch_one() {
         home=$(distribution "$engine"); java=$(find_java 21 99)
     fi
     [ -n "$node" ] || topology="-E discovery.type=single-node"
+    if [ "$engine" = elasticsearch ]; then rescore_plugin "$home" "$java"; fi
     readable "$home"
     id "$SERVER_USER" >/dev/null 2>&1 || useradd --system --shell /usr/sbin/nologin "$SERVER_USER"
     if [ "$keep_data" = 1 ]; then rm -rf "$dir/config"; else rm -rf "$dir/data" "$dir/logs" "$dir/config"; fi
@@ -209,7 +210,6 @@ YAML
     fi
     local extra=""
     if [ "$engine" = elasticsearch ]; then
-        rescore_plugin "$home" "$java"
         rescore_keystore "$home" "$java" "$dir/config"
         extra="-E xpack.security.enabled=false -E esrerank.service.url=http://127.0.0.1:$RESCORE_PORT"
         # batches of 16: a window of 20 goes as two requests, so the tests cover the plugin's batching

@@ -6,11 +6,13 @@ import json
 import time
 from pathlib import Path
 
+from esrerank_errors import DataError
 from rerank import DEFAULT_MODEL
 
 from ..retrieve_rerank import EVALUATE_RETRIEVE_K, RerankConfig
 from .options import (
     add_first_stage_args,
+    add_ray_args,
     add_rerank_k_arg,
     add_reranker_args,
     add_rescore_arg,
@@ -19,8 +21,10 @@ from .options import (
     first_stage_from,
     fraction,
     logger,
+    model_options_from,
     output_file,
     positive_int,
+    ray_config_from,
     read_query_ids,
     reranker_from,
 )
@@ -45,6 +49,7 @@ def add_parser(commands, common) -> None:
     add_retriever_args(parser)
     add_search_pipeline_arg(parser)
     add_rescore_arg(parser)
+    add_ray_args(parser)
     parser.add_argument("--candidates", help="rerank this first-stage TREC run instead of retrieving")
     parser.add_argument("--fusion", choices=["auto", "none", "interpolate", "rrf"], default="none",
                         help="combine BM25 and reranker scores: none (default: the reranker alone), interpolate, "
@@ -65,7 +70,9 @@ def run(args) -> int:
     from ..runs import read_trec_run, write_trec_run
 
     started = time.perf_counter()
-    reranker = reranker_from(args)  # first: a bad model should fail before minutes of retrieval
+    ray_config = ray_config_from(args)
+    # first: a bad model should fail before minutes of retrieval (on Ray, the actors load it, below)
+    reranker = None if ray_config else reranker_from(args)
     collection = select_queries(load_collection(args.data, args.split, args.data_dir), read_query_ids(args.query_ids),
                                 args.query_ids or "query ids")
     logger.info("%s: %d documents, %d judged queries (split %s)", collection.name, len(collection.documents),
@@ -76,6 +83,15 @@ def run(args) -> int:
     else:
         retriever, source = first_stage_from(args, collection.documents)
     logger.info("first stage: %s", source)
+    queries_per_batch = RerankConfig.queries_per_batch
+    if ray_config:
+        from ..ray_rerank import RayPool, RayReranker
+
+        if args.search_pipeline or args.rescore or args.model.lower() == "none":
+            raise DataError("--ray", "--ray scores with --model on a Ray cluster; it cannot be combined with "
+                                     "--search-pipeline, --rescore or --model none")
+        reranker = RayReranker(RayPool(args.model, model_options_from(args), ray_config), collection.texts())
+        queries_per_batch = max(1, len(collection.queries))  # every head at once: the pool cuts the chunks
     fusion, alpha = args.fusion, args.alpha if args.alpha is not None else RerankConfig.alpha
     if reranker is not None:
         logger.info("reranker: %r, top %d of %d", reranker, args.rerank_k, args.retrieve_k)
@@ -86,7 +102,8 @@ def run(args) -> int:
             alpha = args.alpha if args.alpha is not None else recorded_alpha
             if fusion:
                 logger.info("fusion %s with alpha %.2f, as recorded for this model on its dev split", fusion, alpha)
-    rerank = RerankConfig(rerank_k=args.rerank_k, fusion=None if fusion in (None, "none") else fusion, alpha=alpha)
+    rerank = RerankConfig(rerank_k=args.rerank_k, fusion=None if fusion in (None, "none") else fusion, alpha=alpha,
+                          queries_per_batch=queries_per_batch)
     result = evaluate(collection, retriever, reranker, retrieve_k=args.retrieve_k, rerank=rerank,
                       candidates=candidates, candidates_source=args.candidates or "candidates",
                       show_progress=not args.quiet)

@@ -179,6 +179,34 @@ def cross_encoder_from(args, show_progress: bool | None = None, device: str | No
                         runtime=args.runtime, passages=args.passages, show_progress=show_progress)
 
 
+def model_options_from(args) -> dict:
+    """What ``CrossEncoder`` takes besides the model, from ``add_model_run_args``' options (for processes
+    that load the model themselves: one per device, or Ray's actors)."""
+    return {"max_length": args.max_length, "dtype": args.dtype, "passages": args.passages, "runtime": args.runtime}
+
+
+def add_ray_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="score on a Ray cluster (the 'ray' extra): --ray alone starts Ray on this machine; "
+                        "--ray auto joins the cluster 'ray start' made here; --ray HEAD:6379 or ray://HEAD:10001 "
+                        "another one. One actor per GPU, else per --ray-cpus-per-actor CPUs")
+    parser.add_argument("--ray-actors", type=positive_int, default=None,
+                        help="scoring actors (default: one per GPU of the cluster, else per --ray-cpus-per-actor CPUs)")
+    parser.add_argument("--ray-cpus-per-actor", type=positive_int, default=1,
+                        help="CPU slots (and torch threads) an actor takes on a CPU-only cluster (default 1)")
+
+
+def ray_config_from(args):
+    """The :class:`pipelines.ray_rerank.RayConfig` of ``add_ray_args``' options, or None without --ray."""
+    if not getattr(args, "ray", None):
+        return None
+    from ..ray_rerank import RayConfig, _ray
+
+    _ray()  # without the extra: say how to install it, before anything is loaded
+    return RayConfig(address=None if args.ray == "local" else args.ray, actors=args.ray_actors,
+                     cpus_per_actor=args.ray_cpus_per_actor)
+
+
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     from rerank.training_config import LAMBDA_SCHEMES, LOSSES, LR_SCHEDULES, TRAIN_PASSAGES, TrainingConfig
 

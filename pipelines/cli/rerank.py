@@ -10,13 +10,16 @@ from ..retrieve_rerank import RerankConfig
 from .options import (
     add_index_fields_args,
     add_model_run_args,
+    add_ray_args,
     cross_encoder_from,
     engine_fields_from,
     engine_url,
     logger,
+    model_options_from,
     non_negative_int,
     output_file,
     positive_int,
+    ray_config_from,
 )
 
 
@@ -29,7 +32,8 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--candidates", required=True, help="first-stage TREC run to rerank")
     parser.add_argument("--model", required=True, help="cross-encoder hub id or local folder")
     parser.add_argument("--out", required=True, type=output_file,
-                        help="reranked TREC run; OUT.progress.jsonl beside it lets a re-run resume")
+                        help="reranked TREC run; OUT.progress.jsonl (OUT.chunks/ with --ray) beside it lets a re-run "
+                        "resume")
     parser.add_argument("--rerank-k", type=non_negative_int, default=None,
                         help="candidates reranked per query, the rest kept in first-stage order (default: all)")
     parser.add_argument("--queries-per-chunk", type=positive_int, default=RerankConfig.queries_per_batch,
@@ -45,6 +49,12 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--index", help="engine index or alias holding the run's documents")
     add_index_fields_args(parser, search=False)
     add_model_run_args(parser)
+    add_ray_args(parser)
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads of this process (default: torch's, one per core). A CPU's sums "
+                        "come out in the last bits differently with another thread count: a --ray job's actors "
+                        "score with --ray-cpus-per-actor threads, and the same count here gives its output byte "
+                        "for byte")
     parser.set_defaults(handler=run)
 
 
@@ -82,6 +92,11 @@ def run(args) -> int:
     from ..batch_rerank import rerank_run_file, rerank_run_file_on_devices
     from ..runs import read_trec_run
 
+    ray_config = ray_config_from(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     candidates = read_trec_run(args.candidates)
     collection = load_collection(args.data, args.split, args.data_dir)
     known = {q.query_id: q for q in collection.queries}
@@ -97,13 +112,16 @@ def run(args) -> int:
                    "passages": args.passages, "dtype": args.dtype, "runtime": args.runtime}
     options = {"rerank_k": args.rerank_k, "queries_per_chunk": args.queries_per_chunk, "fingerprint": fingerprint,
                "tag": "esrerank"}
-    devices = _devices(args.devices)
-    if devices:
+    devices = None if ray_config else _devices(args.devices)
+    if ray_config:
+        from ..ray_rerank import rerank_run_file_on_ray
+
+        report = rerank_run_file_on_ray(queries, candidates, texts, args.model, args.out, model_options_from(args),
+                                        ray_config=ray_config, show_progress=not args.quiet, **options)
+    elif devices:
         logger.info("reranking on %d devices: %s", len(devices), ", ".join(devices))
-        model_options = {"max_length": args.max_length, "dtype": args.dtype, "passages": args.passages,
-                         "runtime": args.runtime}
         report = rerank_run_file_on_devices(queries, candidates, texts, args.model, devices, args.out,
-                                            model_options, **options)
+                                            model_options_from(args), **options)
     else:
         # one device named by --devices (e.g. cpu) is --device's
         device = args.devices if args.devices not in ("auto", "") and not args.device else None
