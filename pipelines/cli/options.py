@@ -154,6 +154,14 @@ def add_reranker_args(parser: argparse.ArgumentParser, default_model: str) -> No
     parser.add_argument("--model", default=default_model,
                         help=f"cross-encoder hub id or local folder, or 'none' for BM25 only (default {default_model})")
     add_model_run_args(parser)
+    add_score_cache_arg(parser)
+
+
+def add_score_cache_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--score-cache", metavar="FILE", type=output_file,
+                        help="keep every score in this SQLite file and answer pairs scored before from it (one "
+                        "file per model; needs --dtype float32 on a CPU with bf16): a re-run with another fusion "
+                        "or a deeper first stage scores only the new pairs")
 
 
 def add_model_run_args(parser: argparse.ArgumentParser) -> None:
@@ -175,8 +183,13 @@ def cross_encoder_from(args, show_progress: bool | None = None, device: str | No
     """The cross-encoder the options of ``add_model_run_args`` describe (``device``: instead of --device)."""
     from rerank.cross_encoder import CrossEncoder
 
-    return CrossEncoder(args.model, max_length=args.max_length, device=device or args.device, dtype=args.dtype,
-                        runtime=args.runtime, passages=args.passages, show_progress=show_progress)
+    model = CrossEncoder(args.model, max_length=args.max_length, device=device or args.device, dtype=args.dtype,
+                         runtime=args.runtime, passages=args.passages, show_progress=show_progress)
+    if getattr(args, "score_cache", None):
+        from rerank.score_cache import ScoreCache
+
+        return ScoreCache(args.score_cache, model)
+    return model
 
 
 def model_options_from(args) -> dict:
@@ -200,6 +213,9 @@ def ray_config_from(args):
     """The :class:`pipelines.ray_rerank.RayConfig` of ``add_ray_args``' options, or None without --ray."""
     if not getattr(args, "ray", None):
         return None
+    if getattr(args, "score_cache", None):
+        raise DataError("--score-cache", "the score cache is read and written by one process: it cannot be "
+                                         "combined with --ray")
     from ..ray_rerank import RayConfig, _ray
 
     _ray()  # without the extra: say how to install it, before anything is loaded

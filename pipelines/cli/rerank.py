@@ -11,6 +11,7 @@ from .options import (
     add_index_fields_args,
     add_model_run_args,
     add_ray_args,
+    add_score_cache_arg,
     cross_encoder_from,
     engine_fields_from,
     engine_url,
@@ -50,6 +51,7 @@ def add_parser(commands, common) -> None:
     add_index_fields_args(parser, search=False)
     add_model_run_args(parser)
     add_ray_args(parser)
+    add_score_cache_arg(parser)
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads of this process (default: torch's, one per core). A CPU's sums "
                         "come out in the last bits differently with another thread count: a --ray job's actors "
@@ -119,6 +121,9 @@ def run(args) -> int:
         report = rerank_run_file_on_ray(queries, candidates, texts, args.model, args.out, model_options_from(args),
                                         ray_config=ray_config, show_progress=not args.quiet, **options)
     elif devices:
+        if args.score_cache:
+            raise DataError("--score-cache", "the score cache is read and written by one process: give one "
+                                             "device with --devices")
         logger.info("reranking on %d devices: %s", len(devices), ", ".join(devices))
         report = rerank_run_file_on_devices(queries, candidates, texts, args.model, devices, args.out,
                                             model_options_from(args), **options)
