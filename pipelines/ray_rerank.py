@@ -10,9 +10,10 @@ the chunks it is given, and the results come back in the queries' order.
 - :class:`RayReranker`: ``esrerank evaluate --ray``, a reranker with the ``score_heads`` interface that
   :func:`pipelines.retrieve_rerank.rerank_run` takes, scoring all heads on the cluster at once.
 
-Actors are restarted by Ray when their node dies (``max_restarts=-1``) and the chunk they held is scored
-again there or elsewhere (``max_task_retries=-1``): the job finishes with every query, none twice, as long as
-one node can hold an actor. Ray is an optional extra (``pip install 'esrerank[ray]'``), on every node.
+Actors are restarted by Ray when their node dies and the chunk they held is scored again there or elsewhere
+(up to ``RESTARTS`` times): the job finishes with every query, none twice, as long as a node has room for the
+restarted actor (leave a free slot with ``actors``, or let an autoscaling cluster add a node; otherwise the
+restarted actor waits for one). Ray is an optional extra (``pip install 'esrerank[ray]'``), on every node.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 RAY_MISSING = "--ray needs Ray, an optional extra: pip install 'esrerank[ray]' (on the driver and every node)"
 CHUNKS_SUFFIX = ".chunks"
+RESTARTS = 4  # times an actor is started again (a node lost), and a chunk retried, before the job stops
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,9 @@ class RayPool:
             options, count = {"num_cpus": config.cpus_per_actor}, int(resources.get("CPU", 1)) // config.cpus_per_actor
             threads = config.cpus_per_actor
         self.actors_count = config.actors or max(1, count)
-        remote = ray.remote(max_restarts=-1, max_task_retries=-1, **options)(_Scorer)
+        # a lost node's actor is started again elsewhere, and the chunk it held scored again, a few times: an
+        # actor that keeps dying (out of memory on every chunk) ends the job instead of looping forever
+        remote = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS, **options)(_Scorer)
         self.actors = [remote.remote(model, dict(model_options or {}), threads) for _ in range(self.actors_count)]
         self.config = config
         self.stats = RayStats()
@@ -157,8 +161,9 @@ class RayPool:
             try:
                 index, scores, actor, seconds = pool.get_next_unordered()
             except ray.exceptions.RayError as exc:
-                raise RerankAborted(f"the Ray cluster failed a chunk ({exc}); run the same command again to "
-                                    "resume") from None
+                cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                raise RerankAborted(f"the Ray cluster failed a chunk ({type(exc).__name__}: {cause}); the chunks "
+                                    "on disk are kept: fix the cause and run the same command again") from None
             in_flight -= 1
             self.stats.chunks += 1
             self.stats.actor_seconds += seconds
@@ -182,11 +187,11 @@ class RayReranker:
 
     Args:
         pool: a :class:`RayPool`.
-        texts: doc id → text the model reads.
+        texts: doc id → text the model reads, or a function fetching them (a retriever's ``fetch_texts``).
         queries_per_chunk: queries a chunk (default 32, :class:`RerankConfig`'s ``queries_per_batch``).
     """
 
-    def __init__(self, pool: RayPool, texts: Mapping[str, str],
+    def __init__(self, pool: RayPool, texts: Mapping[str, str] | Callable[[list[str]], list[str]],
                  queries_per_chunk: int = RerankConfig.queries_per_batch):
         self.pool = pool
         self.texts = texts
@@ -196,8 +201,12 @@ class RayReranker:
         size = self.queries_per_chunk
         jobs = [(start // size, list(queries[start:start + size]), [list(h) for h in heads[start:start + size]])
                 for start in range(0, len(queries), size)]
-        check_doc_ids({str(i): head for i, head in enumerate(heads)}, self.texts)
-        by_chunk = dict(self.pool.score(jobs, self.texts))
+        texts = self.texts
+        if callable(texts):  # a retriever's fetch_texts: the engine index's own text, as without Ray
+            ids = list(dict.fromkeys(hit.doc_id for head in heads for hit in head))
+            texts = dict(zip(ids, texts(ids)))
+        check_doc_ids({str(i): head for i, head in enumerate(heads)}, texts)
+        by_chunk = dict(self.pool.score(jobs, texts))
         return [scores for index in range(len(jobs)) for scores in by_chunk[index]]
 
     def __repr__(self) -> str:
@@ -224,6 +233,8 @@ def _durable_write(path: Path, text: str) -> None:
 def _chunk_state(folder: Path, out: Path, fingerprint: dict) -> tuple[set[int], bool]:
     """(chunks on disk, complete) from an earlier call; a new folder with the fingerprint otherwise."""
     stamp = folder / "fingerprint.json"
+    if folder.is_dir() and not stamp.is_file() and not any(folder.iterdir()):
+        folder.rmdir()  # a kill between making the folder and stamping it: start afresh
     if not folder.is_dir():
         if out.exists() and out.stat().st_size:
             raise DataError(out, f"exists and has no {folder.name}/ beside it: it was not written by this job; "

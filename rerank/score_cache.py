@@ -25,16 +25,21 @@ from esrerank_errors import DataError, InputError
 
 logger = logging.getLogger(__name__)
 
+_NOT_MODEL = (".sqlite", ".sqlite-journal", ".sqlite-wal", ".sqlite-shm")
 _QUERY_CHUNK = 900  # keys a SELECT asks for at once (SQLite's default limit on bound variables is 999+)
 
 
 def model_fingerprint(model) -> str:
     """A hash of what decides a score: the model's files (names, sizes, contents) where it is a local
-    folder, else its name, and its scoring options (``repr``: max length, passages, dtype, runtime)."""
-    digest = hashlib.sha256(repr(model).encode())
-    folder = Path(getattr(model, "model_name", "")).expanduser()
-    if folder.is_dir():
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    folder, else its name (a hub model: pin a revision by downloading it to a folder, or a new upload would
+    be answered with the old scores), and its scoring options (``repr``: max length, passages, dtype, runtime,
+    device; and the activation)."""
+    digest = hashlib.sha256(f"{model!r} activation={getattr(model, 'activation', None)!r}".encode())
+    name = getattr(model, "model_name", None)
+    folder = Path(name).expanduser() if name else None
+    if folder is not None and folder.is_dir():
+        # the model's files; not a cache or its journal kept beside them, which changes with every write
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(_NOT_MODEL)):
             digest.update(f"{path.relative_to(folder)}:{path.stat().st_size}".encode())
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
@@ -43,7 +48,8 @@ def model_fingerprint(model) -> str:
 
 
 def pair_key(query: str, text: str) -> bytes:
-    return hashlib.blake2b(f"{query}\x00{text}".encode(), digest_size=16).digest()
+    # the query's length first: no (query, text) pair can be mistaken for another
+    return hashlib.blake2b(f"{len(query)}:{query}{text}".encode(), digest_size=16).digest()
 
 
 class ScoreCache:

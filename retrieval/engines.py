@@ -278,6 +278,12 @@ class SearchEngineBM25(IndexDocuments):
                 if "error" in item and (item.get("status", 500) < 500 or RESCORER_FAILURE in error_reason(item)):
                     raise EngineError(item["status"], error_reason(item))
             failed = [item for item in items if "error" in item or item.get("_shards", {}).get("failed")]
+            for item in failed:  # some shards' rescorer failed: the service, not the shards; say it at once
+                failures = item.get("_shards", {}).get("failures", [])
+                reasons = [str(failure.get("reason", {}).get("reason", "")) for failure in failures]
+                rescorer = next((r for r in reasons if RESCORER_FAILURE in r), None)
+                if rescorer:
+                    raise EngineError(500, rescorer)
             if not failed:
                 return [self._hits(item) for item in items]
             problem = (f"HTTP {failed[0].get('status')}: {error_reason(failed[0])}" if "error" in failed[0] else
@@ -338,7 +344,9 @@ class SearchEngineBM25(IndexDocuments):
         if restrict_to is not None:
             only = ({"terms": {self._id_lookup_field(): list(restrict_to)}} if self.id_field
                     else {"ids": {"values": list(restrict_to)}})
-            body["query"] = {"bool": {"must": [body.get("query", {"match_all": {}})], "filter": [only]}}
+            # "should", not "must": a listed document the query does not match (a run from elsewhere) is still
+            # found, with the score the first stage would give it (0), instead of silently missing
+            body["query"] = {"bool": {"should": [body.get("query", {"match_all": {}})], "filter": [only]}}
         if self.rescore:
             # the window is the k hits asked for; the rescorer reads the same fields as the client side
             body["rescore"] = {"window_size": k, self.rescore: {"query": query, "fields": self.reranked_fields()}}

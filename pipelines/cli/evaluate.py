@@ -90,7 +90,9 @@ def run(args) -> int:
         if args.search_pipeline or args.rescore or args.model.lower() == "none":
             raise DataError("--ray", "--ray scores with --model on a Ray cluster; it cannot be combined with "
                                      "--search-pipeline, --rescore or --model none")
-        reranker = RayReranker(RayPool(args.model, model_options_from(args), ray_config), collection.texts())
+        # the texts the model reads: an engine index's own (its fields), as without Ray; else the collection's
+        texts = retriever.fetch_texts if hasattr(retriever, "fetch_texts") else collection.texts()
+        reranker = RayReranker(RayPool(args.model, model_options_from(args), ray_config), texts)
         queries_per_batch = max(1, len(collection.queries))  # every head at once: the pool cuts the chunks
     fusion, alpha = args.fusion, args.alpha if args.alpha is not None else RerankConfig.alpha
     if reranker is not None:

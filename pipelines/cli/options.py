@@ -334,6 +334,10 @@ def engine_fields_from(args) -> dict:
 
 def reranker_from(args):
     """The cross-encoder --model names, the engine's search pipeline or rescorer, or None (BM25 only)."""
+    if getattr(args, "score_cache", None) and (args.search_pipeline or getattr(args, "rescore", None)
+                                               or args.model.lower() == "none"):
+        raise DataError("--score-cache", "the score cache keeps a cross-encoder's scores on this machine: it cannot "
+                                         "be combined with --search-pipeline, --rescore or --model none")
     if getattr(args, "rescore", None):
         from retrieval.engines import connect
 

@@ -110,6 +110,7 @@ def run(args) -> int:
     texts = _texts(args, collection, candidates)
     stat = Path(args.candidates).stat()
     fingerprint = {"candidates": f"{Path(args.candidates).resolve()}:{stat.st_size}:{stat.st_mtime_ns}",
+                   "data": [args.data, args.split, getattr(args, "data_dir", None), args.retriever, args.index],
                    "model": args.model, "rerank_k": args.rerank_k, "max_length": args.max_length,
                    "passages": args.passages, "dtype": args.dtype, "runtime": args.runtime}
     options = {"rerank_k": args.rerank_k, "queries_per_chunk": args.queries_per_chunk, "fingerprint": fingerprint,

@@ -155,6 +155,36 @@ def stand_in(delay_s: float = 0.0, status: int = 200):
         server.server_close()
 
 
+@contextmanager
+def recording():
+    """A service on the node's port that keeps every request it gets and scores a document by its length."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append(body)
+            answer = json.dumps({"results": [{"index": i, "relevance_score": float(len(text))}
+                                             for i, text in enumerate(body["documents"])]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _first_stage(es_url, index):
     return connect("elasticsearch", es_url, index, query=EngineQuery(fields=tuple(FIELDS)), rerank_fields=FIELDS)
 
@@ -335,3 +365,54 @@ def test_rescore_is_refused_where_it_cannot_work(es_url, indexes, cranfield, cap
     assert "--rescore" in capsys.readouterr().err
     assert main([*base]) == 2  # the in-memory index has no engine to rerank in
     assert "--retriever elasticsearch --index NAME" in capsys.readouterr().err
+
+
+def test_the_plugin_sends_the_text_esrerank_reads_from_source(client):
+    """The plugin (Java) and the client side (``retrieval/source_fields.py``) join a document's fields into the
+    same text, for the shapes users' ``_source`` has: lists, objects, keys holding dots, numbers (Python writes
+    ``10000000.0`` and ``1.5e-05`` where Java would write ``1.0E7``), booleans (left out), blanks (a no-break
+    space is blank to Python's ``strip``), missing fields; and a text longer than the node's cut."""
+    from elasticsearch import helpers
+
+    from retrieval.source_fields import join_fields
+
+    name, fields = "rescore-shapes", ["title", "body", "authors.name", "meta.title", "flag"]
+    documents = [
+        {"title": "Plain title", "body": "plain body", "flag": True},
+        {"title": ["first", "second"], "body": "", "authors": [{"name": "Ada"}, {"name": "Grace"}]},
+        {"meta.title": "a key that holds a dot", "body": "\u00a0"},
+        {"title": 10000000.0, "body": 1.5e-05, "authors": {"name": 12}},
+        {"title": "  spaced  ", "body": ["x", "\u2007", "y"], "meta": {"title": "an object's title"}},
+        {"body": "no title here"},
+        {"title": "long", "body": "é" * 25_000},  # cut at esrerank.rescore.max_text_chars (20,000) by both
+    ]
+    if client.indices.exists(index=name):
+        client.indices.delete(index=name)
+    client.indices.create(index=name, mappings={"properties": {"title": {"type": "text"}, "body": {"type": "text"},
+                                                               "flag": {"type": "boolean"}}})
+    helpers.bulk(client, [{"_index": name, "_id": str(i), **doc} for i, doc in enumerate(documents)],
+                 refresh="wait_for")
+    with recording() as received:
+        hits = client.search(index=name, query={"match_all": {}}, size=10,
+                             rescore={"window_size": 10, "esrerank": {"query": "q", "fields": fields}})["hits"]["hits"]
+    sent = [text for body in received for text in body["documents"]]
+    expected = [join_fields(doc, fields)[:20_000] for doc in documents]
+    assert sorted(sent) == sorted(expected)
+    assert {h["_id"]: h["_score"] for h in hits} == {str(i): float(len(text)) for i, text in enumerate(expected)}
+
+
+def test_a_candidate_the_first_stage_query_does_not_match_is_still_rescored(es_url, indexes, collection, model):
+    """The engine route restricts the search to the head's ids; a head from elsewhere (a run file) may hold a
+    document the query does not match: it is rescored too, not silently missing."""
+    from retrieval.records import Hit
+
+    query = collection.queries[0]
+    head = _first_stage(es_url, "rescore-1-shard").search(query.text, 5)
+    matched = {h.doc_id for h in _first_stage(es_url, "rescore-1-shard").search(query.text, 1400)}
+    stranger = next(d.doc_id for d in collection.documents if d.doc_id not in matched)
+    head.append(Hit(stranger, 0.0, 6))
+    with serving(model):
+        scores = _engine_reranker(es_url, "rescore-1-shard").score_heads([query], [head])[0]
+    texts = _first_stage(es_url, "rescore-1-shard").fetch_texts([h.doc_id for h in head])
+    expected = model.predict([(query.text, text) for text in texts])
+    assert scores == pytest.approx(expected, abs=1e-5)

@@ -186,3 +186,15 @@ def test_without_ray_the_flag_says_how_to_install_it(monkeypatch, capsys, cranfi
     assert code == 2
     assert "pip install 'esrerank[ray]'" in capsys.readouterr().err
     assert not (job["folder"] / "never.run").exists()
+
+
+def test_a_chunks_folder_left_unstamped_by_a_kill_starts_afresh(tmp_path):
+    from pipelines.ray_rerank import _chunk_state
+
+    out = tmp_path / "ray.run"
+    folder = tmp_path / "ray.run.chunks"
+    folder.mkdir()  # killed right after making it, before the fingerprint was written
+    assert _chunk_state(folder, out, {"model": "m"}) == (set(), False)
+    assert (folder / "fingerprint.json").is_file()
+    (folder / "000003.trec").write_text("q Q0 d 1 1.000000 esrerank\n")
+    assert _chunk_state(folder, out, {"model": "m"}) == ({3}, False)

@@ -77,3 +77,12 @@ def test_evaluate_with_a_cache_measures_the_same_and_scores_nothing_the_second_t
     plain, first = (json.loads((tmp_path / n).read_text()) for n in ("plain.json", "first.json"))
     assert first["reranked"] == pytest.approx(plain["reranked"], abs=1e-9)
     assert np.isfinite(json.loads((tmp_path / "fused.json").read_text())["reranked"]["nDCG@10"])
+
+
+def test_the_cache_is_refused_where_no_cross_encoder_scores_here(small_beir, tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["evaluate", "--data", str(small_beir), "--model", "none", "--score-cache",
+                 str(tmp_path / "scores.sqlite"), "-q"]) == 2
+    assert "--score-cache" in capsys.readouterr().err
+    assert not (tmp_path / "scores.sqlite").exists()

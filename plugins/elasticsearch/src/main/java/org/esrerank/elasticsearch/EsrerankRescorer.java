@@ -8,7 +8,7 @@ import org.apache.lucene.search.Explanation;
 import org.apache.lucene.search.IndexSearcher;
 import org.apache.lucene.search.ScoreDoc;
 import org.apache.lucene.search.TopDocs;
-import org.elasticsearch.ElasticsearchException;
+import org.elasticsearch.tasks.TaskCancelledException;
 import org.elasticsearch.search.lookup.SourceProvider;
 import org.elasticsearch.search.rescore.RescoreContext;
 import org.elasticsearch.search.rescore.Rescorer;
@@ -76,7 +76,9 @@ final class EsrerankRescorer implements Rescorer {
         float[] scores;
         try {
             scores = context.service.scores(context.query, texts, context::checkCancellation);
-        } catch (ElasticsearchException e) {
+        } catch (TaskCancelledException e) {
+            throw e; // a cancelled search stops; it is not the service's failure
+        } catch (RuntimeException e) {
             if (context.ignoreFailure == false) {
                 throw e;
             }
@@ -121,11 +123,19 @@ final class EsrerankRescorer implements Rescorer {
     public Explanation explain(int topLevelDocId, IndexSearcher searcher, RescoreContext rescoreContext,
                                Explanation sourceExplanation) throws IOException {
         Context context = (Context) rescoreContext;
-        if (context.getRescoredDocs() != null && context.isRescored(topLevelDocId) == false) {
-            return sourceExplanation;
+        if (context.getRescoredDocs() == null || context.isRescored(topLevelDocId) == false) {
+            return sourceExplanation; // not rescored: beyond the window, or the first-stage order was kept
         }
         String text = text(searcher.getIndexReader().leaves(), context, topLevelDocId);
-        float crossEncoder = context.service.scores(context.query, List.of(text), () -> {})[0];
+        float crossEncoder;
+        try {
+            crossEncoder = context.service.scores(context.query, List.of(text), () -> {})[0];
+        } catch (RuntimeException e) {
+            if (context.ignoreFailure == false) {
+                throw e;
+            }
+            return sourceExplanation;
+        }
         float firstStage = sourceExplanation.getValue().floatValue();
         List<Explanation> parts = new ArrayList<>();
         parts.add(Explanation.match(crossEncoder, "cross-encoder score from esrerank serve, fields " + context.fields));

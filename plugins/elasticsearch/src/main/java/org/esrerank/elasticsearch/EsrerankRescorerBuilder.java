@@ -224,7 +224,8 @@ public final class EsrerankRescorerBuilder extends RescorerBuilder<EsrerankResco
         }
         EsrerankRescorerBuilder that = (EsrerankRescorerBuilder) other;
         return query.equals(that.query) && fields.equals(that.fields) && scoreMode == that.scoreMode
-            && queryWeight == that.queryWeight && rescoreQueryWeight == that.rescoreQueryWeight
+            && Float.compare(queryWeight, that.queryWeight) == 0
+            && Float.compare(rescoreQueryWeight, that.rescoreQueryWeight) == 0
             && ignoreFailure == that.ignoreFailure;
     }
 

@@ -77,10 +77,35 @@ final class RerankService {
         String url = current.rerankUrl();
         byte[] body = requestBody(query, texts);
         try {
-            // a connection whose answer is read in full goes back to the JDK's keep-alive pool
-            HttpURLConnection connection = (HttpURLConnection) URI.create(url).toURL().openConnection();
-            connection.setConnectTimeout(Math.toIntExact(Math.max(1, current.connectTimeout().millis())));
-            connection.setReadTimeout(Math.toIntExact(Math.max(1, current.timeout().millis())));
+            try {
+                return post(current, url, body, texts.size());
+            } catch (IOException e) {
+                if (e instanceof SocketTimeoutException || e instanceof ConnectException
+                    || e instanceof UnknownHostException) {
+                    throw e;
+                }
+                // a pooled keep-alive connection the service closed (it restarted): once more, on a new one;
+                // scoring is idempotent
+                return post(current, url, body, texts.size());
+            }
+        } catch (SocketTimeoutException e) {
+            throw failure(url, "did not answer within " + current.timeout() + " (" + ServiceSettings.TIMEOUT.getKey()
+                + "; connect: " + current.connectTimeout() + ")", FAILED, e);
+        } catch (ConnectException | UnknownHostException e) {
+            throw failure(url, "cannot be reached (" + e.getMessage() + "); is esrerank serve running there?",
+                FAILED, e);
+        } catch (IOException e) {
+            throw failure(url, "failed: " + e, FAILED, e);
+        }
+    }
+
+    private static float[] post(ServiceSettings current, String url, byte[] body, int expected) throws IOException {
+        // a connection whose answer is read in full goes back to the JDK's keep-alive pool
+        HttpURLConnection connection = (HttpURLConnection) URI.create(url).toURL().openConnection();
+        boolean answered = false;
+        try {
+            connection.setConnectTimeout(millis(current.connectTimeout()));
+            connection.setReadTimeout(millis(current.timeout()));
             connection.setRequestMethod("POST");
             connection.setDoOutput(true);
             connection.setRequestProperty("Content-Type", "application/json");
@@ -94,25 +119,32 @@ final class RerankService {
             }
             int status = connection.getResponseCode();
             if (status != 200) {
-                InputStream error = connection.getErrorStream();
-                String answer = error == null ? "" : new String(readCapped(error, 2048), StandardCharsets.UTF_8);
+                String answer = "";
+                try (InputStream error = connection.getErrorStream()) {
+                    if (error != null) {
+                        answer = new String(readCapped(error, 2048), StandardCharsets.UTF_8);
+                    }
+                }
                 throw failure(url, status == 401 || status == 403
                     ? "refused the API key (HTTP " + status + "); set " + ServiceSettings.API_KEY.getKey()
                         + " in the keystore and call POST _nodes/reload_secure_settings"
                     : "answered HTTP " + status + ": " + answer.strip(), FAILED, null);
             }
+            float[] scores;
             try (InputStream in = connection.getInputStream()) {
-                return parseScores(url, readCapped(in, MAX_ANSWER_BYTES), texts.size());
+                scores = parseScores(url, readCapped(in, MAX_ANSWER_BYTES), expected);
             }
-        } catch (SocketTimeoutException e) {
-            throw failure(url, "did not answer within " + current.timeout() + " (" + ServiceSettings.TIMEOUT.getKey()
-                + "; connect: " + current.connectTimeout() + ")", FAILED, e);
-        } catch (ConnectException | UnknownHostException e) {
-            throw failure(url, "cannot be reached (" + e.getMessage() + "); is esrerank serve running there?",
-                FAILED, e);
-        } catch (IOException e) {
-            throw failure(url, "failed: " + e, FAILED, e);
+            answered = true;
+            return scores;
+        } finally {
+            if (answered == false) {
+                connection.disconnect(); // a failed exchange leaves no socket behind
+            }
         }
+    }
+
+    private static int millis(org.elasticsearch.core.TimeValue time) {
+        return (int) Math.min(Integer.MAX_VALUE, Math.max(1, time.millis()));
     }
 
     private static ElasticsearchStatusException failure(String url, String cause, RestStatus status, Throwable e) {
@@ -150,7 +182,8 @@ final class RerankService {
         for (Object item : results) {
             if (item instanceof Map<?, ?> result && result.get("index") instanceof Number index
                 && result.get("relevance_score") instanceof Number score && index.intValue() >= 0
-                && index.intValue() < expected && seen[index.intValue()] == false) {
+                && index.intValue() < expected && seen[index.intValue()] == false
+                && Float.isFinite(score.floatValue())) {
                 scores[index.intValue()] = score.floatValue();
                 seen[index.intValue()] = true;
             } else {

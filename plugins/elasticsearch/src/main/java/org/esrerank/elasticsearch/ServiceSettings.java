@@ -50,8 +50,27 @@ record ServiceSettings(String url, String apiKey, TimeValue connectTimeout, Time
         try (SecureString secure = API_KEY.get(settings)) {
             key = secure.toString();
         }
-        return new ServiceSettings(URL.get(settings).strip(), key, CONNECT_TIMEOUT.get(settings), TIMEOUT.get(settings),
+        String url = URL.get(settings).strip();
+        if (url.isEmpty() == false && url.startsWith("http://") == false && url.startsWith("https://") == false) {
+            throw new IllegalArgumentException("[" + URL.getKey() + "] must be an http:// or https:// URL, got [" + url + "]");
+        }
+        try {
+            if (url.isEmpty() == false) {
+                java.net.URI.create(url).toURL();
+            }
+        } catch (IllegalArgumentException | java.net.MalformedURLException e) {
+            throw new IllegalArgumentException("[" + URL.getKey() + "] is not a URL: " + e.getMessage(), e);
+        }
+        return new ServiceSettings(url, key, CONNECT_TIMEOUT.get(settings), TIMEOUT.get(settings),
             BATCH_SIZE.get(settings), MAX_WINDOW.get(settings), MAX_TEXT_CHARS.get(settings));
+    }
+
+    /** Everything but the API key, which must never reach a log. */
+    @Override
+    public String toString() {
+        return "ServiceSettings[url=" + url + ", apiKey=" + (apiKey.isEmpty() ? "none" : "set") + ", connectTimeout="
+            + connectTimeout + ", timeout=" + timeout + ", batchSize=" + batchSize + ", maxWindow=" + maxWindow
+            + ", maxTextChars=" + maxTextChars + "]";
     }
 
     /** The service's Cohere-style route, which answers raw logits with {@code "raw_scores": true}. */

@@ -19,7 +19,7 @@ final class SourceText {
         StringBuilder text = new StringBuilder();
         for (String path : paths) {
             for (String value : read(source, path)) {
-                if (value.isBlank()) {
+                if (blank(value)) {
                     continue;
                 }
                 if (text.length() > 0) {
@@ -32,6 +32,35 @@ final class SourceText {
         // cut in code points, as Python's str slicing does
         return joined.codePointCount(0, joined.length()) > maxChars
             ? joined.substring(0, joined.offsetByCodePoints(0, maxChars)) : joined;
+    }
+
+    /** Python's {@code not value.strip()}: whitespace as Python's str.isspace() has it (no-break spaces too). */
+    static boolean blank(String value) {
+        return value.codePoints().allMatch(c -> Character.isWhitespace(c) || Character.isSpaceChar(c) || c == 0x85);
+    }
+
+    /** A float as Python's {@code str()} writes it: 10000000.0, 1e+16, 1.5e-05, not Java's 1.0E7. */
+    static String pythonFloat(double value) {
+        if (Double.isNaN(value)) {
+            return "nan";
+        }
+        if (Double.isInfinite(value)) {
+            return value > 0 ? "inf" : "-inf";
+        }
+        if (value == 0) {
+            return 1 / value < 0 ? "-0.0" : "0.0";
+        }
+        java.math.BigDecimal shortest = new java.math.BigDecimal(Double.toString(Math.abs(value))).stripTrailingZeros();
+        String digits = shortest.unscaledValue().toString();
+        int exponent = digits.length() - 1 - shortest.scale();
+        String sign = value < 0 ? "-" : "";
+        if (exponent < -4 || exponent >= 16) {
+            String mantissa = digits.length() == 1 ? digits : digits.charAt(0) + "." + digits.substring(1);
+            return sign + mantissa + "e" + (exponent < 0 ? "-" : "+") + String.format(java.util.Locale.ROOT, "%02d",
+                Math.abs(exponent));
+        }
+        String plain = shortest.toPlainString();
+        return sign + (plain.contains(".") ? plain : plain + ".0");
     }
 
     static List<String> read(Object source, String path) {
@@ -49,8 +78,9 @@ final class SourceText {
             if (source instanceof Map || source instanceof Boolean) {
                 return values;
             }
-            String value = source.toString();
-            if (value.isBlank() == false) {
+            String value = source instanceof Double || source instanceof Float
+                ? pythonFloat(((Number) source).doubleValue()) : source.toString();
+            if (blank(value) == false) {
                 values.add(value);
             }
             return values;
