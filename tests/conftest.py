@@ -50,17 +50,9 @@ def minilm_cross_encoder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cross_encoder(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT cross-encoder built here, with MiniLM's tokenizer: fast for CLI tests."""
-    import torch
-    from models_support import local_minilm_path
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from models_support import build_tiny_cross_encoder
 
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, num_labels=1)
-    out = tmp_path_factory.mktemp("tiny-ce")
-    BertForSequenceClassification(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(str(local_minilm_path())).save_pretrained(out)
-    return out
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
 
 
 @pytest.fixture(scope="session")

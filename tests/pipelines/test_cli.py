@@ -33,17 +33,9 @@ def spread_cross_encoder(tmp_path_factory):
     initialized with a standard deviation of 0.5): its rankings have no near-ties (adjacent scores of a
     SciFact top 20 are more than 1e-3 apart), so neither float noise nor a run file's six decimals can flip
     them. (tiny_cross_encoder's scores of a query's documents are about 1e-6 apart.)"""
-    import torch
-    from models_support import local_minilm_path
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from models_support import build_tiny_cross_encoder
 
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, num_labels=1, initializer_range=0.5)
-    out = tmp_path_factory.mktemp("spread-ce")
-    BertForSequenceClassification(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(str(local_minilm_path())).save_pretrained(out)
-    return out
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("spread-ce"), seed=0, initializer_range=0.5)
 
 
 def _evaluate_with_candidates(tmp_path, data, model) -> tuple[dict, object, object]:

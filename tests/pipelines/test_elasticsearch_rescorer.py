@@ -87,17 +87,9 @@ def indexes(client, collection):
 def model_dir(tmp_path_factory):
     """A 2-layer BERT cross-encoder built here, its weights drawn wide enough that its scores are spread
     (a default init gives scores ~1e-5 apart, where the order of near-ties is noise)."""
-    import torch
-    from models_support import local_minilm_path
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from models_support import build_tiny_cross_encoder
 
-    torch.manual_seed(7)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, num_labels=1, initializer_range=0.2)
-    out = tmp_path_factory.mktemp("spread-ce")
-    BertForSequenceClassification(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(str(local_minilm_path())).save_pretrained(out)
-    return out
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("spread-ce"), seed=7, initializer_range=0.2)
 
 
 @pytest.fixture(scope="module")
