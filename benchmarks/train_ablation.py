@@ -49,6 +49,8 @@ ROWS = {  # name → (extra mine flags, extra train flags)
     **{f"lists-{n}": ([], ["--batch-size", str(n), "--max-steps", str(EQUAL_LISTS // n)]) for n in (1, 2, 4, 8)},
     "1-epoch": ([], ["--epochs", "1"]),
     "float32": ([], ["--bf16", "false"]),
+    # float32 against the bf16 of lists-4 at the same budget (the float32 row above is a whole default run)
+    "lists-4-float32": ([], ["--batch-size", "4", "--max-steps", str(EQUAL_LISTS // 4), "--bf16", "false"]),
     "bce": ([], ["--loss", "bce", "--batch-size", "40"]),  # 4 queries x 10 documents a step, as the default
     "listnet": ([], ["--loss", "listnet"]),
     "hard-only": (["--num-negatives", "9", "--num-random-negatives", "0"], []),
@@ -125,6 +127,50 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def plot(out: Path, path: Path) -> Path:
+    """Two panels as a PNG: each row's held-out nDCG@10 with its 95% CI against BM25's, and each row's dev
+    curve (nDCG@10 of the dev queries' first-stage candidates reranked) against the lists it had seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"), key=lambda p: p.stat().st_mtime)]
+    if not results:
+        raise SystemExit(f"no row measured under {out}")
+    figure, (heldout_axis, dev_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = [r["row"] for r in results]
+    means = [r["heldout"]["reranked"]["nDCG@10"] for r in results]
+    cis = [r["heldout"]["reranked"]["nDCG@10_ci95"] for r in results]
+    heldout_axis.errorbar(range(len(names)), means, fmt="o", capsize=4,
+                          yerr=[[m - lo for m, (lo, _) in zip(means, cis)], [hi - m for m, (_, hi) in zip(means, cis)]])
+    bm25 = results[0]["heldout"]["bm25"]
+    heldout_axis.axhline(bm25["nDCG@10"], color="gray", linestyle="--", linewidth=1)
+    heldout_axis.axhspan(*bm25["nDCG@10_ci95"], color="gray", alpha=0.12)
+    heldout_axis.annotate(f"BM25 {bm25['nDCG@10']:.3f}", (0, bm25["nDCG@10"]), textcoords="offset points",
+                          xytext=(0, -12), color="gray", fontsize=8)
+    heldout_axis.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    heldout_axis.set_ylabel(f"held-out nDCG@10, BM25 top {results[0]['rerank_k']} reranked (95% CI)")
+    heldout_axis.set_title(f"{results[0]['heldout']['queries']} held-out queries", fontsize=9)
+    for r in results:
+        training = json.loads((out / r["row"] / "model" / "esrerank_training.json").read_text())
+        lists_a_step = training["result"].get("batch_size") or 4
+        history = json.loads((out / r["row"] / "model" / "training_log.json").read_text())
+        curve = [(e["step"] * lists_a_step, e["eval_dev_ndcg@10"]) for e in history if "eval_dev_ndcg@10" in e]
+        if curve:
+            dev_axis.plot(*zip(*curve), marker="o", markersize=3, label=r["row"])
+    first_stage = [e["eval_dev_first_stage_ndcg@10"] for e in history if "eval_dev_first_stage_ndcg@10" in e]
+    if first_stage:
+        dev_axis.axhline(first_stage[-1], color="gray", linestyle="--", linewidth=1, label="BM25")
+    dev_axis.set_xlabel("training lists seen (steps × lists a step)")
+    dev_axis.set_ylabel("dev nDCG@10 (first-stage candidates reranked)")
+    dev_axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED_DATA / "scifact-train"))
@@ -137,9 +183,12 @@ def main() -> None:
     parser.add_argument("--dev-queries", type=int, default=None, help="mine's dev split size (default: mine's)")
     parser.add_argument("--dev-retrieve-k", type=int, default=None, help="mine's dev candidates (default: mine's)")
     parser.add_argument("--table-only", action="store_true", help="print the table of the rows already measured")
+    parser.add_argument("--plot", type=Path, help="with --table-only: also draw the rows as this PNG")
     args = parser.parse_args()
     if args.table_only:
         print(table(Path(args.out)))
+        if args.plot:
+            print(f"plot: {plot(Path(args.out), args.plot)}")
         return
     if not args.base_model:
         parser.error("--base-model is required")
