@@ -114,16 +114,14 @@ def serving(model, api_key: str = API_KEY):
 
 
 @contextmanager
-def stand_in(delay_s: float = 0.0, status: int = 200):
-    """A service on the node's port that answers late, or answers an error: what a real one does when its
-    machine is overloaded or its model fails, made to happen on demand."""
+def _fake_service(answer):
+    """A service on the node's port answering each request's body (bytes) with ``answer(body)``: (HTTP status,
+    JSON-able payload)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 (http.server's name)
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            time.sleep(delay_s)
-            body = json.dumps({"error": "model crashed: CUDA error: device-side assert"} if status != 200
-                              else {"results": []}).encode()
+            status, payload = answer(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            body = json.dumps(payload).encode()
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -138,8 +136,7 @@ def stand_in(delay_s: float = 0.0, status: int = 200):
 
     server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield
     finally:
@@ -148,33 +145,32 @@ def stand_in(delay_s: float = 0.0, status: int = 200):
 
 
 @contextmanager
+def stand_in(delay_s: float = 0.0, status: int = 200):
+    """A service on the node's port that answers late, or answers an error: what a real one does when its
+    machine is overloaded or its model fails, made to happen on demand."""
+
+    def answer(_body):
+        time.sleep(delay_s)
+        return status, ({"error": "model crashed: CUDA error: device-side assert"} if status != 200
+                        else {"results": []})
+
+    with _fake_service(answer):
+        yield
+
+
+@contextmanager
 def recording():
     """A service on the node's port that keeps every request it gets and scores a document by its length."""
     received: list[dict] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            received.append(body)
-            answer = json.dumps({"results": [{"index": i, "relevance_score": float(len(text))}
-                                             for i, text in enumerate(body["documents"])]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+    def answer(body):
+        request = json.loads(body)
+        received.append(request)
+        return 200, {"results": [{"index": i, "relevance_score": float(len(text))}
+                                 for i, text in enumerate(request["documents"])]}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with _fake_service(answer):
         yield received
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _first_stage(es_url, index):
@@ -399,12 +395,13 @@ def test_a_candidate_the_first_stage_query_does_not_match_is_still_rescored(es_u
     from retrieval.records import Hit
 
     query = collection.queries[0]
-    head = _first_stage(es_url, "rescore-1-shard").search(query.text, 5)
-    matched = {h.doc_id for h in _first_stage(es_url, "rescore-1-shard").search(query.text, 1400)}
+    first_stage = _first_stage(es_url, "rescore-1-shard")
+    head = first_stage.search(query.text, 5)
+    matched = {h.doc_id for h in first_stage.search(query.text, 1400)}
     stranger = next(d.doc_id for d in collection.documents if d.doc_id not in matched)
     head.append(Hit(stranger, 0.0, 6))
     with serving(model):
         scores = _engine_reranker(es_url, "rescore-1-shard").score_heads([query], [head])[0]
-    texts = _first_stage(es_url, "rescore-1-shard").fetch_texts([h.doc_id for h in head])
+    texts = first_stage.fetch_texts([h.doc_id for h in head])
     expected = model.predict([(query.text, text) for text in texts])
     assert scores == pytest.approx(expected, abs=1e-5)
