@@ -8,11 +8,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from esrerank_errors import DataError
 from retrieval.records import Hit, Query
 
 from .runs import Run
 
-FUSION_FILE = "esrerank_fusion.json"  # the fusion a trained model's dev split preferred, written by the recipe
+FUSION_FILE = "esrerank_fusion.json"  # the fusion chosen on a trained model's dev split, written by the recipe
 
 
 RRF_K = 60  # the constant of Cormack et al. (2009)
@@ -57,9 +58,20 @@ def fused_run(queries: Sequence[Query], first_stage: Run, head_scores: Mapping[s
 
 
 def recorded_fusion(model_dir) -> tuple[str | None, float]:
-    """The fusion (and weight) the recipe recorded beside a trained model; (None, 1.0) when none."""
+    """The fusion (and weight) the recipe chose on the dev split and recorded beside a trained model; (None, 1.0)
+    when none. A record that does not say it was chosen on a dev split is refused: the recipe of esrerank
+    before 2026-12-07 chose it on the held-out queries, whose figures it would then inflate."""
     path = Path(model_dir) / FUSION_FILE
     if not path.is_file():
         return None, 1.0
-    choice = json.loads(path.read_text())
-    return choice["fusion"], float(choice["alpha"])
+    try:
+        choice = json.loads(path.read_text())
+        fusion, alpha, chosen_on = choice["fusion"], float(choice["alpha"]), choice.get("chosen_on")
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(path, f"is not a fusion record ({type(error).__name__}: {error})") from None
+    if chosen_on != "dev":
+        raise DataError(path, "does not say the fusion was chosen on a dev split (an older 'esrerank recipe' "
+                              "chose it on held-out queries): run the recipe again, or give --fusion and --alpha")
+    if fusion not in FUSIONS:
+        raise DataError(path, f"names fusion {fusion!r}; expected one of {', '.join(FUSIONS)}")
+    return fusion, alpha

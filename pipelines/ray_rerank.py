@@ -6,7 +6,10 @@ the chunks it is given, and the results come back in the queries' order.
   finished chunk is written durably to its own file beside the output (``OUT.chunks/``) the moment it comes
   back, so a driver killed, or a whole cluster lost, loses only the chunks in flight: the same command again
   scores only the chunks not on disk. When every chunk is there they are joined, in the queries' order, into
-  the output run, which is byte for byte the single-process job's (the same chunks make the same batches).
+  the output run. The same chunks make the same batches, so the output is the single-process job's byte for
+  byte when each actor scores with as many threads as that process (``rerank --threads``) on the same CPU
+  (or GPU) model, and within :data:`rerank.reproducibility.FLOAT32_SCORE_BOUND` of it otherwise
+  (:mod:`rerank.reproducibility`).
 - :class:`RayReranker`: ``esrerank evaluate --ray``, a reranker with the ``score_heads`` interface that
   :func:`pipelines.retrieve_rerank.rerank_run` takes, scoring all heads on the cluster at once.
 
@@ -183,7 +186,8 @@ class RayPool:
 class RayReranker:
     """A reranker whose ``score_heads`` scores on a Ray cluster: what :func:`rerank_run` (and so
     ``evaluate``) takes in place of a cross-encoder. The heads are cut into chunks of ``queries_per_chunk``
-    queries, as the single-process path cuts its batches, so the scores are the same.
+    queries, as the single-process path cuts its batches: the same scores, byte for byte or within the
+    bound, as :mod:`rerank.reproducibility` says.
 
     Args:
         pool: a :class:`RayPool`.

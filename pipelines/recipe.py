@@ -1,6 +1,7 @@
 """Mine → train → evaluate in one call: :func:`mine_collection` (BM25 hard negatives and a dev split),
-:func:`train_cross_encoder`, then :func:`evaluate` on held-out queries, plus the fusion weight tuned by
-two-fold cross-validation over those queries. Nothing here that ``esrerank mine``, ``train`` and
+:func:`train_cross_encoder`, the fusion weight chosen on the dev split (:func:`choose_fusion`), then
+:func:`evaluate` on held-out queries, where the chosen fusion is applied and reported beside the reranker
+alone. Nothing is chosen on the held-out queries. Nothing here that ``esrerank mine``, ``train`` and
 ``evaluate`` do not do themselves.
 """
 
@@ -20,7 +21,7 @@ from retrieval.records import Query
 
 from .evaluation import FIRST_STAGE, RERANKED, bootstrap_ci, per_query_scores
 from .experiment import EvaluationResult, evaluate, select_queries
-from .fusion import FUSION_FILE, fused_run
+from .fusion import FUSION_FILE, FUSIONS, fused_run
 from .mining import MiningConfig, load_dev_samples, load_mined, mine_collection, split_queries
 from .retrieve_rerank import RerankConfig
 
@@ -44,40 +45,57 @@ class RecipeConfig:
     seed: int = 12
 
 
-def fusion_report(queries: Sequence[Query], qrels, result: EvaluationResult, rerank_k: int) -> dict:
-    """The fusion of the first stage's and the reranker's scores on ``queries``: every (fusion, alpha) of a
-    grid, the best, and the nDCG@10 of the weight tuned by 2-fold cross-validation (tuned on one half of the
-    queries, scored on the other), which is what a user choosing the weight on these queries would get."""
+FUSION_ALPHAS = tuple(round(float(a), 2) for a in np.linspace(0.1, 1.0, 10))
+"""The reranker weights the recipe tries for each fusion."""
+
+
+def fusion_grid(queries: Sequence[Query], qrels, result: EvaluationResult, rerank_k: int) -> dict:
+    """nDCG@10 per query of every (fusion, alpha) of the grid (interpolate and RRF, alpha 0.1 … 1.0) on
+    ``queries``: ``{(fusion, alpha): {query_id: nDCG@10}}``."""
+    heads = _reranker_heads(queries, result, rerank_k)
+    grid = {}
+    for fusion in FUSIONS:
+        for alpha in FUSION_ALPHAS:
+            run = fused_run(queries, result.first_stage, heads, rerank_k, fusion, alpha)
+            grid[(fusion, alpha)] = per_query_scores(run, qrels, ["nDCG@10"])["nDCG@10"]
+    return grid
+
+
+def _reranker_heads(queries: Sequence[Query], result: EvaluationResult, rerank_k: int) -> dict[str, np.ndarray]:
+    """The reranker's scores of each query's first-stage head, in first-stage order (what ``fused_run`` takes)."""
     heads = {}
-    for query in queries:  # the reranker's scores of the first stage's head, in first-stage order
+    for query in queries:
         scores = {hit.doc_id: hit.score for hit in result.final.get(query.query_id, [])[:rerank_k]}
         heads[query.query_id] = np.array([scores[hit.doc_id] for hit in
                                           result.first_stage.get(query.query_id, [])[:rerank_k]])
-    alphas = [round(a, 2) for a in np.linspace(0.1, 1.0, 10)]
-    fusion_scores = {}
-    for fusion in ("interpolate", "rrf"):
-        for alpha in alphas:
-            run = fused_run(queries, result.first_stage, heads, rerank_k, fusion, alpha)
-            fusion_scores[(fusion, alpha)] = per_query_scores(run, qrels, ["nDCG@10"])["nDCG@10"]
-    best = max(fusion_scores, key=lambda key: np.mean(list(fusion_scores[key].values())))
-    fused_values = list(_two_fold(fusion_scores, [q.query_id for q in queries]).values())
-    return {"best_on_dev": {"fusion": best[0], "alpha": best[1],
-                            "nDCG@10": float(np.mean(list(fusion_scores[best].values())))},
-            "two_fold_cross_validated_nDCG@10": float(np.mean(fused_values)) if fused_values else 0.0,
-            "two_fold_cross_validated_nDCG@10_ci95": bootstrap_ci(fused_values),
-            "grid": {f"{f}:{a}": float(np.mean(list(v.values()))) for (f, a), v in fusion_scores.items()}}
+    return heads
 
 
-def _two_fold(fusion_scores: dict, query_ids: list[str]) -> dict[str, float]:
-    """Tune on one half of the queries, score on the other, both ways: an unbiased fused nDCG@10 per query."""
-    halves = [query_ids[0::2], query_ids[1::2]]
-    scores: dict[str, float] = {}
-    for tune, test in ((halves[0], halves[1]), (halves[1], halves[0])):
-        if not tune:
-            continue
-        best = max(fusion_scores, key=lambda key: np.mean([fusion_scores[key][q] for q in tune]))
-        scores.update({q: fusion_scores[best][q] for q in test})
-    return scores
+def choose_fusion(queries: Sequence[Query], qrels, result: EvaluationResult, rerank_k: int) -> dict:
+    """The fusion weight chosen on the dev split: the (fusion, alpha) of the grid with the best mean nDCG@10 on
+    ``queries`` (the dev queries, never held-out ones), beside the reranker alone on the same queries.
+
+    Returns:
+        ``{"chosen_on": "dev", "queries", "fusion", "alpha", "nDCG@10", "reranked_alone_nDCG@10", "grid"}``;
+        ``beats_reranker_alone`` says whether the fusion is worth recording for ``evaluate --fusion auto``.
+    """
+    grid = fusion_grid(queries, qrels, result, rerank_k)
+    means = {key: float(np.mean(list(values.values()))) for key, values in grid.items()}
+    best = max(means, key=means.get)  # the first of equal means: the grid's order (interpolate, lowest alpha)
+    alone = result.measures[RERANKED]["nDCG@10"]
+    return {"chosen_on": "dev", "queries": len(queries), "fusion": best[0], "alpha": best[1],
+            "nDCG@10": means[best], "reranked_alone_nDCG@10": alone, "beats_reranker_alone": means[best] > alone,
+            "grid": {f"{fusion}:{alpha}": value for (fusion, alpha), value in means.items()}}
+
+
+def fused_heldout(queries: Sequence[Query], qrels, result: EvaluationResult, rerank_k: int, choice: dict) -> dict:
+    """The fusion chosen on the dev split applied, unchanged, to the held-out queries: its nDCG@10 and 95%
+    interval, to report beside the reranker alone (nothing is chosen here)."""
+    run = fused_run(queries, result.first_stage, _reranker_heads(queries, result, rerank_k), rerank_k,
+                    choice["fusion"], choice["alpha"])
+    values = list(per_query_scores(run, qrels, ["nDCG@10"])["nDCG@10"].values())
+    return {"fusion": choice["fusion"], "alpha": choice["alpha"], "chosen_on": "dev",
+            "nDCG@10": float(np.mean(values)) if values else 0.0, "nDCG@10_ci95": bootstrap_ci(values)}
 
 
 def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_dir, training_config,
@@ -91,9 +109,12 @@ def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_d
     ``recipe`` and ``mining`` default to ``RecipeConfig()`` and ``MiningConfig()``.
 
     Returns:
-        The report (also in ``report.json``): mining statistics, the training result, first stage vs
-        reranked measures with 95% intervals and paired t-tests, the fusion tuned by 2-fold cross-validation,
-        and the time each stage took.
+        The report (also in ``report.json``): mining statistics, the training result, the fusion chosen on
+        the dev split (``fusion_choice``: the grid's dev nDCG@10s; None without a dev split), first stage vs
+        reranked measures on the held-out queries with 95% intervals and paired t-tests, the dev-chosen
+        fusion applied to them (``evaluation.fusion``), and the time each stage took. The fusion is recorded
+        beside the model (``esrerank_fusion.json``, for ``evaluate --fusion auto``) only when it beat the
+        reranker alone on the dev split.
 
     Example::
 
@@ -136,31 +157,41 @@ def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_d
     train_s = time.perf_counter() - started - mining_s
 
     reranker = CrossEncoder(str(out_dir / "model"))  # reads the max length and passages it was trained with
-    heldout_collection = select_queries(evaluation, set(heldout_ids))
     eval_index = (train_index if same else
                   InMemoryBM25(evaluation.documents, k1=k1, b=b, analyzer=analyzer))
-    result = evaluate(heldout_collection, eval_index, reranker, retrieve_k=max(recipe.retrieve_k, recipe.rerank_k),
-                      rerank=RerankConfig(rerank_k=recipe.rerank_k))
+    retrieve_k, rerank_config = max(recipe.retrieve_k, recipe.rerank_k), RerankConfig(rerank_k=recipe.rerank_k)
+
+    # the fusion weight, chosen on the dev split (training queries the model did not train on)
+    fusion_choice = None
+    if mined.dev_queries:
+        dev = select_queries(train, set(mined.dev_queries))
+        dev_result = evaluate(dev, train_index, reranker, retrieve_k=retrieve_k, rerank=rerank_config)
+        fusion_choice = choose_fusion(dev.queries, dev.qrels, dev_result, recipe.rerank_k)
+        logger.info("fusion on the dev split (%d queries): %s alpha %.2f nDCG@10 %.4f, reranker alone %.4f",
+                    len(dev.queries), fusion_choice["fusion"], fusion_choice["alpha"], fusion_choice["nDCG@10"],
+                    fusion_choice["reranked_alone_nDCG@10"])
+        if fusion_choice["beats_reranker_alone"]:  # `esrerank evaluate --fusion auto` applies it
+            record = {key: value for key, value in fusion_choice.items() if key != "grid"}
+            (out_dir / "model" / FUSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    else:
+        logger.info("no dev split (--dev-queries 0): no fusion weight is chosen")
+
+    heldout_collection = select_queries(evaluation, set(heldout_ids))
+    result = evaluate(heldout_collection, eval_index, reranker, retrieve_k=retrieve_k, rerank=rerank_config)
     evaluation_report = {"queries": len(heldout), "measures": {}, "significance": {},
-                         "fusion": fusion_report(heldout_collection.queries, heldout_collection.qrels, result,
-                                                 recipe.rerank_k)}
+                         "fusion": (fused_heldout(heldout_collection.queries, heldout_collection.qrels, result,
+                                                  recipe.rerank_k, fusion_choice) if fusion_choice else None)}
     for system, scores in result.per_query.items():
         evaluation_report["measures"][system] = {**result.measures[system],
                                                  "nDCG@10_ci95": bootstrap_ci(list(scores["nDCG@10"].values()))}
     for comparison in result.comparisons:
         evaluation_report["significance"][comparison.measure] = comparison.p_value
-    fusion = evaluation_report["fusion"]
     reranked_alone = result.measures[RERANKED]["nDCG@10"]
     if reranked_alone <= result.measures[FIRST_STAGE]["nDCG@10"]:
         logger.warning("the reranker alone (nDCG@10 %.4f) is not better than BM25 (%.4f) on the held-out queries",
                        reranked_alone, result.measures[FIRST_STAGE]["nDCG@10"])
-    if fusion["two_fold_cross_validated_nDCG@10"] > reranked_alone:
-        # what won on the held-out split; `esrerank evaluate --fusion auto` applies it (the default is none)
-        choice = {**fusion["best_on_dev"],
-                  "two_fold_cross_validated_nDCG@10": fusion["two_fold_cross_validated_nDCG@10"],
-                  "reranked_alone_nDCG@10": reranked_alone}
-        (out_dir / "model" / FUSION_FILE).write_text(json.dumps(choice, indent=2) + "\n")
-    report = {"mining": mined.summary, "training": asdict(training), "evaluation": evaluation_report,
+    report = {"mining": mined.summary, "training": asdict(training), "fusion_choice": fusion_choice,
+              "evaluation": evaluation_report,
               "seconds": {"mining": mining_s, "training": train_s, "total": time.perf_counter() - started},
               "config": {"recipe": asdict(recipe), "mining": asdict(mining), "training": asdict(training_config),
                          "bm25": {"k1": k1, "b": b, "analyzer": analyzer}, "base_model": str(base_model)}}

@@ -1,4 +1,7 @@
-"""TREC run files: ``qid Q0 docid rank score tag``, ranks from 1, scores with six decimals."""
+"""TREC run files: ``qid Q0 docid rank score tag``, ranks from 1, each score written with the digits that read
+back as the same float (Python's ``repr``), so a saved run scores exactly the measures computed from it in
+memory: rounded scores (``%.6f``) turn close scores into ties, which ir-measures and trec_eval break by doc id,
+not by the order esrerank ranked them in."""
 
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ Run = dict[str, list[Hit]]  # query id → hits, best first
 
 
 def write_trec_run(run: Mapping[str, Sequence[Hit]], path, tag: str = "esrerank") -> None:
-    """Write ``run`` to ``path`` in TREC format (``qid Q0 docid rank score tag``, scores ``%.6f``);
-    queries in the order given, hits re-ranked from 1 in score order.
+    """Write ``run`` to ``path`` in TREC format (``qid Q0 docid rank score tag``, scores exact: the shortest
+    digits that read back as the same float); queries in the order given, hits re-ranked from 1 in score order.
 
     Example::
 
@@ -27,8 +30,9 @@ def write_trec_run(run: Mapping[str, Sequence[Hit]], path, tag: str = "esrerank"
 
 
 def trec_lines(query_id: str, hits: Sequence[Hit], tag: str = "esrerank") -> str:
-    """One query's hits as TREC run lines, ranks from 1 in the order given."""
-    return "".join(f"{query_id} Q0 {hit.doc_id} {rank} {hit.score:.6f} {tag}\n" for rank, hit in enumerate(hits, 1))
+    """One query's hits as TREC run lines, ranks from 1 in the order given, scores exact (``repr``)."""
+    return "".join(f"{query_id} Q0 {hit.doc_id} {rank} {float(hit.score)!r} {tag}\n"
+                   for rank, hit in enumerate(hits, 1))
 
 
 def check_doc_ids(run: Mapping[str, Sequence[Hit]], texts: Mapping[str, str], source="candidates") -> None:

@@ -14,6 +14,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_sessionstart(session):
+    """A pass that holds torch to an instruction set (``ATEN_CPU_CAPABILITY``, what .ci/run's AVX2 pass sets)
+    must run with it: torch ignores a value this CPU cannot run, and the pass would then prove nothing."""
+    wanted = os.environ.get("ATEN_CPU_CAPABILITY")
+    if wanted:
+        import torch
+
+        got = torch.backends.cpu.get_cpu_capability()
+        if got.lower() != wanted.lower():
+            raise pytest.UsageError(f"ATEN_CPU_CAPABILITY={wanted} but torch runs {got} kernels")
+
+
 def shared_collection(name: str) -> Path:
     path = Path(os.environ.get("ESRERANK_SHARED_DATA", SHARED_DATA)) / name
     if not (path / "corpus.jsonl").is_file():
@@ -53,6 +65,17 @@ def tiny_cross_encoder(tmp_path_factory) -> Path:
     from models_support import build_tiny_cross_encoder
 
     return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
+
+
+@pytest.fixture(scope="session")
+def spread_cross_encoder(tmp_path_factory) -> Path:
+    """tiny_cross_encoder's shape with weights of standard deviation 0.5: its logits spread over several units,
+    so its rankings have no near-ties (adjacent scores of a SciFact top 20 more than 1e-3 apart) and the order a
+    test compares is the model's, not float noise. (tiny_cross_encoder's scores of a query's documents are
+    about 1e-6 apart, closer than the reproducibility bound: their order is not promised across paths.)"""
+    from models_support import build_tiny_cross_encoder
+
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("spread-ce"), seed=0, initializer_range=0.5)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
-"""How far two runs agree: top-k identity per query, allowing for exact ties, and score differences.
-A test helper (the engine parity tests decide by it); its own test is test_run_agreement.py."""
+"""How far two runs agree: top-k identity per query, allowing for exact ties, and score differences; and
+whether two computations of the same scores keep esrerank's reproducibility promise
+(``rerank.reproducibility``). Test helpers (the engine parity tests and every test comparing scores
+computed two ways decide by them); their own test is test_run_agreement.py."""
 
 from __future__ import annotations
 
@@ -59,3 +61,65 @@ def top_k_agreement(run_a: Mapping[str, Sequence[Hit]], run_b: Mapping[str, Sequ
                 diff = abs(hit.score - scores_b[hit.doc_id]) / max(abs(hit.score), 1e-9)
                 max_diff = max(max_diff, diff)
     return Agreement(len(run_a), same, same_ties, max_diff)
+
+
+def reproducibility_violations(reference: Mapping[str, Sequence[Hit]], other: Mapping[str, Sequence[Hit]],
+                               bound: float | None = None) -> list[str]:
+    """Where ``other`` breaks esrerank's reproducibility promise (``rerank.reproducibility``) against
+    ``reference``, two runs of one job: the same queries and documents; each score within ``bound`` ×
+    max(1, |score|) of the reference's (default: the library's float32 bound); and reference neighbours further
+    apart than twice that in the same order. Empty when the promise holds; each entry names the query."""
+    from rerank.reproducibility import FLOAT32_SCORE_BOUND
+
+    bound = FLOAT32_SCORE_BOUND if bound is None else bound
+    problems = []
+    if list(reference) != list(other):
+        problems.append(f"queries differ: {len(reference)} vs {len(other)}, or in another order")
+    for query_id, hits in reference.items():
+        theirs = list(other.get(query_id, []))
+        scores = {hit.doc_id: hit.score for hit in theirs}
+        if set(scores) != {hit.doc_id for hit in hits} or len(theirs) != len(hits):
+            problems.append(f"{query_id}: other documents")
+            continue
+        for hit in hits:
+            if abs(hit.score - scores[hit.doc_id]) > bound * max(1.0, abs(hit.score)):
+                problems.append(f"{query_id}: {hit.doc_id} scored {hit.score!r} vs {scores[hit.doc_id]!r}")
+        position = {hit.doc_id: i for i, hit in enumerate(theirs)}
+        for first, second in zip(hits, hits[1:]):
+            apart = first.score - second.score > 2 * bound * max(1.0, abs(first.score), abs(second.score))
+            if apart and position[first.doc_id] > position[second.doc_id]:
+                problems.append(f"{query_id}: {first.doc_id} and {second.doc_id} swapped, {first.score - second.score:g} "
+                                "apart")
+    return problems
+
+
+def assert_scores_within_bound(got, expected, bound: float | None = None) -> None:
+    """The same scores computed two ways (other batches, threads, processes or kernels): each of ``got``
+    within ``bound`` × max(1, |expected|) of ``expected`` (default: the library's float32 bound), the
+    promise and nothing tighter."""
+    import numpy as np
+
+    from rerank.reproducibility import FLOAT32_SCORE_BOUND
+
+    bound = FLOAT32_SCORE_BOUND if bound is None else bound
+    got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    allowed = bound * np.maximum(1.0, np.abs(expected))
+    beyond = np.flatnonzero(np.abs(got - expected) > allowed)
+    assert beyond.size == 0, (f"{beyond.size} of {got.size} scores beyond the bound, e.g. #{beyond[0]}: "
+                              f"{got[beyond[0]]!r} vs {expected[beyond[0]]!r}")
+
+
+def assert_probabilities_within_bound(probabilities, logits, bound: float | None = None) -> None:
+    """Probabilities (sigmoid of logits) computed another way than ``logits``: the logits' bound carried through
+    the sigmoid, whose slope is at most 1/4."""
+    import numpy as np
+
+    from rerank.reproducibility import FLOAT32_SCORE_BOUND
+
+    bound = FLOAT32_SCORE_BOUND if bound is None else bound
+    logits = np.asarray(logits, dtype=np.float64)
+    expected = 1 / (1 + np.exp(-logits))
+    allowed = 0.25 * bound * np.maximum(1.0, np.abs(logits)) + 1e-15
+    difference = np.abs(np.asarray(probabilities, dtype=np.float64) - expected)
+    assert (difference <= allowed).all(), f"probabilities beyond the bound: {difference.max()!r}"

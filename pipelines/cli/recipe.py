@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .options import (
@@ -80,13 +79,20 @@ def run(args) -> int:
     print(f"{'measure':<9} {'BM25':>9} {'reranked':>9} {'p (paired t)':>13}")
     for measure in ("nDCG@10", "RR@10", "R@100", "AP"):
         print(f"{measure:<9} {bm25[measure]:>9.4f} {reranked[measure]:>9.4f} {result['significance'][measure]:>13.4g}")
-    fusion = result["fusion"]
-    for name, value, (low, high) in (
-            ("BM25", bm25["nDCG@10"], bm25["nDCG@10_ci95"]),
-            ("reranker alone", reranked["nDCG@10"], reranked["nDCG@10_ci95"]),
-            ("fused (weight by 2-fold CV)", fusion["two_fold_cross_validated_nDCG@10"],
-             fusion["two_fold_cross_validated_nDCG@10_ci95"])):
-        print(f"nDCG@10 {name:<28} {value:.4f}  95% CI [{low:.4f}, {high:.4f}]")
-    print(f"best fusion on these queries: {json.dumps(fusion['best_on_dev'])}")
+    rows = [("BM25", bm25["nDCG@10"], bm25["nDCG@10_ci95"]),
+            ("reranker alone", reranked["nDCG@10"], reranked["nDCG@10_ci95"])]
+    choice = report["fusion_choice"]
+    if choice:
+        rows.append((f"fused ({choice['fusion']} {choice['alpha']:.2f}, chosen on dev)", result["fusion"]["nDCG@10"],
+                     result["fusion"]["nDCG@10_ci95"]))
+    for name, value, (low, high) in rows:
+        print(f"nDCG@10 {name:<36} {value:.4f}  95% CI [{low:.4f}, {high:.4f}]")
+    if choice:
+        recorded = "recorded for --fusion auto" if choice["beats_reranker_alone"] else "not recorded"
+        print(f"fusion chosen on the dev split ({choice['queries']} queries): {choice['fusion']} alpha "
+              f"{choice['alpha']:.2f}, dev nDCG@10 {choice['nDCG@10']:.4f} vs reranker alone "
+              f"{choice['reranked_alone_nDCG@10']:.4f}: {recorded}")
+    else:
+        print("no dev split (--dev-queries 0): no fusion chosen")
     print(f"report: {Path(args.out) / 'report.json'}")
     return 0

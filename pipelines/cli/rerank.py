@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from esrerank_errors import DataError
+from rerank.reproducibility import PROMISE
 
 from ..retrieve_rerank import RerankConfig
 from .options import (
@@ -53,10 +54,8 @@ def add_parser(commands, common) -> None:
     add_ray_args(parser)
     add_score_cache_arg(parser)
     parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch CPU threads of this process (default: torch's, one per core). A CPU's sums "
-                        "come out in the last bits differently with another thread count: a --ray job's actors "
-                        "score with --ray-cpus-per-actor threads, and the same count here gives its output byte "
-                        "for byte")
+                        help="torch CPU threads of this process (default: torch's, one per core). Reproducibility: "
+                        f"{PROMISE}. A --ray job's actors score with --ray-cpus-per-actor threads")
     parser.set_defaults(handler=run)
 
 

@@ -1,7 +1,8 @@
 """Reranking on a Ray cluster: a real local multi-node cluster (Ray's own ``ray.cluster_utils.Cluster``: a head
 and three worker nodes of one CPU each, separate raylets on this machine), Cranfield's BM25 run, a small model
-built here. The cluster's output must be the single-process job's byte for byte, through a worker node killed
-half way and a driver killed and run again."""
+built here. With the same chunks and thread count the cluster's output must be the single-process job's byte
+for byte, through a worker node killed half way and a driver killed and run again; with other chunks or thread
+counts, within the reproducibility bound (``rerank.reproducibility``)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from run_agreement import reproducibility_violations
 
 from pipelines.batch_rerank import rerank_run_file
 from pipelines.ray_rerank import RayConfig, RayPool, RayReranker, rerank_run_file_on_ray
@@ -90,6 +91,7 @@ def test_the_clusters_output_is_the_single_process_jobs_byte_for_byte(cluster, j
     assert out.read_bytes() == job["single"]
 
 
+@pytest.mark.floats
 def test_evaluate_scores_on_the_cluster_equal_the_cross_encoders(cluster, job):
     queries = job["queries"][:70]
     pool = RayPool(job["model"], MODEL_OPTIONS, RayConfig(address=cluster.address, actors=2))
@@ -99,15 +101,32 @@ def test_evaluate_scores_on_the_cluster_equal_the_cross_encoders(cluster, job):
     finally:
         pool.close()
     local = rerank_run(queries, job["candidates"], job["reranker"], job["texts"], RerankConfig(rerank_k=20))
-    assert on_ray == local  # every hit: id, score (the same float) and rank
+    # other chunks (the pool's) and other thread counts (one an actor, torch's default here): within the bound,
+    # not byte for byte (on an AMD Zen 4, 23 of these 70 queries differed in the last bits)
+    assert reproducibility_violations(local, on_ray) == []
     assert pool.stats.chunks == 3 and len(pool.stats.by_actor) == 2  # 70 queries in chunks of 32, two actors
 
 
-def test_a_worker_node_killed_half_way_the_job_completes_with_the_same_output(cluster, job, tmp_path):
+def test_a_worker_node_killed_half_way_the_job_completes_with_the_same_output(cluster, job, tmp_path, monkeypatch):
+    import pipelines.ray_rerank
+
     out = tmp_path / "ray.run"
     chunks = out.with_name(out.name + ".chunks")
     pool = RayPool(job["model"], MODEL_OPTIONS, RayConfig(address=cluster.address, actors=2))
     result, failure = {}, []
+    # the driver holds still after its 16th durable write (the fingerprint, then 15 chunks) until the node is
+    # gone, with chunks in flight on the actors: the kill lands half way, never after the job's end
+    reached, resume, writes = threading.Event(), threading.Event(), []
+    durable_write = pipelines.ray_rerank._durable_write
+
+    def write_then_hold(path, text):
+        durable_write(path, text)
+        writes.append(path)
+        if len(writes) == 16:
+            reached.set()
+            resume.wait(timeout=300)
+
+    monkeypatch.setattr(pipelines.ray_rerank, "_durable_write", write_then_hold)
 
     def drive():
         try:
@@ -117,16 +136,17 @@ def test_a_worker_node_killed_half_way_the_job_completes_with_the_same_output(cl
 
     driver = threading.Thread(target=drive)
     driver.start()
-    deadline = time.monotonic() + 300
-    while len(list(chunks.glob("*.trec"))) < 15 and driver.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    done_at_kill = len(list(chunks.glob("*.trec")))
-    assert driver.is_alive() and done_at_kill < 29, "the job ended before the kill: nothing was tested"
-    victim_id = next(iter(pool.stats.by_actor)).split(":")[0]
-    victim = next(node for node in cluster.list_all_nodes() if node.node_id == victim_id)
-    cluster.remove_node(victim)  # the raylet and every worker process on it, killed
+    try:
+        assert reached.wait(timeout=300), f"the driver did not reach 15 chunks: {failure}"
+        assert len(list(chunks.glob("*.trec"))) == 15
+        victim_id = next(iter(pool.stats.by_actor)).split(":")[0]
+        victim = next(node for node in cluster.list_all_nodes() if node.node_id == victim_id)
+        cluster.remove_node(victim)  # the raylet and every worker process on it, killed
+    finally:
+        resume.set()
     driver.join(timeout=300)
     try:
+        assert not driver.is_alive(), "the job did not finish within 300 s of the node's loss"
         assert not failure, failure
         assert out.read_bytes() == job["single"]
         assert pool.stats.chunks == 29  # every chunk once: the one lost in flight was scored again elsewhere
@@ -147,14 +167,13 @@ def test_the_driver_killed_the_same_command_resumes_scoring_only_what_was_not_on
                "--dtype", "float32", "--queries-per-chunk", str(CHUNK), "--ray", cluster.address, "--ray-actors",
                "2", "-q"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while len(list(chunks.glob("*.trec"))) < 6 and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
+    # killed by itself right after its 7th durable write (the fingerprint, then 6 chunks): never a race
+    killed = subprocess.run([sys.executable, str(REPO / "tests" / "signal_after.py"), "KILL",
+                             "pipelines.ray_rerank:_durable_write", "7", *command[3:]], cwd=REPO, env=env,
+                            capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     durable = sorted(int(p.name.split(".")[0]) for p in chunks.glob("*.trec"))
-    assert 0 < len(durable) < 29, f"killed with {len(durable)} chunks on disk: nothing was tested"
+    assert len(durable) == 6 and not out.exists()
     on_disk = sum(min(CHUNK, 225 - CHUNK * index) for index in durable)
 
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from engines_support import require_server
+from run_agreement import assert_scores_within_bound
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "esrerank-test-register"
@@ -90,7 +91,6 @@ def test_register_creates_the_endpoint_the_server_reports_and_reranks_with(es_ur
     if not _has_inference_api(es_url):
         pytest.skip(f"{es_url} has no inference API (Maven Central's Elasticsearch lacks the x-pack inference "
                     "plugin); docker/compose.elasticsearch.yml starts one that has it")
-    import numpy as np
 
     from rerank import CrossEncoder
     from rerank.service import RerankService
@@ -115,7 +115,7 @@ def test_register_creates_the_endpoint_the_server_reports_and_reranks_with(es_ur
         expected = model.predict([("what is bm25", d) for d in docs])
         got = {item["index"]: item["relevance_score"] for item in reranked["rerank"]}
         assert sorted(got) == [0, 1, 2]
-        np.testing.assert_allclose([got[i] for i in range(3)], expected, rtol=1e-6)  # logits, as float32
+        assert_scores_within_bound([got[i] for i in range(3)], expected)  # logits, from the service's batches
     finally:
         _http("DELETE", f"{es_url}/_inference/rerank/{NAME}")
         service.close()

@@ -36,3 +36,22 @@ def test_relative_score_difference_and_missing_queries():
     agreement = top_k_agreement({"q1": run(("d1", 2.0)), "q2": run(("d2", 1.0))}, {"q1": run(("d1", 2.002))}, k=10)
     assert agreement.queries == 2 and agreement.same_up_to_ties == 0  # q2 is missing from the second run
     assert agreement.max_relative_score_diff == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("other,problem", [
+    (run(("d1", 3.0), ("d2", 2.0), ("d3", 2.0)), None),  # equal
+    # within the bound (1e-5 x max(1, |score|)), and near-ties (closer than twice it) may swap
+    (run(("d1", 3.00002), ("d3", 2.000004), ("d2", 1.999998)), None),
+    (run(("d1", 3.0001), ("d2", 2.0), ("d3", 2.0)), "d1 scored"),  # 3.3e-5 relative: beyond
+    (run(("d2", 2.0), ("d1", 1.99998), ("d3", 2.0)), "swapped"),  # 1.0 apart in the reference, swapped
+    (run(("d1", 3.0), ("d2", 2.0), ("d4", 2.0)), "other documents"),
+])
+def test_reproducibility_violations_on_known_cases(other, problem):
+    from run_agreement import reproducibility_violations
+
+    reference = {"q": run(("d1", 3.0), ("d2", 2.0), ("d3", 2.0))}
+    found = reproducibility_violations(reference, {"q": other}, bound=1e-5)
+    if problem is None:
+        assert found == []
+    else:
+        assert any(problem in entry for entry in found), found

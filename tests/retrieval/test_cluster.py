@@ -39,15 +39,25 @@ def health(node_url: str, query: str = "") -> dict:
         return json.loads(response.read())
 
 
-def kill_node(node: int) -> None:
+def kill_node(node: int, timeout_s: float = 60) -> None:
     pid = int((CLUSTER_DIR / f"node-{node}" / "pid").read_text())
     os.kill(pid, signal.SIGKILL)
-    while True:  # gone once the kernel has reaped it (its parent is init: the server ran detached)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:  # gone once the kernel has reaped it (its parent is init: detached)
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return
         time.sleep(0.1)
+    raise AssertionError(f"node {node} (pid {pid}) was still there {timeout_s:.0f} s after SIGKILL")
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    """Until ``condition()`` holds, at most ``timeout_s``: an event the test waits on, not a sleep."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
+        time.sleep(0.05)
 
 
 def start_node(node: int) -> None:
@@ -120,13 +130,15 @@ def test_searches_fail_over_while_a_node_dies_and_nothing_is_lost(scifact):
     for thread in threads:
         thread.start()
     try:
-        time.sleep(3)
+        wait_for(lambda: len(answers) >= 2 * CLIENTS, 120, "every client answered before the kill")
         killed_at = time.monotonic()
         kill_node(2)
         state = health(nodes[0], "wait_for_nodes=2&wait_for_status=yellow&timeout=120s")
         yellow_at = time.monotonic()
         assert state["number_of_nodes"] == 2 and state["status"] == "yellow"
-        time.sleep(10)  # the load goes on against the two nodes left
+        # the load goes on against the two nodes left: 4 more batches a client
+        wait_for(lambda: sum(1 for t, _ in answers if t >= yellow_at) >= 4 * CLIENTS, 120,
+                 "searches answered once the cluster was yellow")
     finally:
         stop.set()
         for thread in threads:
