@@ -91,6 +91,20 @@ def _service_run(model: str, queries: dict[str, str], candidates, texts, out: Pa
     return time.perf_counter() - started
 
 
+def scale_head(folder: str, factor: float) -> None:
+    """Multiply the classification head's weights and bias by ``factor``: logits spread like a trained
+    reranker's (ms-marco-MiniLM-L6-v2's span about -11 … 11) instead of a fresh head's few hundredths, and the
+    float noise of the encoder's sums with them, as it does in a trained model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.classifier.weight.mul_(factor)
+        model.classifier.bias.mul_(factor)
+    model.save_pretrained(folder)
+
+
 def compare(reference: Path, other: Path, bound: float | None) -> dict:
     from pipelines.runs import read_trec_run
 
@@ -108,11 +122,43 @@ def compare(reference: Path, other: Path, bound: float | None) -> dict:
         if bound is not None:
             position = {h.doc_id: i for i, h in enumerate(b[query_id])}
             for first, second in zip(hits, hits[1:]):
-                if first.score - second.score > 2 * bound and position[first.doc_id] > position[second.doc_id]:
+                apart = first.score - second.score > 2 * bound * max(1.0, abs(first.score), abs(second.score))
+                if apart and position[first.doc_id] > position[second.doc_id]:
                     flips_beyond += 1
     return {"byte_equal": reference.read_bytes() == other.read_bytes(), "max_abs_diff": max_abs,
             "max_rel_diff": max_rel, "queries_reordered": reordered_queries, "queries": len(a),
             "pairs_reordered_beyond_2x_bound": flips_beyond if bound is not None else None}
+
+
+def score_range(run: Path) -> list[float]:
+    scores = [float(line.split()[4]) for line in open(run)]
+    return [min(scores), max(scores)]
+
+
+ROUTE_NAMES = {"threads-2": "`rerank --threads 2`", "ray": "`rerank --ray --ray-actors 2` (actors of 1 thread)",
+               "devices": "`rerank --devices cpu,cpu`", "cache-half": "`rerank --score-cache` (half the queries cached)",
+               "service": "`esrerank serve`, 4 clients", "avx2-threads-1": "`rerank --threads 1`, torch held to AVX2",
+               "avx2-threads-2": "`rerank --threads 2`, torch held to AVX2"}
+
+
+def table(paths: list[str]) -> str:
+    """A markdown table of result files: one row per route, one column group per file, against each file's
+    reference (``rerank --threads 1``)."""
+    results = [json.loads(Path(path).read_text()) for path in paths]
+    # each cell: byte-equal / largest difference (that ÷ max(1, |score|)) / queries whose order differs
+    head = "| route | " + " | ".join(
+        f"head × {r['model'].rsplit(' x ', 1)[-1]}, scores {r['score_range'][0]:.3g} … {r['score_range'][1]:.3g}"
+        for r in results) + " |"
+    rows = [head, "|---|" + "---|" * len(results)]
+    for route, name in ROUTE_NAMES.items():
+        cells = []
+        for r in results:
+            got = r["routes"].get(route)
+            cells.append("not run" if got is None else
+                         f"{'yes' if got['byte_equal'] else 'no'} / {got['max_abs_diff']:.2g} "
+                         f"({got['max_rel_diff']:.2g}) / {got['queries_reordered']} of {got['queries']}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -121,19 +167,31 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=20)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--head-scale", type=float, default=1.0,
+                        help="multiply the seeded head by this (200: logits spread like a trained reranker's)")
     parser.add_argument("--bound", type=float, default=None,
                         help="the stated bound, to count pairs reordered beyond twice it (default: the library's)")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temporary one)")
     parser.add_argument("--routes", default="threads-2,ray,devices,cache-half,service,avx2-threads-1,avx2-threads-2")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", help="the results file to write (JSON)")
+    parser.add_argument("--table", nargs="+", metavar="RESULTS", help="print a markdown table of results files, run nothing")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if not args.out:
+        parser.error("--out is required to run")
     from rerank.reproducibility import score_bound
 
     bound = args.bound if args.bound is not None else score_bound() if args.dtype == "float32" else None
     work = Path(args.work or tempfile.mkdtemp(prefix="esrerank-repro-"))
     work.mkdir(parents=True, exist_ok=True)
     data = str(SHARED_DATA / args.collection)
-    model = seeded_minilm(work / "model") if not (work / "model" / "config.json").is_file() else str(work / "model")
+    model = str(work / "model")
+    if not (work / "model" / "config.json").is_file():
+        seeded_minilm(model)
+        if args.head_scale != 1.0:
+            scale_head(model, args.head_scale)
     bm25 = work / "bm25.trec"
     _esrerank("evaluate", "--data", data, "--model", "none", "--retrieve-k", str(args.depth), "--save-run", str(bm25),
               "-q")
@@ -194,8 +252,8 @@ def main() -> None:
         "command": "python -m benchmarks.bench_reproducibility " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "work"),
         "commit": commit, "machine": machine(), "collection": args.collection, "depth": args.depth,
-        "pairs": sum(1 for _ in open(reference)), "model": "all-MiniLM-L6-v2 + seeded head (seed 0)", "dtype": args.dtype,
-        "max_length": args.max_length, "reference": "rerank --threads 1", "bound": bound, "seconds": seconds,
+        "pairs": sum(1 for _ in open(reference)), "model": f"all-MiniLM-L6-v2 + seeded head (seed 0) x {args.head_scale:g}", "dtype": args.dtype,
+        "max_length": args.max_length, "reference": "rerank --threads 1", "score_range": score_range(reference), "bound": bound, "seconds": seconds,
         "routes": results})
     print(f"written {args.out}")
 

@@ -8,8 +8,8 @@ the chunks it is given, and the results come back in the queries' order.
   scores only the chunks not on disk. When every chunk is there they are joined, in the queries' order, into
   the output run. The same chunks make the same batches, so the output is the single-process job's byte for
   byte when each actor scores with as many threads as that process (``rerank --threads``) on the same CPU
-  (or GPU) model, and within :data:`rerank.reproducibility.FLOAT32_SCORE_BOUND` of it otherwise
-  (:mod:`rerank.reproducibility`).
+  (or GPU) model, and within :data:`rerank.reproducibility.FLOAT32_SCORE_BOUND` × max(1, |score|) of it
+  otherwise (:mod:`rerank.reproducibility`).
 - :class:`RayReranker`: ``esrerank evaluate --ray``, a reranker with the ``score_heads`` interface that
   :func:`pipelines.retrieve_rerank.rerank_run` takes, scoring all heads on the cluster at once.
 

@@ -170,9 +170,12 @@ def run_recipe(train: Collection, evaluation: Collection, base_model: str, out_d
         logger.info("fusion on the dev split (%d queries): %s alpha %.2f nDCG@10 %.4f, reranker alone %.4f",
                     len(dev.queries), fusion_choice["fusion"], fusion_choice["alpha"], fusion_choice["nDCG@10"],
                     fusion_choice["reranked_alone_nDCG@10"])
+        record_path = out_dir / "model" / FUSION_FILE
         if fusion_choice["beats_reranker_alone"]:  # `esrerank evaluate --fusion auto` applies it
             record = {key: value for key, value in fusion_choice.items() if key != "grid"}
-            (out_dir / "model" / FUSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            record_path.write_text(json.dumps(record, indent=2) + "\n")
+        else:  # a record an earlier run of the same folder left would speak for this model
+            record_path.unlink(missing_ok=True)
     else:
         logger.info("no dev split (--dev-queries 0): no fusion weight is chosen")
 

@@ -123,3 +123,14 @@ def assert_probabilities_within_bound(probabilities, logits, bound: float | None
     allowed = 0.25 * bound * np.maximum(1.0, np.abs(logits)) + 1e-15
     difference = np.abs(np.asarray(probabilities, dtype=np.float64) - expected)
     assert (difference <= allowed).all(), f"probabilities beyond the bound: {difference.max()!r}"
+
+
+def near_ties(run: Mapping[str, Sequence[Hit]], bound: float | None = None) -> int:
+    """Neighbours (in each query's order) closer than twice the reproducibility bound: the pairs whose order
+    two computations of the same scores may swap. A test that compares orders or measures exactly across two
+    paths asserts there are none (it uses a model whose scores are spread), so its exactness is the promise's."""
+    from rerank.reproducibility import FLOAT32_SCORE_BOUND
+
+    bound = FLOAT32_SCORE_BOUND if bound is None else bound
+    return sum(a.score - b.score <= 2 * bound * max(1.0, abs(a.score), abs(b.score))
+               for hits in run.values() for a, b in zip(hits, hits[1:]))

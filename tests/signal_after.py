@@ -14,6 +14,10 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
+
+# run as a script, Python puts tests/ first on the path, where tests/rerank/ would shadow the rerank package
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 
 def main() -> None:

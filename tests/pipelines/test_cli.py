@@ -2,13 +2,14 @@ import json
 
 import numpy as np
 import pytest
-from run_agreement import assert_probabilities_within_bound
+from run_agreement import assert_probabilities_within_bound, near_ties, reproducibility_violations
 
 from pipelines.cli import main
 from pipelines.evaluation import mean_scores, per_query_scores
 from pipelines.runs import read_trec_run
 from retrieval.bm25 import InMemoryBM25
 from retrieval.corpus import load_beir
+from retrieval.records import Hit
 
 MEASURES = ["nDCG@10", "RR@10", "R@100", "R@1000", "AP"]
 
@@ -88,12 +89,12 @@ def test_evaluate_reranks_with_local_model_and_candidates(tmp_path, small_beir, 
         head = [hit.doc_id for hit in hits[:20]]
         expected = reference.predict([(queries[query_id], texts[doc_id]) for doc_id in head])
         order = np.argsort(-expected, kind="stable")
-        assert np.diff(expected[order]).max() < -1e-4  # no near-ties: the order below is the model's own
+        # sentence-transformers scores in other batches: the same scores within the reproducibility bound, and
+        # with no near-ties the same order (the model's own)
+        oracle = {query_id: [Hit(head[i], float(expected[i]), rank) for rank, i in enumerate(order, start=1)]}
+        assert near_ties(oracle) == 0
+        assert reproducibility_violations(oracle, {query_id: reranked[query_id][:20]}) == []
         got = reranked[query_id]
-        assert [hit.doc_id for hit in got[:20]] == [head[i] for i in order], query_id
-        # the file's scores: equal to sentence-transformers' to 1e-4 (float32, another implementation of the
-        # network: as in tests/rerank/test_cross_encoder.py)
-        assert [hit.score for hit in got[:20]] == pytest.approx(expected[order].tolist(), abs=1e-4)
         assert [hit.doc_id for hit in got[20:]] == [hit.doc_id for hit in hits[20:]]
 
 

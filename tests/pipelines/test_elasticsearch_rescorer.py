@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from engines_support import require_server
+from run_agreement import assert_scores_within_bound, near_ties
 
 from esrerank_errors import EngineError
 from pipelines.retrieve_rerank import EngineReranker, RetrieveRerank
@@ -187,8 +188,9 @@ def _engine_reranker(es_url, index):
 def test_the_engines_top10_equals_the_client_side_reranking_for_every_query(es_url, indexes, collection, model,
                                                                             index):
     """Every Cranfield query (225): the plugin's reranked top 10 is ``RetrieveRerank``'s client-side top 10,
-    same index, window and model, scores to 1e-5; on three shards too, where each shard's window is
-    restricted to the index's top k (a rescorer's window is per shard)."""
+    same index, window and model, scores within the reproducibility bound (the service batches its own way),
+    no near-ties, so the same order; on three shards too, where each shard's window is restricted to the
+    index's top k (a rescorer's window is per shard)."""
     queries = collection.queries
     client_side = RetrieveRerank(_first_stage(es_url, index), model, retrieve_k=WINDOW, rerank_k=WINDOW)
     in_engine = RetrieveRerank(_first_stage(es_url, index), _engine_reranker(es_url, index), retrieve_k=WINDOW,
@@ -197,12 +199,13 @@ def test_the_engines_top10_equals_the_client_side_reranking_for_every_query(es_u
         expected = client_side.run(queries, show_progress=False)
         got = in_engine.run(queries, show_progress=False)
     bm25 = _first_stage(es_url, index).search_many([q.text for q in queries], WINDOW)
+    assert near_ties({q: hits[:10] for q, hits in expected.items()}) == 0
     reordered = 0
     for query, first_stage in zip(queries, bm25):
         ids = [h.doc_id for h in got[query.query_id][:10]]
         assert ids == [h.doc_id for h in expected[query.query_id][:10]], query.query_id
-        assert [h.score for h in got[query.query_id][:10]] == pytest.approx(
-            [h.score for h in expected[query.query_id][:10]], abs=1e-5), query.query_id
+        assert_scores_within_bound([h.score for h in got[query.query_id][:10]],
+                                   [h.score for h in expected[query.query_id][:10]])
         reordered += ids != [h.doc_id for h in first_stage[:10]]
     assert reordered > len(queries) // 2  # the cross-encoder, not BM25, decided the order
 
@@ -324,10 +327,11 @@ def test_the_engine_route_reports_the_services_failure_at_once(es_url, indexes, 
         with pytest.raises(EngineError, match="cannot be reached"):
             RetrieveRerank(first_stage, reranker, retrieve_k=WINDOW, rerank_k=WINDOW).run(collection.queries[:3],
                                                                                           show_progress=False)
-    # elastic_transport logs every request it sends: the failing one went once, and was not sent again
-    failed = [record.getMessage() for record in caplog.records
-              if record.name == "elastic_transport.transport" and "[status:5" in record.getMessage()]
-    assert len(failed) == 1, failed
+    # elastic_transport logs every request it sends: one _msearch for the first stage, one for the rescoring
+    # that failed, and none sent again (esrerank asks again only for shards that failed, not for the service)
+    sent = [record.getMessage() for record in caplog.records if record.name == "elastic_transport.transport"]
+    msearches = [message for message in sent if "/_msearch" in message]
+    assert len(msearches) == 2 and not [m for m in caplog.messages if "asking again" in m], sent
 
 
 def test_evaluate_rescore_measures_what_the_client_side_measures(es_url, indexes, cranfield, model, model_dir, tmp_path):
@@ -406,4 +410,4 @@ def test_a_candidate_the_first_stage_query_does_not_match_is_still_rescored(es_u
         scores = _engine_reranker(es_url, "rescore-1-shard").score_heads([query], [head])[0]
     texts = first_stage.fetch_texts([h.doc_id for h in head])
     expected = model.predict([(query.text, text) for text in texts])
-    assert scores == pytest.approx(expected, abs=1e-5)
+    assert_scores_within_bound(scores, expected)

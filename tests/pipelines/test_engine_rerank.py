@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from engines_support import free_port, require_server
+from run_agreement import near_ties, reproducibility_violations
 
 from esrerank_errors import EngineError, RegistrationError
 from pipelines.engine_rerank import register_opensearch
@@ -47,8 +48,9 @@ def vaswani_index(engine_url, vaswani_collection) -> str:
 
 
 @pytest.fixture(scope="module")
-def model(tiny_cross_encoder):
-    return CrossEncoder(str(tiny_cross_encoder), max_length=128, dtype="float32")
+def model(spread_cross_encoder):
+    # spread scores: the orders compared below are the model's, not float noise
+    return CrossEncoder(str(spread_cross_encoder), max_length=128, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +83,11 @@ def test_engine_reranked_top10_equals_client_side_for_every_query(engine_url, va
                                                                                search_pipeline=registration.pipeline)),
                            bm25.fetch_texts, window)
     assert len(queries) == 93
-    for query in queries:
-        client_top, engine_top = client[query.query_id][:10], in_engine[query.query_id][:10]
-        assert [h.doc_id for h in engine_top] == [h.doc_id for h in client_top], query.query_id
-        # the engine keeps float32 scores; the service sends the float32 logits exactly
-        assert [h.score for h in engine_top] == pytest.approx([h.score for h in client_top], rel=1e-6)
+    # the service scores in its own batches: the reranked windows keep the reproducibility promise, and with no
+    # near-ties among them the same order, so the same nDCG@10
+    heads = {q.query_id: client[q.query_id][:WINDOW] for q in queries}
+    assert reproducibility_violations(heads, {q.query_id: in_engine[q.query_id][:WINDOW] for q in queries}) == []
+    assert near_ties(heads) == 0
     client_ndcg = mean_scores(per_query_scores(client, vaswani_collection.qrels))["nDCG@10"]
     engine_ndcg = mean_scores(per_query_scores(in_engine, vaswani_collection.qrels))["nDCG@10"]
     with capsys.disabled():  # shown in CI's log

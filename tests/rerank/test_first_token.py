@@ -56,8 +56,9 @@ def test_first_token_layer_gives_the_full_models_logits(model_type, attention):
         expected = full(**batch).logits
         got = cut(**batch).logits
         alone = cut(**{name: tensor[1:2, :3] for name, tensor in batch.items()}).logits  # no padding at all
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(alone, expected[1:2], atol=1e-6, rtol=0)
+    # other matrix shapes (the cut, no padding): the same scores within the reproducibility bound
+    assert_scores_within_bound(got.numpy(), expected.numpy())
+    assert_scores_within_bound(alone.numpy(), expected[1:2].numpy())
     assert first_token_last_layer(cut)  # applying it twice changes nothing
     assert not isinstance(base.encoder.layer[-1].layer, FirstTokenLayer)
 
@@ -73,7 +74,7 @@ def test_first_token_only_cuts_inside_the_block_and_puts_the_layer_back():
             assert isinstance(model.bert.encoder.layer[-1], FirstTokenLayer)
             got = model(**batch).logits
     assert model.bert.encoder.layer[-1] is last and list(model.state_dict()) == keys  # saved as it was
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert_scores_within_bound(got.numpy(), expected.numpy())
     with pytest.raises(RuntimeError), first_token_only(model):
         raise RuntimeError("an error inside the block")
     assert model.bert.encoder.layer[-1] is last  # put back on errors too

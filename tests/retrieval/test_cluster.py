@@ -136,7 +136,7 @@ def test_searches_fail_over_while_a_node_dies_and_nothing_is_lost(scifact):
         state = health(nodes[0], "wait_for_nodes=2&wait_for_status=yellow&timeout=120s")
         yellow_at = time.monotonic()
         assert state["number_of_nodes"] == 2 and state["status"] == "yellow"
-        # the load goes on against the two nodes left: 4 more batches a client
+        # the load goes on against the two nodes left: 4 times as many batches as there are clients
         wait_for(lambda: sum(1 for t, _ in answers if t >= yellow_at) >= 4 * CLIENTS, 120,
                  "searches answered once the cluster was yellow")
     finally:
