@@ -23,8 +23,8 @@ from __future__ import annotations
 FLOAT32_SCORE_BOUND = 1e-4
 """The largest difference between two float32 runs of one job (in units of max(1, |score|)) that esrerank
 promises. Measured (docs/batch_rerank.md "Reproducibility"): at most 5.6e-8 with a fresh MiniLM-L6 head
-(scores within ±0.06), and 4.5e-6 with that head scaled to a trained reranker's span (-4.5 … 11.4), where a
-float's noise grows with the head's weights: the bound leaves room of about twenty times the latter."""
+(scores within ±0.06), and 9.9e-6 with that head scaled to a trained reranker's span (-4.5 … 11.4), where a
+float's noise grows with the head's weights: the bound leaves room of about ten times the latter."""
 
 PROMISE = ("the same output byte for byte for the same CPU model (or GPU model), thread count and chunking; "
            f"otherwise float32 scores within {FLOAT32_SCORE_BOUND:g} x max(1, |score|), documents further apart "
