@@ -134,3 +134,39 @@ def near_ties(run: Mapping[str, Sequence[Hit]], bound: float | None = None) -> i
     bound = FLOAT32_SCORE_BOUND if bound is None else bound
     return sum(a.score - b.score <= 2 * bound * max(1.0, abs(a.score), abs(b.score))
                for hits in run.values() for a, b in zip(hits, hits[1:]))
+
+
+def measure_sensitive_near_ties(run: Mapping[str, Sequence[Hit]], qrels: Mapping[str, Mapping[str, int]],
+                                k: int = 10, bound: float | None = None) -> list[str]:
+    """The queries whose measures at depth ``k`` two computations within the reproducibility bound could
+    give differently: those with two neighbours in the top ``k`` + 1 of different relevance grades closer
+    than twice the bound (a swap of equal grades changes no measure). A test that compares measures exactly
+    across two paths asserts there are none."""
+    from rerank.reproducibility import FLOAT32_SCORE_BOUND
+
+    bound = FLOAT32_SCORE_BOUND if bound is None else bound
+    sensitive = []
+    for query_id, hits in run.items():
+        grades = qrels.get(query_id, {})
+        top = list(hits)[:k + 1]
+        if any(grades.get(a.doc_id, 0) != grades.get(b.doc_id, 0)
+               and a.score - b.score <= 2 * bound * max(1.0, abs(a.score), abs(b.score))
+               for a, b in zip(top, top[1:])):
+            sensitive.append(query_id)
+    return sensitive
+
+
+def assert_same_measures_but_near_ties(run_a: Mapping[str, Sequence[Hit]], run_b: Mapping[str, Sequence[Hit]],
+                                       qrels: Mapping[str, Mapping[str, int]], measures: Sequence[str],
+                                       k: int = 10) -> list[str]:
+    """Two runs of the same scores computed two ways give every query the same ``measures``, except the queries
+    :func:`measure_sensitive_near_ties` names (depth ``k``: as deep as the measures read the reranked order),
+    where the promise lets near-tied documents of different grades swap. Returns those queries."""
+    from pipelines.evaluation import per_query_scores
+
+    sensitive = set(measure_sensitive_near_ties(run_a, qrels, k))
+    a, b = per_query_scores(run_a, qrels, measures), per_query_scores(run_b, qrels, measures)
+    for measure in measures:
+        differ = [q for q in a[measure] if q not in sensitive and abs(a[measure][q] - b[measure][q]) > 1e-12]
+        assert not differ, f"{measure} differs on {len(differ)} queries without near-ties, e.g. {differ[0]}"
+    return sorted(sensitive)

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from engines_support import require_server
-from run_agreement import assert_scores_within_bound, near_ties
+from run_agreement import assert_same_measures_but_near_ties, assert_scores_within_bound, reproducibility_violations
 
 from esrerank_errors import EngineError
 from pipelines.retrieve_rerank import EngineReranker, RetrieveRerank
@@ -187,10 +187,10 @@ def _engine_reranker(es_url, index):
 @pytest.mark.parametrize("index", list(INDEXES))
 def test_the_engines_top10_equals_the_client_side_reranking_for_every_query(es_url, indexes, collection, model,
                                                                             index):
-    """Every Cranfield query (225): the plugin's reranked top 10 is ``RetrieveRerank``'s client-side top 10,
-    same index, window and model, scores within the reproducibility bound (the service batches its own way),
-    no near-ties, so the same order; on three shards too, where each shard's window is restricted to the
-    index's top k (a rescorer's window is per shard)."""
+    """Every Cranfield query (225): the plugin's reranked window is ``RetrieveRerank``'s client-side one, same
+    index, window and model, within the reproducibility promise (the service batches its own way: the same
+    scores to the bound, the same order but for near-ties); on three shards too, where each shard's window is
+    restricted to the index's top k (a rescorer's window is per shard)."""
     queries = collection.queries
     client_side = RetrieveRerank(_first_stage(es_url, index), model, retrieve_k=WINDOW, rerank_k=WINDOW)
     in_engine = RetrieveRerank(_first_stage(es_url, index), _engine_reranker(es_url, index), retrieve_k=WINDOW,
@@ -199,13 +199,13 @@ def test_the_engines_top10_equals_the_client_side_reranking_for_every_query(es_u
         expected = client_side.run(queries, show_progress=False)
         got = in_engine.run(queries, show_progress=False)
     bm25 = _first_stage(es_url, index).search_many([q.text for q in queries], WINDOW)
-    assert near_ties({q: hits[:10] for q, hits in expected.items()}) == 0
+    # each query's reranked window within the promise: the same scores to the bound, the same order wherever
+    # neighbours are further apart than twice it
+    assert reproducibility_violations({q: hits[:WINDOW] for q, hits in expected.items()},
+                                      {q: hits[:WINDOW] for q, hits in got.items()}) == []
     reordered = 0
     for query, first_stage in zip(queries, bm25):
         ids = [h.doc_id for h in got[query.query_id][:10]]
-        assert ids == [h.doc_id for h in expected[query.query_id][:10]], query.query_id
-        assert_scores_within_bound([h.score for h in got[query.query_id][:10]],
-                                   [h.score for h in expected[query.query_id][:10]])
         reordered += ids != [h.doc_id for h in first_stage[:10]]
     assert reordered > len(queries) // 2  # the cross-encoder, not BM25, decided the order
 
@@ -342,12 +342,22 @@ def test_evaluate_rescore_measures_what_the_client_side_measures(es_url, indexes
     common = ["evaluate", "--data", str(cranfield), "--retriever", "elasticsearch", "--url", es_url, "--index",
               "rescore-3-shards", "--fields", "title,text", "--rerank-k", str(WINDOW), "-q", "--output-json"]
     with serving(model):
-        assert main([*common, str(tmp_path / "engine.json"), "--rescore", "esrerank"]) == 0
+        assert main([*common, str(tmp_path / "engine.json"), "--rescore", "esrerank", "--save-run",
+                     str(tmp_path / "engine.run")]) == 0
     assert main([*common, str(tmp_path / "client.json"), "--model", str(model_dir), "--max-length", str(MAX_LENGTH),
-                 "--dtype", "float32"]) == 0
+                 "--dtype", "float32", "--save-run", str(tmp_path / "client.run")]) == 0
     engine, client_side = (json.loads((tmp_path / name).read_text()) for name in ("engine.json", "client.json"))
     assert engine["first_stage"] == client_side["first_stage"]
-    assert engine["reranked"] == pytest.approx(client_side["reranked"], abs=1e-9)
+    # the same measures for every query but those where the promise lets near-tied documents of different
+    # grades swap inside the reranked window (what AP reads too)
+    from pipelines.runs import read_trec_run
+    from retrieval.corpus import load_beir
+
+    qrels = load_beir(cranfield, "test").qrels
+    sensitive = assert_same_measures_but_near_ties(read_trec_run(tmp_path / "client.run"),
+                                                   read_trec_run(tmp_path / "engine.run"), qrels,
+                                                   ["nDCG@10", "RR@10", "AP"], k=WINDOW)
+    assert len(sensitive) < len(qrels) // 4, sensitive  # the comparison covers most queries
     assert engine["reranked"]["nDCG@10"] != engine["first_stage"]["nDCG@10"]
 
 

@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from run_agreement import assert_scores_within_bound
+from run_agreement import assert_scores_within_bound, measure_sensitive_near_ties
 from sentence_transformers import CrossEncoder as STCrossEncoder
 from sentence_transformers.cross_encoder import losses
 
 from rerank.reproducibility import FLOAT32_SCORE_BOUND
 from rerank.training import TrainingConfig, load_model, make_loss, to_pairs
+from retrieval.records import Hit
 
 BATCH_QUERIES = ["what causes scurvy", "bm25 saturation"]
 BATCH_DOCS = [["vitamin c deficiency causes scurvy", "ships sailed far", "citrus fruit"],
@@ -106,17 +107,14 @@ def test_recipe_end_to_end_on_a_tiny_model(small_beir, spread_cross_encoder, tmp
         reranked[query_id] = {h.doc_id: float(s) for h, s in zip(hits, scores)}
         first_stage[query_id] = {h.doc_id: h.score for h in hits}
     ndcg = ir_measures.nDCG @ 10
-    # scored here in other batches than the recipe's: the same nDCG@10 needs the top 10 kept in an order of
-    # the same grades, which the reproducibility promise gives where no documents of different grades are
-    # nearly tied there
-    for query_id, scored in reranked.items():
-        ordered = sorted(scored.items(), key=lambda item: -item[1])[:11]
-        for (doc_a, a), (doc_b, b) in zip(ordered, ordered[1:]):
-            if qrels[query_id].get(doc_a, 0) != qrels[query_id].get(doc_b, 0):
-                assert a - b > 2 * FLOAT32_SCORE_BOUND * max(1.0, abs(a), abs(b)), (query_id, doc_a, doc_b)
+    # scored here in other batches than the recipe's: the promise keeps the top 10's order but where documents
+    # of different grades are nearly tied; each such query may move the mean by at most 1/len(queries)
+    run = {q: [Hit(doc, score, 0) for doc, score in sorted(scored.items(), key=lambda item: -item[1])]
+           for q, scored in reranked.items()}
+    sensitive = measure_sensitive_near_ties(run, qrels)
     assert measures["first_stage"]["nDCG@10"] == pytest.approx(ir_measures.calc_aggregate([ndcg], qrels, first_stage)[ndcg])
     assert measures["reranked"]["nDCG@10"] == pytest.approx(ir_measures.calc_aggregate([ndcg], qrels, reranked)[ndcg],
-                                                            abs=1e-6)
+                                                            abs=1e-6 + len(sensitive) / len(run))
     # the fusion is chosen on the dev split (the 8 dev queries mining held out), recorded exactly when it beat
     # the reranker alone there, and applied unchanged to the held-out queries
     choice = report["fusion_choice"]
