@@ -31,9 +31,3 @@ PROMISE = ("the same output byte for byte for the same CPU model (or GPU model),
            "than twice that in the same order (docs/batch_rerank.md#reproducibility)")
 """The promise in one line, for CLI help."""
 
-
-def score_bound(dtype: str = "float32") -> float:
-    """The bound for scores computed in ``dtype``; only float32's is measured and promised."""
-    if dtype != "float32":
-        raise ValueError(f"no reproducibility bound is stated for {dtype}: only float32 scores are promised one")
-    return FLOAT32_SCORE_BOUND

@@ -63,15 +63,25 @@ def top_k_agreement(run_a: Mapping[str, Sequence[Hit]], run_b: Mapping[str, Sequ
     return Agreement(len(run_a), same, same_ties, max_diff)
 
 
+def _bound(bound: float | None) -> float:
+    from rerank.reproducibility import FLOAT32_SCORE_BOUND
+
+    return FLOAT32_SCORE_BOUND if bound is None else bound
+
+
+def nearly_tied(higher: float, lower: float, bound: float | None = None) -> bool:
+    """Whether two neighbouring scores are close enough (within twice the bound, × max(1, |score|)) for two
+    computations within the reproducibility bound to put them in either order."""
+    return higher - lower <= 2 * _bound(bound) * max(1.0, abs(higher), abs(lower))
+
+
 def reproducibility_violations(reference: Mapping[str, Sequence[Hit]], other: Mapping[str, Sequence[Hit]],
                                bound: float | None = None) -> list[str]:
     """Where ``other`` breaks esrerank's reproducibility promise (``rerank.reproducibility``) against
     ``reference``, two runs of one job: the same queries and documents; each score within ``bound`` ×
     max(1, |score|) of the reference's (default: the library's float32 bound); and reference neighbours further
     apart than twice that in the same order. Empty when the promise holds; each entry names the query."""
-    from rerank.reproducibility import FLOAT32_SCORE_BOUND
-
-    bound = FLOAT32_SCORE_BOUND if bound is None else bound
+    bound = _bound(bound)
     problems = []
     if list(reference) != list(other):
         problems.append(f"queries differ: {len(reference)} vs {len(other)}, or in another order")
@@ -86,8 +96,7 @@ def reproducibility_violations(reference: Mapping[str, Sequence[Hit]], other: Ma
                 problems.append(f"{query_id}: {hit.doc_id} scored {hit.score!r} vs {scores[hit.doc_id]!r}")
         position = {hit.doc_id: i for i, hit in enumerate(theirs)}
         for first, second in zip(hits, hits[1:]):
-            apart = first.score - second.score > 2 * bound * max(1.0, abs(first.score), abs(second.score))
-            if apart and position[first.doc_id] > position[second.doc_id]:
+            if not nearly_tied(first.score, second.score, bound) and position[first.doc_id] > position[second.doc_id]:
                 problems.append(f"{query_id}: {first.doc_id} and {second.doc_id} swapped, {first.score - second.score:g} "
                                 "apart")
     return problems
@@ -99,9 +108,7 @@ def assert_scores_within_bound(got, expected, bound: float | None = None) -> Non
     promise and nothing tighter."""
     import numpy as np
 
-    from rerank.reproducibility import FLOAT32_SCORE_BOUND
-
-    bound = FLOAT32_SCORE_BOUND if bound is None else bound
+    bound = _bound(bound)
     got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
     assert got.shape == expected.shape, (got.shape, expected.shape)
     allowed = bound * np.maximum(1.0, np.abs(expected))
@@ -115,9 +122,7 @@ def assert_probabilities_within_bound(probabilities, logits, bound: float | None
     the sigmoid, whose slope is at most 1/4."""
     import numpy as np
 
-    from rerank.reproducibility import FLOAT32_SCORE_BOUND
-
-    bound = FLOAT32_SCORE_BOUND if bound is None else bound
+    bound = _bound(bound)
     logits = np.asarray(logits, dtype=np.float64)
     expected = 1 / (1 + np.exp(-logits))
     allowed = 0.25 * bound * np.maximum(1.0, np.abs(logits)) + 1e-15
@@ -129,11 +134,7 @@ def near_ties(run: Mapping[str, Sequence[Hit]], bound: float | None = None) -> i
     """Neighbours (in each query's order) closer than twice the reproducibility bound: the pairs whose order
     two computations of the same scores may swap. A test that compares orders or measures exactly across two
     paths asserts there are none (it uses a model whose scores are spread), so its exactness is the promise's."""
-    from rerank.reproducibility import FLOAT32_SCORE_BOUND
-
-    bound = FLOAT32_SCORE_BOUND if bound is None else bound
-    return sum(a.score - b.score <= 2 * bound * max(1.0, abs(a.score), abs(b.score))
-               for hits in run.values() for a, b in zip(hits, hits[1:]))
+    return sum(nearly_tied(a.score, b.score, bound) for hits in run.values() for a, b in zip(hits, hits[1:]))
 
 
 def measure_sensitive_near_ties(run: Mapping[str, Sequence[Hit]], qrels: Mapping[str, Mapping[str, int]],
@@ -142,15 +143,11 @@ def measure_sensitive_near_ties(run: Mapping[str, Sequence[Hit]], qrels: Mapping
     give differently: those with two neighbours in the top ``k`` + 1 of different relevance grades closer
     than twice the bound (a swap of equal grades changes no measure). A test that compares measures exactly
     across two paths asserts there are none."""
-    from rerank.reproducibility import FLOAT32_SCORE_BOUND
-
-    bound = FLOAT32_SCORE_BOUND if bound is None else bound
     sensitive = []
     for query_id, hits in run.items():
         grades = qrels.get(query_id, {})
         top = list(hits)[:k + 1]
-        if any(grades.get(a.doc_id, 0) != grades.get(b.doc_id, 0)
-               and a.score - b.score <= 2 * bound * max(1.0, abs(a.score), abs(b.score))
+        if any(grades.get(a.doc_id, 0) != grades.get(b.doc_id, 0) and nearly_tied(a.score, b.score, bound)
                for a, b in zip(top, top[1:])):
             sensitive.append(query_id)
     return sensitive

@@ -5,11 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from run_agreement import assert_scores_within_bound, measure_sensitive_near_ties
+from run_agreement import assert_scores_within_bound, measure_sensitive_near_ties, near_ties
 from sentence_transformers import CrossEncoder as STCrossEncoder
 from sentence_transformers.cross_encoder import losses
 
-from rerank.reproducibility import FLOAT32_SCORE_BOUND
 from rerank.training import TrainingConfig, load_model, make_loss, to_pairs
 from retrieval.records import Hit
 
@@ -109,8 +108,7 @@ def test_recipe_end_to_end_on_a_tiny_model(small_beir, spread_cross_encoder, tmp
     ndcg = ir_measures.nDCG @ 10
     # scored here in other batches than the recipe's: the promise keeps the top 10's order but where documents
     # of different grades are nearly tied; each such query may move the mean by at most 1/len(queries)
-    run = {q: [Hit(doc, score, 0) for doc, score in sorted(scored.items(), key=lambda item: -item[1])]
-           for q, scored in reranked.items()}
+    run = _best_first(reranked)
     sensitive = measure_sensitive_near_ties(run, qrels)
     assert measures["first_stage"]["nDCG@10"] == pytest.approx(ir_measures.calc_aggregate([ndcg], qrels, first_stage)[ndcg])
     assert measures["reranked"]["nDCG@10"] == pytest.approx(ir_measures.calc_aggregate([ndcg], qrels, reranked)[ndcg],
@@ -237,6 +235,13 @@ def _samples(scifact, count=12, depth=8, with_collection=False):
     return complete, missing
 
 
+def _best_first(run: dict[str, dict[str, float]]) -> dict[str, list[Hit]]:
+    """An ir-measures style run (query → doc → score) as hits, best first: what run_agreement's helpers read."""
+    return {query_id: [Hit(doc_id, score, rank) for rank, (doc_id, score) in
+                       enumerate(sorted(scored.items(), key=lambda item: -item[1]), start=1)]
+            for query_id, scored in run.items()}
+
+
 def _ndcg10_on_collection_ids(model, samples, collection, first_stage, judged_only_retrieved=False):
     """The oracle: nDCG@10 by ir-measures of the model's scores for each sample's first-stage documents,
     keyed by the collection's own document ids and judged by the collection's own qrels (positives the first
@@ -255,9 +260,7 @@ def _ndcg10_on_collection_ids(model, samples, collection, first_stage, judged_on
         run.setdefault(qid, {})[doc_id] = float(score)
     # the evaluator under test scores in other batches: its nDCG@10 equals this only where no two documents of
     # a query are closer than the reproducibility bound allows (what the promise keeps in order)
-    for scored in run.values():
-        ordered = sorted(scored.values(), reverse=True)
-        assert all(a - b > 2 * FLOAT32_SCORE_BOUND * max(1.0, abs(a), abs(b)) for a, b in zip(ordered, ordered[1:]))
+    assert near_ties(_best_first(run)) == 0
     qrels = {s["query_id"]: {d: g for d, g in collection.qrels[s["query_id"]].items()
                              if not judged_only_retrieved or d in run[s["query_id"]]} for s in samples}
     ndcg = ir_measures.nDCG @ 10
