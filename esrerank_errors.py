@@ -58,19 +58,21 @@ class EngineError(EsrerankError, RuntimeError):
 
 
 class EngineUnavailable(EngineError):
-    """No answer from the search engine (refused, reset, timed out); ``cause`` shortened to its errno."""
+    """No answer from the search engine (refused, reset, timed out, TLS failed); ``cause`` says why and, where
+    the user can act, what to do (``retrieval.engine_rest.unreachable_reason``)."""
 
     def __init__(self, url: str, cause: str):
-        super().__init__(0, f"cannot reach {url}: {_short_cause(cause)}")
+        super().__init__(0, f"cannot reach {url}: {cause}")
 
 
-def _short_cause(cause: str) -> str:
-    # the clients nest urllib3's whole exception chain in the message; its errno text is what matters
-    for marker in ("[Errno", "timed out", "Connection refused"):
-        if marker in cause:
-            start = cause.index(marker)
-            return cause[start:].split(")")[0].strip(" '\"")
-    return " ".join(cause.split())[:200]
+class EnginePermissionError(EngineError):
+    """The engine refused the user a privilege (HTTP 403): ``privilege`` (an action name such as
+    ``indices:admin/mappings/get``, or None when the engine did not say) and ``index`` (or None)."""
+
+    def __init__(self, privilege: str | None, index: str | None, message: str):
+        self.privilege = privilege
+        self.index = index
+        super().__init__(403, message)
 
 
 class RegistrationError(EsrerankError):

@@ -19,10 +19,11 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 
-from esrerank_errors import EngineError
+from esrerank_errors import EngineError, EnginePermissionError
 
 from .analysis import get_analyzer
 from .engine_rest import error_reason
+from .source_fields import mapping_from_field_caps
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,23 @@ class IndexConfig:
     replicas: int = 0
 
 
+
+
+# the settings a searcher needs, copied into the indexed field's meta (at most 5 string values there)
+FIELD_META_KEYS = ("format", "analysis", "analyzer", "k1", "b")
+
+
+def field_meta(meta: dict) -> dict:
+    return {key: str(meta[key]) for key in FIELD_META_KEYS if key in meta}
+
+
+def meta_from_field(meta: dict) -> dict:
+    """The settings of :func:`field_meta` with their types back."""
+    typed = dict(meta)
+    for key, kind in (("format", int), ("k1", float), ("b", float)):
+        if key in typed:
+            typed[key] = kind(typed[key])
+    return typed
 
 
 class IndexAdmin:
@@ -107,7 +125,9 @@ class IndexAdmin:
                 "_meta": {"esrerank": meta},
                 "_source": {"excludes": [FIELD]},  # title and text are kept; the joined field is derived
                 "properties": {
-                    FIELD: {"type": "text", "analyzer": analyzer, "similarity": SIMILARITY},
+                    # the settings are the field's meta too: _field_caps shows it to a user with read alone
+                    FIELD: {"type": "text", "analyzer": analyzer, "similarity": SIMILARITY,
+                            "meta": field_meta(meta)},
                     "title": {"type": "text", "index": False},
                     "text": {"type": "text", "index": False},
                 },
@@ -116,7 +136,10 @@ class IndexAdmin:
 
     def exists(self, name: str) -> bool:
         try:
-            self.rest.request("GET", f"/{name}/_settings")  # HEAD answers 404 without raising in one client
+            try:
+                self.rest.request("GET", f"/{name}/_settings")  # HEAD answers 404 without raising in one client
+            except EnginePermissionError:  # a user with read alone: a search that finds nothing says it too
+                self.rest.request("POST", f"/{name}/_search", body={"size": 0, "track_total_hits": False})
             return True
         except EngineError as exc:
             # the engine's own "no such index"; a 404 from something that is not an engine is its error
@@ -134,13 +157,30 @@ class IndexAdmin:
 
     def primary_shards(self, name: str) -> int:
         """Primary shards of an index, or of all the indices an alias points to."""
-        settings = self.rest.request("GET", f"/{name}/_settings",
-                                     params={"filter_path": "*.settings.index.number_of_shards"})
+        try:
+            settings = self.rest.request("GET", f"/{name}/_settings",
+                                         params={"filter_path": "*.settings.index.number_of_shards"})
+        except EnginePermissionError as exc:
+            # read alone: a search reports the shards it asked, one per primary
+            logger.info("%s; counting %s's shards from a search instead", exc, name)
+            answer = self.rest.request("POST", f"/{name}/_search", body={"size": 0, "track_total_hits": False})
+            return int(answer["_shards"]["total"])
         return sum(int(entry["settings"]["index"]["number_of_shards"]) for entry in settings.values())
 
     def mappings_of(self, name: str) -> dict:
-        """The ``mappings`` of an index, or of the first index behind an alias."""
-        answer = self.rest.request("GET", f"/{name}/_mapping")
+        """The ``mappings`` of an index, or of the first index behind an alias. A user who may read the
+        index but not its mapping gets one rebuilt from ``_field_caps`` (types, objects, multi-fields and
+        esrerank's settings; ``_source`` taken as enabled), with a line saying so."""
+        try:
+            answer = self.rest.request("GET", f"/{name}/_mapping")
+        except EnginePermissionError as exc:
+            logger.warning("%s: the fields of %s are read from _field_caps instead (an index with _source "
+                           "disabled cannot be read this way: grant view_index_metadata for it)", exc, name)
+            caps = self.rest.request("GET", f"/{name}/_field_caps", params={"fields": "*"})
+            mapping = mapping_from_field_caps(caps, FIELD)
+            if "_meta" in mapping:
+                mapping["_meta"]["esrerank"] = meta_from_field(mapping["_meta"]["esrerank"])
+            return mapping
         return next(iter(answer.values()))["mappings"] if answer else {}
 
     def index_meta(self, name: str) -> dict:

@@ -9,10 +9,13 @@ exceptions into esrerank's :class:`EngineError` / :class:`EngineUnavailable`.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from esrerank_errors import DataError, EngineError, EngineUnavailable, InputError
+from esrerank_errors import DataError, EngineError, EnginePermissionError, EngineUnavailable, InputError
+
+from .engine_connection import EngineConnection, as_connection
 
 
 def check_url(url: str) -> str:
@@ -43,19 +46,43 @@ def _failover(nodes: list[str], sniff: bool) -> dict:
     return {"max_retries": retries, "retry_on_status": (), "retry_on_timeout": False, "sniff_on_start": sniff}
 
 
-class ElasticsearchRest:
+class _Rest:
+    """What both adapters share: the connection, and the libraries' failures as esrerank's errors."""
+
+    engine = "engine"
+
+    def __init__(self, connection: EngineConnection | str, request_timeout: float, sniff: bool):
+        self.connection = as_connection(connection)
+        self.nodes = node_urls(self.connection.url)
+        self.url = self.connection.shown_url  # what errors and logs show: never a secret
+        self.request_timeout = request_timeout
+        self.sniff = sniff
+
+    def _unreachable(self, exc: Exception) -> EngineUnavailable:
+        return EngineUnavailable(self.url, unreachable_reason(self.connection.scrub(str(exc)), self.connection))
+
+    def _refused(self, status: int, reason: str) -> EngineError:
+        reason = self.connection.scrub(reason)
+        if status == 401:
+            return EngineError(401, f"{self.engine} at {self.url} refused {_who(self.connection)}: {reason}")
+        if status == 403:
+            return permission_error(self.engine, self.url, reason)
+        return EngineError(status, reason)
+
+
+class ElasticsearchRest(_Rest):
     """REST requests through the ``elasticsearch`` client."""
 
     engine = "elasticsearch"
 
-    def __init__(self, url: str, request_timeout: float, sniff: bool = False):
+    def __init__(self, connection: EngineConnection | str, request_timeout: float, sniff: bool = False):
         import elasticsearch
 
+        super().__init__(connection, request_timeout, sniff)
         self._errors = elasticsearch
-        nodes = node_urls(url)
-        self.url = url
-        self.client = elasticsearch.Elasticsearch(nodes, request_timeout=request_timeout,
-                                                  sniff_on_node_failure=sniff, **_failover(nodes, sniff))
+        self.client = elasticsearch.Elasticsearch(self.nodes, request_timeout=request_timeout,
+                                                  sniff_on_node_failure=sniff, **_failover(self.nodes, sniff),
+                                                  **self.connection.client_options(self.engine))
 
     def request(self, method: str, path: str, body: Any = None, params: dict | None = None) -> Any:
         headers = {"accept": "application/json"}
@@ -66,47 +93,110 @@ class ElasticsearchRest:
         try:
             return self.client.perform_request(method, path, params=params, headers=headers, body=body).body
         except self._errors.ApiError as exc:
-            raise EngineError(exc.meta.status, error_reason(exc.body) or str(exc)) from None
+            raise self._refused(exc.meta.status, error_reason(exc.body) or str(exc)) from None
         except (self._errors.ConnectionError, self._errors.ConnectionTimeout) as exc:
-            raise EngineUnavailable(self.url, str(exc)) from None
+            raise self._unreachable(exc) from None
 
 
-class OpenSearchRest:
+class OpenSearchRest(_Rest):
     """REST requests through the ``opensearch-py`` client (the ``opensearch`` extra)."""
 
     engine = "opensearch"
 
-    def __init__(self, url: str, request_timeout: float, sniff: bool = False):
+    def __init__(self, connection: EngineConnection | str, request_timeout: float, sniff: bool = False):
         import opensearchpy
 
+        super().__init__(connection, request_timeout, sniff)
         self._errors = opensearchpy
-        nodes = node_urls(url)
-        self.url = url
-        self.client = opensearchpy.OpenSearch(nodes, timeout=request_timeout, sniff_on_connection_fail=sniff,
+        self.client = opensearchpy.OpenSearch(self.nodes, timeout=request_timeout, sniff_on_connection_fail=sniff,
                                               pool_maxsize=16,  # parallel bulk workers share the client
-                                              **_failover(nodes, sniff))
+                                              **_failover(self.nodes, sniff),
+                                              **self.connection.client_options(self.engine))
 
     def request(self, method: str, path: str, body: Any = None, params: dict | None = None) -> Any:
         headers = {"content-type": "application/x-ndjson"} if isinstance(body, str) else None
         try:
             return self.client.transport.perform_request(method, path, params=params, body=body, headers=headers)
         except self._errors.ConnectionError as exc:
-            raise EngineUnavailable(self.url, str(exc)) from None
+            raise self._unreachable(exc) from None
         except self._errors.TransportError as exc:
             status = exc.status_code if isinstance(exc.status_code, int) else 0
-            raise EngineError(status, error_reason(exc.info) or str(exc)) from None
+            raise self._refused(status, error_reason(exc.info) or str(exc)) from None
 
 
 ADAPTERS = {"elasticsearch": ElasticsearchRest, "opensearch": OpenSearchRest}
 
 
-def rest_client(engine: str, url: str, request_timeout: float = 120.0):
+def rest_client(engine: str, connection: EngineConnection | str, request_timeout: float = 120.0):
     """The engine's REST adapter alone: ``request(method, path, body=None, params=None)`` returning the
-    parsed answer and raising :class:`EngineError` (for cluster-level APIs: ML Commons, pipelines)."""
+    parsed answer and raising :class:`EngineError` (for cluster-level APIs: ML Commons, pipelines).
+    ``connection``: an :class:`~retrieval.engine_connection.EngineConnection`, or a URL."""
     try:
-        return ADAPTERS[engine](url, request_timeout)
+        adapter = ADAPTERS[engine]
     except KeyError:
         raise InputError(f"unknown engine {engine!r}; choose one of {sorted(ADAPTERS)}") from None
+    return adapter(connection, request_timeout)
+
+
+# --- failures a user can act on ----------------------------------------------------------------------
+
+CA_HINT = ("give the CA that signed it with --ca-certs FILE (Elasticsearch: config/certs/http_ca.crt; OpenSearch: "
+           "its root-ca.pem)")
+
+
+def unreachable_reason(message: str, connection: EngineConnection) -> str:
+    """Why a cluster could not be reached, in one line that says what to do, from a client library's
+    message (which nests urllib3's and ssl's exceptions)."""
+    text = " ".join(message.split())
+    verify = re.search(r"certificate verify failed: ([^(]*?)\s*\(_ssl", text)
+    if verify:
+        detail = verify.group(1).strip().rstrip(".")
+        if "mismatch" in detail.lower() or "not valid for" in detail.lower():
+            return (f"the cluster's certificate is not valid for this host name ({detail}): connect with a "
+                    "name the certificate lists (a development cluster's is often localhost)")
+        return f"the cluster's certificate is not trusted ({detail}): {CA_HINT}"
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text or "packet length too long" in text:
+        return "the server does not speak TLS on this port: use http://, not https://"
+    plain = not connection.secure
+    if plain and any(marker in text for marker in ("RemoteDisconnected", "Connection reset by peer",
+                                                   "Connection aborted", "BadStatusLine", "empty reply")):
+        return ("the server closed the connection without an answer: if the cluster has TLS on (Elasticsearch "
+                "8 and 9 by default, OpenSearch with its security plugin) use https://")
+    ssl_error = re.search(r"\[SSL[^\]]*\][^()]*", text)
+    if ssl_error:
+        return f"TLS failed: {ssl_error.group(0).strip()}"
+    for marker in ("[Errno", "timed out", "Connection refused"):
+        if marker in text:
+            return text[text.index(marker):].split(")")[0].strip(" '\"")
+    return text
+
+
+def _who(connection: EngineConnection) -> str:
+    if connection.username:
+        return f"the password of user {connection.username!r} (HTTP 401)"
+    if connection.bearer_token:
+        return "the bearer token (HTTP 401)"
+    if connection.api_key:
+        return "the API key (HTTP 401)"
+    return ("a request without credentials (HTTP 401): give --user NAME with --password-file FILE "
+            "($ESRERANK_ENGINE_PASSWORD), or --engine-token-file, or --engine-api-key-file")
+
+
+def permission_error(engine: str, url: str, reason: str) -> EnginePermissionError:
+    """A 403 as one line: the user, the privilege refused, the index, and what grants it where the engine says."""
+    action = re.search(r"(?:no permissions for|action) \[([^\]]+)\]", reason)
+    user = re.search(r"(?:User \[name=|for user \[)([^,\]]+)", reason)
+    indices = re.search(r"on indices \[([^\]]+)\]", reason)
+    granted = re.search(r"granted by the (?:index|cluster) privileges \[([^\]]+)\]", reason)
+    if not action:
+        return EnginePermissionError(None, None, f"{engine} at {url} refused the request: {reason}")
+    privilege = action.group(1)
+    where = f" on {indices.group(1)}" if indices else ""
+    who = f"user {user.group(1)!r}" if user else "this user"
+    line = f"{engine} at {url} refused {who} the privilege {privilege}{where}"
+    if granted:
+        line += f" (granted by {granted.group(1).replace(',', ', ')})"
+    return EnginePermissionError(privilege, indices.group(1) if indices else None, line)
 
 
 def error_reason(body: Any) -> str:

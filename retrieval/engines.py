@@ -25,6 +25,7 @@ from .analysis import get_analyzer
 from .engine_admin import FIELD
 from .engine_documents import IndexDocuments
 from .engine_query import EngineQuery
+from .engine_connection import EngineConnection
 from .engine_rest import ElasticsearchRest, OpenSearchRest, error_reason, ndjson
 from .records import Hit
 from .source_fields import MappedField, check_fields, source_path, text_fields
@@ -40,7 +41,8 @@ class SearchEngineBM25(IndexDocuments):
     fields the user names (``rerank_fields``, else the rule of :meth:`reranked_fields`).
 
     Args:
-        url: the server, e.g. ``http://127.0.0.1:9200``.
+        connection: the cluster: an :class:`~retrieval.engine_connection.EngineConnection` (URL, TLS,
+            credentials), or its URL alone, e.g. ``http://127.0.0.1:9200``.
         index: index or alias name.
         query: the first stage as the user runs it: fields for a ``multi_match``, a query template or a
             stored search template (:class:`retrieval.engine_query.EngineQuery`, made from the command
@@ -79,7 +81,7 @@ class SearchEngineBM25(IndexDocuments):
     engine = "engine"
     _adapter = None
 
-    def __init__(self, url: str = "http://127.0.0.1:9200", index: str = "esrerank", msearch_batch: int = 64,
+    def __init__(self, connection: EngineConnection | str = "http://127.0.0.1:9200", index: str = "esrerank", msearch_batch: int = 64,
                  request_timeout: float = 120.0, search_pipeline: str | None = None, dfs: bool | None = None,
                  sniff: bool = False, query: EngineQuery | None = None, rerank_fields: Sequence[str] | None = None,
                  id_field: str | None = None, max_text_chars: int = 20_000, rescore: str | None = None):
@@ -92,8 +94,8 @@ class SearchEngineBM25(IndexDocuments):
         if rescore is not None and query is not None and query.template_id is not None:
             raise DataError("--rescore", "a stored search template cannot be given a rescore section: give the "
                                          "template as a file (--query-template FILE) or --fields")
-        super().__init__(self._adapter(url, request_timeout, sniff), index, id_field, max_text_chars)
-        self.url = url
+        super().__init__(self._adapter(connection, request_timeout, sniff), index, id_field, max_text_chars)
+        self.url = self.rest.url  # as shown: credentials hidden
         self.msearch_batch = msearch_batch
         self.search_pipeline = search_pipeline
         self.rescore = rescore
@@ -389,8 +391,11 @@ RESCORER_FAILURE = "esrerank rescorer:"  # how the plugin's errors begin (plugin
 ENGINES = {"elasticsearch": ElasticsearchBM25, "opensearch": OpenSearchBM25}
 
 
-def connect(engine: str, url: str, index: str, **kwargs) -> SearchEngineBM25:
+def connect(engine: str, connection: EngineConnection | str, index: str, **kwargs) -> SearchEngineBM25:
+    """The searcher of ``engine`` (elasticsearch or opensearch) over ``index``; ``connection``: an
+    :class:`~retrieval.engine_connection.EngineConnection` or a URL; ``kwargs``: see :class:`SearchEngineBM25`."""
     try:
-        return ENGINES[engine](url, index, **kwargs)
+        searcher = ENGINES[engine]
     except KeyError:
         raise InputError(f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}") from None
+    return searcher(connection, index, **kwargs)

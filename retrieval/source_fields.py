@@ -48,6 +48,42 @@ def mapped_fields(mapping: Mapping[str, Any]) -> dict[str, MappedField]:
     return fields
 
 
+def mapping_from_field_caps(answer: Mapping[str, Any], meta_field: str | None = None) -> dict:
+    """A ``mappings`` dict rebuilt from a ``_field_caps`` answer, for a user who may read an index but not its
+    mapping (``_field_caps`` needs ``read`` alone): each field's type, objects and multi-fields. What
+    ``_field_caps`` does not tell is left at the engines' defaults: ``_source`` enabled, no stored field. The
+    ``meta`` of ``meta_field`` (where an index's builder left its settings, field meta being what
+    ``_field_caps`` shows) becomes the mapping's ``_meta``, under ``esrerank``."""
+    properties: dict = {}
+    specs: dict[str, dict] = {}
+    meta: dict = {}
+    for path in sorted(answer.get("fields", {}), key=lambda p: (p.count("."), p)):
+        types = answer["fields"][path]
+        if path.startswith("_") or not isinstance(types, dict):
+            continue
+        kind, caps = next(((k, v) for k, v in types.items() if k != "unmapped"), (None, None))
+        if kind is None or caps.get("metadata_field"):
+            continue
+        if path == meta_field:
+            meta = {key: values[0] for key, values in caps.get("meta", {}).items() if values}
+        parent, _, name = path.rpartition(".")
+        spec = {"type": kind} if kind not in ("object",) else {"properties": {}}
+        if kind == "nested":
+            spec["properties"] = {}
+        holder = properties
+        if parent:
+            parent_spec = specs.get(parent)
+            if parent_spec is None:  # a field of an object _field_caps did not list on its own
+                continue
+            holder = parent_spec.setdefault("fields" if "properties" not in parent_spec else "properties", {})
+        holder[name] = spec
+        specs[path] = spec
+    mapping: dict = {"properties": properties}
+    if meta:
+        mapping["_meta"] = {"esrerank": meta}
+    return mapping
+
+
 def text_fields(fields: Mapping[str, MappedField]) -> list[str]:
     """The ``text`` fields that hold their own ``_source`` value (multi-fields left out), title-like names
     first, then by name."""

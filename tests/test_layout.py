@@ -70,6 +70,7 @@ def test_every_esrerank_error_derives_from_the_one_root():
     from esrerank_errors import (
         DataError,
         EngineError,
+        EnginePermissionError,
         EngineUnavailable,
         EsrerankError,
         IndexingAborted,
@@ -83,16 +84,18 @@ def test_every_esrerank_error_derives_from_the_one_root():
 
     classes = dict(_error_classes())
     assert set(classes) == {"EsrerankError", "InputError", "DataError", "ModelError", "RequestError", "EngineError",
-                            "EngineUnavailable", "RegistrationError", "IndexingAborted", "RerankAborted",
+                            "EngineUnavailable", "EnginePermissionError", "RegistrationError", "IndexingAborted", "RerankAborted",
                             "ServiceError"}
     for error in classes.values():
         assert issubclass(error, EsrerankError), error
     # bad input (2) is a ValueError, so callers catching ValueError keep working; a failed run is 1
     for error in (InputError, DataError, ModelError, RequestError):
         assert error.exit_status == 2 and issubclass(error, ValueError), error
-    for error in (EngineError, EngineUnavailable, RegistrationError, IndexingAborted, RerankAborted, ServiceError):
+    for error in (EngineError, EngineUnavailable, EnginePermissionError, RegistrationError, IndexingAborted,
+                  RerankAborted, ServiceError):
         assert error.exit_status == 1 and not issubclass(error, InputError), error
     assert issubclass(EngineUnavailable, EngineError)
     assert str(DataError("corpus.jsonl", "malformed JSON", line=3)) == "corpus.jsonl:3: malformed JSON"
-    assert str(EngineUnavailable("http://h:1", "... [Errno 111] Connection refused)) ...")) == (
+    assert str(EngineUnavailable("http://h:1", "[Errno 111] Connection refused")) == (
         "HTTP 0: cannot reach http://h:1: [Errno 111] Connection refused")
+    assert issubclass(EnginePermissionError, EngineError) and EnginePermissionError("p", "i", "m").status == 403

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_first_stage_args, engine_url, non_negative_int, positive_int
+from .options import add_engine_connection_args, add_first_stage_args, engine_connection_from, non_negative_int, positive_int
 
 
 def add_parser(commands, common) -> None:
@@ -13,8 +13,7 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--data", required=True,
                         help="BEIR folder, MS MARCO collection.tsv, or 'msmarco-passage' (HF datasets copy)")
     parser.add_argument("--engine", choices=["elasticsearch", "opensearch"], default="elasticsearch")
-    parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200, or :9201 for opensearch); "
-                                      "several nodes of a cluster separated by commas")
+    add_engine_connection_args(parser)
     parser.add_argument("--sniff", action="store_true",
                         help="learn the cluster's other nodes from the one given, and fail over to them")
     parser.add_argument("--index", required=True, help="alias to build; the data goes to a versioned index behind it")
@@ -46,7 +45,7 @@ def run(args) -> int:
 
     corpus = open_corpus(args.data)
     dead_letter = Path(args.dead_letter or f"{args.index}.dead-letter.jsonl")
-    engine = connect(args.engine, engine_url(args), args.index, sniff=args.sniff)
+    engine = connect(args.engine, engine_connection_from(args), args.index, sniff=args.sniff)
     settings = IndexConfig(k1=args.k1, b=args.b, analyzer=args.analyzer, analysis=args.analysis,
                              shards=args.shards, replicas=args.replicas)
     try:

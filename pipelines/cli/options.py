@@ -86,9 +86,7 @@ def add_first_stage_args(parser: argparse.ArgumentParser) -> None:
 def add_retriever_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retriever", choices=["memory", "elasticsearch", "opensearch"], default="memory",
                         help="first stage: in-memory BM25 (default) or a real engine")
-    parser.add_argument("--url",
-                        help="engine URL (default http://127.0.0.1:9200 for elasticsearch, :9201 for opensearch); "
-                             "several nodes of a cluster separated by commas")
+    add_engine_connection_args(parser)
     parser.add_argument("--sniff", action="store_true",
                         help="engine: learn the cluster's other nodes from the one given, and fail over to them")
     parser.add_argument("--index", help="engine index or alias: one 'esrerank index' built, or your own (then "
@@ -145,9 +143,70 @@ def add_rescore_arg(parser: argparse.ArgumentParser) -> None:
                         "of on this machine; needs --retriever elasticsearch, and --model is not used")
 
 
-def engine_url(args) -> str:
-    return args.url or ("http://127.0.0.1:9201" if getattr(args, "retriever", None) == "opensearch" or
-                        getattr(args, "engine", None) == "opensearch" else "http://127.0.0.1:9200")
+def add_engine_connection_args(parser: argparse.ArgumentParser) -> None:
+    """How to reach the engine: its URL, TLS and credentials, the same flags on every command that talks to one."""
+    group = parser.add_argument_group("engine connection (secured clusters)")
+    group.add_argument("--url",
+                       help="engine URL (default http://127.0.0.1:9200 for elasticsearch, :9201 for opensearch); "
+                       "several nodes of a cluster separated by commas. A user:password@ in it works but is "
+                       "visible to other users of this machine: prefer --user and --password-file")
+    group.add_argument("--ca-certs", metavar="FILE",
+                       help="PEM file of the CA that signed the cluster's certificate (Elasticsearch: "
+                       "config/certs/http_ca.crt; OpenSearch: root-ca.pem); default: the system's trust store")
+    group.add_argument("--client-cert", metavar="FILE", help="PEM client certificate, for clusters that ask for one")
+    group.add_argument("--client-key", metavar="FILE", help="PEM key of --client-cert")
+    group.add_argument("--insecure", action="store_true",
+                       help="do not check the cluster's certificate (warned about on every run; prefer --ca-certs)")
+    group.add_argument("--user", metavar="NAME", help="engine user (basic authentication); the password from "
+                       "--password-file or $ESRERANK_ENGINE_PASSWORD")
+    group.add_argument("--password-file", metavar="FILE",
+                       help="file whose first line is the engine user's password (default $ESRERANK_ENGINE_PASSWORD)")
+    group.add_argument("--engine-token-file", metavar="FILE",
+                       help="file holding a bearer token for the engine, e.g. an Elasticsearch service-account "
+                       "token (default $ESRERANK_ENGINE_TOKEN)")
+    group.add_argument("--engine-api-key-file", metavar="FILE",
+                       help="file holding an Elasticsearch API key, id:key or encoded (default "
+                       "$ESRERANK_ENGINE_API_KEY); not the esrerank service's key (--api-key-file)")
+
+
+CONNECTION_FLAGS = ("url", "ca_certs", "client_cert", "client_key", "insecure", "user", "password_file",
+                    "engine_token_file", "engine_api_key_file")
+
+
+def engine_connection_from(args):
+    """The :class:`retrieval.engine_connection.EngineConnection` the flags of ``add_engine_connection_args``
+    describe, built once per command (secrets: flags' files first, then the environment)."""
+    if getattr(args, "engine_connection", None) is not None:
+        return args.engine_connection
+    from retrieval.engine_connection import EngineConnection, read_secret_file
+
+    engine = getattr(args, "engine", None) or getattr(args, "retriever", None)
+    url = args.url or ("http://127.0.0.1:9201" if engine == "opensearch" else "http://127.0.0.1:9200")
+    password = token = api_key = None
+    if args.password_file:
+        if not args.user:
+            raise DataError("--password-file", "a password needs the user's name: give --user NAME")
+        password = read_secret_file(args.password_file, "password")
+    elif args.user:
+        password = os.environ.get("ESRERANK_ENGINE_PASSWORD") or None
+    if args.engine_token_file:
+        token = read_secret_file(args.engine_token_file, "token")
+    if args.engine_api_key_file:
+        api_key = read_secret_file(args.engine_api_key_file, "API key")
+    if not (args.user or token or api_key or "@" in url):  # nothing given by flags: the environment's
+        token = os.environ.get("ESRERANK_ENGINE_TOKEN", "").strip() or None
+        api_key = os.environ.get("ESRERANK_ENGINE_API_KEY", "").strip() or None
+    args.engine_connection = EngineConnection.from_url(
+        url, ca_certs=args.ca_certs, client_cert=args.client_cert, client_key=args.client_key,
+        verify_certs=not args.insecure, username=args.user, password=password, bearer_token=token, api_key=api_key)
+    return args.engine_connection
+
+
+def refuse_connection_flags_without_engine(args) -> None:
+    """Engine connection flags given with the in-memory retriever are a mistake: say so."""
+    given = [f"--{name.replace('_', '-')}" for name in CONNECTION_FLAGS if getattr(args, name, None)]
+    if given:
+        raise DataError(given[0], f"{given[0]} is for an engine: give --retriever elasticsearch|opensearch")
 
 
 def add_reranker_args(parser: argparse.ArgumentParser, default_model: str) -> None:
@@ -290,6 +349,7 @@ def first_stage_from(args, documents=None):
     if args.retriever == "memory":
         from retrieval.bm25 import InMemoryBM25
 
+        refuse_connection_flags_without_engine(args)
         if documents is None:
             raise DataError("--data", "the in-memory retriever needs --data DIR")
         index = InMemoryBM25(documents, k1=args.k1, b=args.b, analyzer=args.analyzer,
@@ -299,7 +359,7 @@ def first_stage_from(args, documents=None):
 
     if not args.index:
         raise DataError("--index", f"--retriever {args.retriever} needs --index NAME")
-    engine = connect(args.retriever, engine_url(args), args.index, dfs=args.dfs, sniff=args.sniff,
+    engine = connect(args.retriever, engine_connection_from(args), args.index, dfs=args.dfs, sniff=args.sniff,
                      **engine_fields)
     engine.check_search()  # before anything else runs: a wrong field or template is one line, at once
     meta = engine.meta
@@ -348,7 +408,7 @@ def reranker_from(args):
         if args.retriever != "elasticsearch" or not args.index:
             raise DataError("--rescore", "reranking inside Elasticsearch needs --retriever elasticsearch --index NAME")
         logger.info("reranking inside Elasticsearch with the %s rescorer (--model is not used)", args.rescore)
-        searcher = connect("elasticsearch", engine_url(args), args.index, rescore=args.rescore, dfs=args.dfs,
+        searcher = connect("elasticsearch", engine_connection_from(args), args.index, rescore=args.rescore, dfs=args.dfs,
                            **engine_fields_from(args))
         return EngineReranker(searcher)
     if args.search_pipeline:
@@ -361,7 +421,7 @@ def reranker_from(args):
                             "reranking inside the engine needs --retriever opensearch --index NAME")
         logger.info("reranking inside OpenSearch through search pipeline %s (--model is not used)",
                     args.search_pipeline)
-        searcher = connect("opensearch", engine_url(args), args.index, search_pipeline=args.search_pipeline,
+        searcher = connect("opensearch", engine_connection_from(args), args.index, search_pipeline=args.search_pipeline,
                            **engine_fields_from(args))
         return EngineReranker(searcher)
     if args.model.lower() == "none":

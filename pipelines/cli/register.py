@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from .options import engine_url, positive_int, read_api_key
+from .options import add_engine_connection_args, engine_connection_from, positive_int, read_api_key
 
 
 def add_parser(commands, common) -> None:
     parser = commands.add_parser("register", parents=[common], allow_abbrev=False,
                                  help="make the engine call 'esrerank serve' itself (rerank inside the engine)")
     parser.add_argument("engine", choices=["opensearch", "elasticsearch"])
-    parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200, or :9201 for opensearch)")
+    add_engine_connection_args(parser)
     parser.add_argument("--service-url", required=True,
                         help="where the engine reaches 'esrerank serve', e.g. http://reranker:8080")
     parser.add_argument("--name", default="esrerank",
@@ -22,8 +22,9 @@ def add_parser(commands, common) -> None:
                         "no separator); default: with --index, what 'evaluate' would read from it, else text")
     parser.add_argument("--index", help="OpenSearch: the index the pipeline will search; --rerank-fields are checked "
                         "against its mapping (and chosen from it when not given)")
-    parser.add_argument("--api-key-file", help="the service's API key, for the engine to send "
-                        "(default: $ESRERANK_API_KEY, else none)")
+    parser.add_argument("--api-key-file", help="the esrerank service's API key, which the engine sends to 'esrerank "
+                        "serve' (default: $ESRERANK_API_KEY, else none); not a key for the engine itself "
+                        "(--engine-api-key-file)")
     parser.add_argument("--timeout-s", type=positive_int, default=30,
                         help="OpenSearch's connect and read timeout for the service (default 30)")
     parser.add_argument("--fallback-to-bm25", action="store_true",
@@ -37,7 +38,7 @@ def run(args) -> int:
     from ..engine_rerank import register_elasticsearch, register_opensearch
 
     api_key = read_api_key(args.api_key_file)
-    rest = rest_client(args.engine, engine_url(args))
+    rest = rest_client(args.engine, engine_connection_from(args))
     if args.engine == "opensearch":
         fields = _rerank_fields(args)
         registration = register_opensearch(rest, args.service_url, args.name, fields, api_key=api_key,
@@ -58,6 +59,6 @@ def _rerank_fields(args) -> list[str]:
         return named or ["text"]
     from retrieval.engines import connect
 
-    searcher = connect(args.engine, engine_url(args), args.index, rerank_fields=named)
+    searcher = connect(args.engine, engine_connection_from(args), args.index, rerank_fields=named)
     searcher.check()  # the index is there and the fields are in its mapping, as for any searcher
     return searcher.reranked_fields()

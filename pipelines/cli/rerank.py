@@ -15,13 +15,15 @@ from .options import (
     add_score_cache_arg,
     cross_encoder_from,
     engine_fields_from,
-    engine_url,
+    add_engine_connection_args,
+    engine_connection_from,
     logger,
     model_options_from,
     non_negative_int,
     output_file,
     positive_int,
     ray_config_from,
+    refuse_connection_flags_without_engine,
 )
 
 
@@ -47,7 +49,7 @@ def add_parser(commands, common) -> None:
     parser.add_argument("--retriever", choices=["memory", "elasticsearch", "opensearch"], default="memory",
                         help="where the documents' text comes from: the collection of --data (memory, default) or "
                         "an engine index (the one the run was made from: --index, --rerank-fields, --id-field)")
-    parser.add_argument("--url", help="engine URL (default http://127.0.0.1:9200, or :9201 for opensearch)")
+    add_engine_connection_args(parser)
     parser.add_argument("--index", help="engine index or alias holding the run's documents")
     add_index_fields_args(parser, search=False)
     add_model_run_args(parser)
@@ -63,12 +65,13 @@ def _texts(args, collection, candidates) -> dict[str, str]:
     """doc id → text: the collection's, or what the engine index holds in the fields its searcher reads."""
     if args.retriever == "memory":
         engine_fields_from(args)  # engine-only flags without an engine are refused
+        refuse_connection_flags_without_engine(args)
         return collection.texts()
     from retrieval.engines import connect
 
     if not args.index:
         raise DataError("--index", f"--retriever {args.retriever} needs --index NAME")
-    searcher = connect(args.retriever, engine_url(args), args.index, **engine_fields_from(args))
+    searcher = connect(args.retriever, engine_connection_from(args), args.index, **engine_fields_from(args))
     searcher.check()
     ids = list(dict.fromkeys(h.doc_id for hits in candidates.values() for h in hits))
     logger.info("reading %d documents' text from %s/%s (%s)", len(ids), searcher.url, args.index,
