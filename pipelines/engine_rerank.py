@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from esrerank_errors import EngineError, RegistrationError
+from esrerank_errors import EngineError, EnginePermissionError, RegistrationError
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +123,22 @@ _HINTS = (
 )
 
 
-def explain(step: str, error: EngineError) -> RegistrationError:
-    """A one-line error for a refused step, naming the setting or plugin to fix where it is known."""
+# What registering asks of the engine; CI registers with a user holding exactly these
+# (tests/pipelines/test_secured_clusters.py).
+REGISTER_PRIVILEGES = {
+    "opensearch": "cluster permissions cluster:admin/opensearch/ml/* and cluster:admin/search/pipeline/*, and index "
+                  "permission read on the --index",
+    "elasticsearch": "cluster privilege manage_inference",
+}
+
+
+def explain(step: str, error: EngineError, engine: str | None = None) -> RegistrationError:
+    """A one-line error for a refused step, naming the setting or plugin to fix where it is known, or the
+    privilege the engine refused and the full list registering needs."""
     message = str(error)
+    if isinstance(error, EnginePermissionError) and engine in REGISTER_PRIVILEGES:
+        return RegistrationError(f"{step}: {message.removeprefix('HTTP 403: ')}; registering needs "
+                                 f"{REGISTER_PRIVILEGES[engine]}")
     for fragment, hint in _HINTS:
         if fragment.lower() in message.lower():
             return RegistrationError(f"{step}: {hint} ({message[:300]})")
@@ -141,7 +154,7 @@ def _search_ml(rest, kind: str, query: dict) -> list[dict]:
     except EngineError as exc:
         if exc.status == 404 and "index_not_found" in str(exc):
             return []
-        raise explain(f"looking for existing {kind}", exc) from None
+        raise explain(f"looking for existing {kind}", exc, rest.engine) from None
     return response.get("hits", {}).get("hits", [])
 
 
@@ -150,7 +163,7 @@ def _call(rest, step: str, method: str, path: str, **request) -> dict:
     try:
         return rest.request(method, path, **request)
     except EngineError as exc:
-        raise explain(step, exc) from None
+        raise explain(step, exc, rest.engine) from None
 
 
 def _wait(rest, path: str, state_key: str, done: str, failed: tuple[str, ...], what: str, timeout_s: float) -> dict:

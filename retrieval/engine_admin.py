@@ -103,7 +103,14 @@ class IndexAdmin:
                 raise EngineError(400, f"{engine} at {url} has no {settings.analyzer!r} analyzer "
                                        "(no analysis-common module); use analysis 'client' or 'auto'")
             return settings
-        native = self.has_analyzer(settings.analyzer)
+        try:
+            native = self.has_analyzer(settings.analyzer)
+        except EnginePermissionError as exc:
+            # _analyze is a cluster privilege (Elasticsearch: manage) that indexing need not have: creating the
+            # index tells as well (create_index_settling_analysis)
+            logger.info("%s: whether the server has the %r analyzer is settled by creating the index", exc,
+                        settings.analyzer)
+            return settings
         if not native:
             logger.info("%s at %s has no %r analyzer: indexing esrerank's replica of it (pre-analyzed terms)",
                         engine, url, settings.analyzer)
@@ -149,7 +156,8 @@ class IndexAdmin:
 
     def alias_targets(self, alias: str) -> list[str]:
         try:
-            return sorted(self.rest.request("GET", f"/_alias/{alias}"))
+            # asked through the alias itself: a user whose privileges cover the alias's indices alone may ask
+            return sorted(self.rest.request("GET", f"/{alias}/_alias/{alias}"))
         except EngineError as exc:
             if exc.status == 404:
                 return []
@@ -162,7 +170,7 @@ class IndexAdmin:
                                          params={"filter_path": "*.settings.index.number_of_shards"})
         except EnginePermissionError as exc:
             # read alone: a search reports the shards it asked, one per primary
-            logger.info("%s; counting %s's shards from a search instead", exc, name)
+            logger.info("%s; counting %s's shards from a search instead", str(exc).removeprefix("HTTP 403: "), name)
             answer = self.rest.request("POST", f"/{name}/_search", body={"size": 0, "track_total_hits": False})
             return int(answer["_shards"]["total"])
         return sum(int(entry["settings"]["index"]["number_of_shards"]) for entry in settings.values())
@@ -174,8 +182,8 @@ class IndexAdmin:
         try:
             answer = self.rest.request("GET", f"/{name}/_mapping")
         except EnginePermissionError as exc:
-            logger.warning("%s: the fields of %s are read from _field_caps instead (an index with _source "
-                           "disabled cannot be read this way: grant view_index_metadata for it)", exc, name)
+            logger.warning("%s; the fields of %s are read from _field_caps instead (enough unless _source is "
+                           "disabled)", str(exc).removeprefix("HTTP 403: "), name)
             caps = self.rest.request("GET", f"/{name}/_field_caps", params={"fields": "*"})
             mapping = mapping_from_field_caps(caps, FIELD)
             if "_meta" in mapping:
@@ -201,8 +209,24 @@ class IndexAdmin:
 
     # --- loading an index (used by retrieval.indexing) ---------------------------------------------
 
-    def create_index(self, name: str, settings: IndexConfig, meta: dict) -> None:
-        self.rest.request("PUT", f"/{name}", body=self.index_body(settings, meta))
+    def create_index(self, name: str, settings: IndexConfig, meta: dict) -> IndexConfig:
+        """Create ``name``; ``analysis="auto"`` (left so when the server's analyzers could not be asked) tries
+        the server's analyzer and, where the server has none by that name, esrerank's replica. Returns the
+        settings the index was made with."""
+        if settings.analysis != "auto":
+            self.rest.request("PUT", f"/{name}", body=self.index_body(settings, meta))
+            return settings
+        for analysis in ("native", "client"):
+            chosen = IndexConfig(**{**asdict(settings), "analysis": analysis})
+            try:
+                self.rest.request("PUT", f"/{name}", body=self.index_body(chosen, {**meta, "analysis": analysis}))
+                return chosen
+            except EngineError as exc:
+                if not (exc.status == 400 and f"analyzer [{settings.analyzer}]" in str(exc)):
+                    raise
+                logger.info("%s at %s has no %r analyzer: indexing esrerank's replica of it (pre-analyzed terms)",
+                            self.rest.engine, self.rest.url, settings.analyzer)
+        raise AssertionError("unreachable: the client analysis needs no server analyzer")
 
     def bulk(self, body: str) -> dict:
         """One ``_bulk`` request (NDJSON body); the answer has one item per action."""

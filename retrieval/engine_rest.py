@@ -59,7 +59,8 @@ class _Rest:
         self.sniff = sniff
 
     def _unreachable(self, exc: Exception) -> EngineUnavailable:
-        return EngineUnavailable(self.url, unreachable_reason(self.connection.scrub(str(exc)), self.connection))
+        return EngineUnavailable(self.url, unreachable_reason(self.connection.scrub(_failure_text(exc)),
+                                                              self.connection))
 
     def _refused(self, status: int, reason: str) -> EngineError:
         reason = self.connection.scrub(reason)
@@ -167,8 +168,23 @@ def unreachable_reason(message: str, connection: EngineConnection) -> str:
         return f"TLS failed: {ssl_error.group(0).strip()}"
     for marker in ("[Errno", "timed out", "Connection refused"):
         if marker in text:
-            return text[text.index(marker):].split(")")[0].strip(" '\"")
+            return text[text.index(marker):].split(")")[0].split(" | ")[0].strip(" '\"")
     return text
+
+
+def _failure_text(exc: BaseException) -> str:
+    """Everything a client's connection error says: its message, the errors it gathered, and the exceptions
+    it was raised from (elasticsearch-py's own message is only "Connection error" when it made one try)."""
+    parts, seen = [], set()
+    pending = [exc]
+    while pending:
+        error = pending.pop(0)
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        parts.append(str(error))
+        pending += list(getattr(error, "errors", ()) or ()) + [error.__cause__, error.__context__]
+    return " | ".join(part for part in parts if part)
 
 
 def _who(connection: EngineConnection) -> str:

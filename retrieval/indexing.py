@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from esrerank_errors import EngineError, EngineUnavailable, IndexingAborted
+from esrerank_errors import EngineError, EnginePermissionError, EngineUnavailable, IndexingAborted
 
 from .analysis import get_analyzer
 from .engine_admin import FIELD, IndexConfig
@@ -165,7 +165,8 @@ def find_resumable(engine: SearchEngineBM25, alias: str, meta: dict) -> str | No
     for name in reversed(engine.list_indices(f"{alias}-*")):
         existing = engine.index_meta(name)
         if not existing.get("complete") and all(existing.get(k) == v for k, v in meta.items()
-                                                 if k not in ("acked_docs", "complete", "created")):
+                                                 if k not in ("acked_docs", "complete", "created")
+                                                 and not (k == "analysis" and v == "auto")):
             return name
     return None
 
@@ -206,6 +207,25 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
         engine = OpenSearchBM25("http://127.0.0.1:9201", "scifact")
         report = build_index(engine, corpus.documents, "scifact", corpus.corpus_id, total=corpus.total)
     """
+    try:
+        return _build_index(engine, documents, alias, corpus_id, settings, batch_docs, workers, dead_letter, backoff,
+                            total, force_merge, keep_old, show_progress, checkpoint_every_s)
+    except EnginePermissionError as exc:
+        raise EnginePermissionError(exc.privilege, exc.index, f"{exc.args[0].removeprefix('HTTP 403: ')}; "
+                                    f"indexing needs {INDEX_PRIVILEGES[engine.engine]}") from None
+
+
+# What indexing asks of the engine, on the alias and the versioned indices behind it (ALIAS and ALIAS-*);
+# CI indexes with users that hold exactly these (tests/pipelines/test_secured_clusters.py).
+INDEX_PRIVILEGES = {
+    "elasticsearch": "cluster privilege monitor, and index privileges create_index, write, manage, read on ALIAS*",
+    "opensearch": "cluster permissions cluster_composite_ops, cluster_monitor, indices:admin/analyze, and index "
+                  "permissions crud, create_index, manage on ALIAS*",
+}
+
+
+def _build_index(engine, documents, alias, corpus_id, settings, batch_docs, workers, dead_letter, backoff, total,
+                 force_merge, keep_old, show_progress, checkpoint_every_s) -> "IndexingResult":
     settings = settings or IndexConfig()
     backoff = backoff or Backoff()
     started = time.perf_counter()
@@ -223,10 +243,12 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
     else:
         index = f"{alias}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() // 1_000_000 % 1000:03d}"
         meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        engine.create_index(index, settings, meta)
+        settings = engine.create_index(index, settings, meta)
         logger.info("created index %s (%s analysis, %s analyzer, k1=%s, b=%s)", index, settings.analysis,
                     settings.analyzer, settings.k1, settings.b)
     meta = engine.index_meta(index)
+    if settings.analysis == "auto":  # resumed: the index says how it analyzes
+        settings = IndexConfig(**{**asdict(settings), "analysis": meta["analysis"]})
     report = IndexingResult(alias=alias, index=index, resumed_after=resumed_after, settings=asdict(settings),
                             dead_letter=str(dead_letter) if dead_letter else None)
     dead_letters = DeadLetters(Path(dead_letter) if dead_letter else None)
@@ -284,6 +306,8 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
                     checkpoint(force=True)
                 except EngineError as exc:
                     logger.warning("could not record the checkpoint (%s); a re-run resends more documents", exc)
+    except EnginePermissionError:
+        raise  # a privilege missing: a re-run would fail the same way
     except (IndexingAborted, EngineError) as exc:
         # An engine error can also come from recording a checkpoint (the server died between two bulk
         # requests); what was acknowledged is recorded either way, so a re-run resumes.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 from esrerank_errors import EsrerankError
 
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("elastic_transport", "opensearch", "urllib3", "httpx"):  # one line per HTTP request
         logging.getLogger(noisy).setLevel(logging.ERROR)  # esrerank reports what failed
+    # --insecure is warned about once, by esrerank; urllib3 would repeat it for every request
+    warnings.filterwarnings("ignore", message="Unverified HTTPS request")
     try:
         return args.handler(args)
     except EsrerankError as error:  # anything a user can cause: one line, 2 for bad input, 1 for a failed run
