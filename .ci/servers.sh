@@ -60,6 +60,7 @@ RESCORE_API_KEY="${ESRERANK_RESCORE_API_KEY:-esrerank-ci-key}"
 ES_SECURE_VERSION=9.1.0   # integ-test zip with x-pack-security; no esrerank plugin, no esrerank.service.* settings
 OS_SECURE_PORT=9203       # OpenSearch $OS_ML_VERSION + security plugin; transport on port + 100
 ES_SECURE_PORT=9204
+ES9_PLAIN_PORT=9205       # elasticsearch9: Elasticsearch $ES_SECURE_VERSION with security off, the secured one's twin
 CERT_DIR="$RUN_ROOT/certs"
 SECURE_ROOT="$RUN_ROOT/secure"
 NODE_SUBJECT="/O=esrerank/OU=esrerank-ci/CN=localhost"
@@ -611,6 +612,18 @@ PY
 
 start_secure() {  # name port dir: a secured single node, healthy, its credentials recorded
     local name=$1 port=$2 dir=$3 engine home java heap="${ESRERANK_SERVER_HEAP:-512m}" started=$SECONDS setup
+    if [ "$name" = elasticsearch9 ]; then  # the unsecured twin of elasticsearch-secure: what it must equal
+        if curl -sf "http://127.0.0.1:$port/_cluster/health" >/dev/null 2>&1; then
+            log "$name already answers on port $port"; return 0
+        fi
+        home=$(distribution elasticsearch "$ES_SECURE_VERSION"); java=$(find_java 21 99)
+        prepare_node "$home" "$dir"
+        chown -R "$SERVER_USER" "$dir"
+        run_node "$name" elasticsearch "$home" "$java" "$heap" "$dir" "$port" -E discovery.type=single-node \
+            -E xpack.security.enabled=false
+        wait_healthy "$name" "$port" "wait_for_status=yellow" "$dir"
+        return 0
+    fi
     if secure_answers "$port"; then log "$name already answers on port $port"; return 0; fi
     if [ "$name" = opensearch-secure ]; then
         engine=opensearch; home=$(secure_os_distribution); java=$(find_java 17 23)
@@ -632,7 +645,7 @@ start_secure() {  # name port dir: a secured single node, healthy, its credentia
 secure() {  # start|stop|status opensearch-secure|elasticsearch-secure|secure
     local action=$1 names=("$2") name pid pids=() failed=0 p
     if [ "$2" = secure ]; then
-        names=(opensearch-secure elasticsearch-secure)
+        names=(opensearch-secure elasticsearch-secure elasticsearch9)
         [ -z "$port$dir" ] || { log "--port and --dir apply to one server, not to secure"; exit 2; }
     fi
     case $action in
@@ -648,7 +661,7 @@ secure() {  # start|stop|status opensearch-secure|elasticsearch-secure|secure
         stop)
             for name in "${names[@]}"; do
                 stop_one "$name" "${dir:-$RUN_ROOT/$name}"
-                secure_credentials "${name%-secure}"
+                [ "$name" = elasticsearch9 ] || secure_credentials "${name%-secure}"
             done ;;
         status)
             for name in "${names[@]}"; do
@@ -662,7 +675,11 @@ secure() {  # start|stop|status opensearch-secure|elasticsearch-secure|secure
 }
 
 secure_port() {
-    if [ "$1" = opensearch-secure ]; then echo "$OS_SECURE_PORT"; else echo "$ES_SECURE_PORT"; fi
+    case $1 in
+        opensearch-secure) echo "$OS_SECURE_PORT" ;;
+        elasticsearch9) echo "$ES9_PLAIN_PORT" ;;
+        *) echo "$ES_SECURE_PORT" ;;
+    esac
 }
 
 action=${1:-}; shift || true
@@ -689,7 +706,7 @@ if [ "$target" = opensearch-cluster ]; then
 fi
 [ -z "$node" ] || { log "--node applies to opensearch-cluster only"; exit 2; }
 case $target in
-    opensearch-secure|elasticsearch-secure|secure) secure "$action" "$target"; exit 0 ;;
+    opensearch-secure|elasticsearch-secure|elasticsearch9|secure) secure "$action" "$target"; exit 0 ;;
 esac
 engines=(elasticsearch opensearch opensearch-ml)
 [ "$target" = all ] || engines=("$target")

@@ -62,12 +62,12 @@ class _Rest:
         return EngineUnavailable(self.url, unreachable_reason(self.connection.scrub(_failure_text(exc)),
                                                               self.connection))
 
-    def _refused(self, status: int, reason: str) -> EngineError:
+    def _refused(self, status: int, reason: str, path: str) -> EngineError:
         reason = self.connection.scrub(reason)
         if status == 401:
             return EngineError(401, f"{self.engine} at {self.url} refused {_who(self.connection)}: {reason}")
         if status == 403:
-            return permission_error(self.engine, self.url, reason)
+            return permission_error(self.engine, self.url, reason, path)
         return EngineError(status, reason)
 
 
@@ -94,7 +94,7 @@ class ElasticsearchRest(_Rest):
         try:
             return self.client.perform_request(method, path, params=params, headers=headers, body=body).body
         except self._errors.ApiError as exc:
-            raise self._refused(exc.meta.status, error_reason(exc.body) or str(exc)) from None
+            raise self._refused(exc.meta.status, error_reason(exc.body) or str(exc), path) from None
         except (self._errors.ConnectionError, self._errors.ConnectionTimeout) as exc:
             raise self._unreachable(exc) from None
 
@@ -122,7 +122,7 @@ class OpenSearchRest(_Rest):
             raise self._unreachable(exc) from None
         except self._errors.TransportError as exc:
             status = exc.status_code if isinstance(exc.status_code, int) else 0
-            raise self._refused(status, error_reason(exc.info) or str(exc)) from None
+            raise self._refused(status, error_reason(exc.info) or str(exc), path) from None
 
 
 ADAPTERS = {"elasticsearch": ElasticsearchRest, "opensearch": OpenSearchRest}
@@ -189,17 +189,18 @@ def _failure_text(exc: BaseException) -> str:
 
 def _who(connection: EngineConnection) -> str:
     if connection.username:
-        return f"the password of user {connection.username!r} (HTTP 401)"
+        return f"the password of user {connection.username!r}"
     if connection.bearer_token:
-        return "the bearer token (HTTP 401)"
+        return "the bearer token"
     if connection.api_key:
-        return "the API key (HTTP 401)"
-    return ("a request without credentials (HTTP 401): give --user NAME with --password-file FILE "
+        return "the API key"
+    return ("a request without credentials: give --user NAME with --password-file FILE "
             "($ESRERANK_ENGINE_PASSWORD), or --engine-token-file, or --engine-api-key-file")
 
 
-def permission_error(engine: str, url: str, reason: str) -> EnginePermissionError:
-    """A 403 as one line: the user, the privilege refused, the index, and what grants it where the engine says."""
+def permission_error(engine: str, url: str, reason: str, path: str = "") -> EnginePermissionError:
+    """A 403 as one line: the user, the privilege refused, the index (the engine's word, else the request's),
+    and what grants it where the engine says."""
     action = re.search(r"(?:no permissions for|action) \[([^\]]+)\]", reason)
     user = re.search(r"(?:User \[name=|for user \[)([^,\]]+)", reason)
     indices = re.search(r"on indices \[([^\]]+)\]", reason)
@@ -207,12 +208,16 @@ def permission_error(engine: str, url: str, reason: str) -> EnginePermissionErro
     if not action:
         return EnginePermissionError(None, None, f"{engine} at {url} refused the request: {reason}")
     privilege = action.group(1)
-    where = f" on {indices.group(1)}" if indices else ""
+    index = indices.group(1) if indices else None
+    first = path.lstrip("/").split("/")[0]
+    if index is None and privilege.startswith("indices:") and first and not first.startswith("_"):
+        index = first  # OpenSearch names the action alone; the request names the index
+    where = f" on {index}" if index else ""
     who = f"user {user.group(1)!r}" if user else "this user"
     line = f"{engine} at {url} refused {who} the privilege {privilege}{where}"
     if granted:
         line += f" (granted by {granted.group(1).replace(',', ', ')})"
-    return EnginePermissionError(privilege, indices.group(1) if indices else None, line)
+    return EnginePermissionError(privilege, index, line)
 
 
 def error_reason(body: Any) -> str:

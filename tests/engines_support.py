@@ -13,6 +13,8 @@ URLS = {
     "opensearch": os.environ.get("ESRERANK_OS_URL", "http://127.0.0.1:9201"),
     # OpenSearch 2.19.1 with ML Commons and neural-search: reranking inside the engine
     "opensearch-ml": os.environ.get("ESRERANK_OS_ML_URL", "http://127.0.0.1:9202"),
+    # Elasticsearch 9.1.0 with security off (servers.sh start secure): the secured 9.1.0 node's twin
+    "elasticsearch9": os.environ.get("ESRERANK_ES9_URL", "http://127.0.0.1:9205"),
     # three OpenSearch 3.6.0 nodes (servers.sh start opensearch-cluster), every node named
     "opensearch-cluster": os.environ.get("ESRERANK_OS_CLUSTER_URL",
                                          "http://127.0.0.1:9211,http://127.0.0.1:9212,http://127.0.0.1:9213"),

@@ -81,77 +81,165 @@ def error_line(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def opensearch_runs(credentials, tmp_path_factory, vaswani, spread_cross_encoder):
-    """Every engine command through the secured OpenSearch (as indexer and reader) and the same commands on
-    the unsecured 2.19.1 node: (outputs by route, the Cli with everything printed, the work folder)."""
-    plain_url = require_server("opensearch-ml")
-    secure = credentials["opensearch"]
-    work = tmp_path_factory.mktemp("secured-opensearch")
-    cli = Cli(work)
+# engine -> (the unsecured twin's server name, the secured server's settings key)
+TWINS = {"opensearch": "opensearch-ml", "elasticsearch": "elasticsearch9"}
+
+
+def run_every_command(cli: Cli, out: Path, engine: str, index: list[str], read: list[str], env: dict, vaswani,
+                      model: str) -> str:
+    """index, evaluate (BM25 and reranked), search, mine and rerank through one route; returns search's output."""
+    out.mkdir()
+    if index:
+        # one bulk worker: documents get the same internal order in both indexes, so tied scores list alike
+        cli("index", "--data", str(vaswani), "--engine", engine, "--index", ALIAS, "--workers", "1",
+            "--dead-letter", str(out / "dead.jsonl"), *index)
+    first_stage = ["--retriever", engine, "--index", ALIAS, *read]
+    cli("evaluate", "--data", str(vaswani), "--model", "none", "--save-run", str(out / "bm25.run"),
+        "--output-json", str(out / "bm25.json"), *first_stage, env=env)
+    cli("evaluate", "--data", str(vaswani), "--model", model, "--retrieve-k", "100", "--rerank-k", "20",
+        "--save-run", str(out / "reranked.run"), "--output-json", str(out / "reranked.json"), *first_stage, env=env)
+    searched = cli("search", *QUERIES, "--model", model, "--rerank-k", "20", *first_stage, env=env)
+    cli("mine", "--data", str(vaswani), "--split", "test", "--out", str(out / "mined"), "--retrieve-k", "30",
+        "--range-max", "30", *first_stage, env=env)
+    cli("rerank", "--data", str(vaswani), "--candidates", str(out / "bm25.run"), "--model", model, "--rerank-k",
+        "10", "--out", str(out / "rerank.run"), "--devices", "cpu", *first_stage, env=env)
+    return searched.stdout
+
+
+@pytest.fixture(scope="module", params=["opensearch", "elasticsearch"])
+def secured_runs(request, credentials, tmp_path_factory, vaswani, spread_cross_encoder):
+    """Every engine command through the secured server (an indexer indexes, a reader with ``read`` alone
+    searches) and through its unsecured twin of the same release: (engine, outputs by route, the Cli)."""
+    engine = request.param
+    plain_url = require_server(TWINS[engine])
+    secure = credentials[engine]
     users = secure["users"]
-    indexer_file = secret_file(work, "indexer.password", users["indexer"])
+    work = tmp_path_factory.mktemp(f"secured-{engine}")
+    cli = Cli(work)
     model = str(spread_cross_encoder)
-    routes = {
-        # the indexer's password from a file; the reader's from the environment, then from the URL
-        "secure": {"index": ["--url", secure["url"], "--ca-certs", credentials["ca_certs"], "--user", "indexer",
-                             "--password-file", indexer_file],
-                   "read": ["--url", secure["url"], "--ca-certs", credentials["ca_certs"], "--user", "reader"],
-                   "env": {"ESRERANK_ENGINE_PASSWORD": users["reader"]}},
-        "plain": {"index": ["--url", plain_url], "read": ["--url", plain_url], "env": {}},
+    tls = ["--url", secure["url"], "--ca-certs", credentials["ca_certs"]]
+    indexer = [*tls, "--user", "indexer", "--password-file", secret_file(work, "indexer.password", users["indexer"])]
+    # the reader's password from the environment (OpenSearch) or a file (Elasticsearch)
+    if engine == "opensearch":
+        reader, reader_env = [*tls, "--user", "reader"], {"ESRERANK_ENGINE_PASSWORD": users["reader"]}
+    else:
+        reader = [*tls, "--user", "reader", "--password-file", secret_file(work, "reader.password", users["reader"])]
+        reader_env = {}
+    searched = {
+        "secure": run_every_command(cli, work / "secure", engine, indexer, reader, reader_env, vaswani, model),
+        "plain": run_every_command(cli, work / "plain", engine, ["--url", plain_url], ["--url", plain_url], {},
+                                   vaswani, model),
     }
-    outputs: dict[str, dict] = {}
-    for route, how in routes.items():
-        out = work / route
-        out.mkdir()
-        cli("index", "--data", str(vaswani), "--engine", "opensearch", "--index", ALIAS, "--workers", "2",
-            "--dead-letter", str(out / "dead.jsonl"), *how["index"])
-        engine = ["--retriever", "opensearch", "--index", ALIAS, *how["read"]]
-        cli("evaluate", "--data", str(vaswani), "--model", "none", "--save-run", str(out / "bm25.run"),
-            "--output-json", str(out / "bm25.json"), "-q", *engine, env=how["env"])
-        cli("evaluate", "--data", str(vaswani), "--model", model, "--retrieve-k", "100", "--rerank-k", "20",
-            "--save-run", str(out / "reranked.run"), "--output-json", str(out / "reranked.json"), *engine,
-            env=how["env"])
-        searched = cli("search", *QUERIES, "--model", model, "--rerank-k", "20", *engine, env=how["env"])
-        cli("mine", "--data", str(vaswani), "--split", "test", "--out", str(out / "mined"), "--retrieve-k", "30",
-            "--range-max", "30", *engine, env=how["env"])
-        cli("rerank", "--data", str(vaswani), "--candidates", str(out / "bm25.run"), "--model", model,
-            "--rerank-k", "10", "--out", str(out / "rerank.run"), "--devices", "cpu",
-            *engine, env=how["env"])
-        outputs[route] = {"search": searched.stdout, "folder": out}
     # the password in the URL works too (percent-decoded), with its warning
     in_url = secure["url"].replace("https://", f"https://reader:{users['reader'].replace('%', '%25')}@")
-    warned = cli("evaluate", "--data", str(vaswani), "--model", "none", "--retriever", "opensearch", "--index",
-                 ALIAS, "--url", in_url, "--ca-certs", credentials["ca_certs"], "-q",
-                 "--output-json", str(work / "secure" / "bm25-url.json"))
-    outputs["password_in_url"] = {"stdout": warned.stdout, "stderr": warned.stderr}
-    return outputs, cli, work
+    warned = cli("evaluate", "--data", str(vaswani), "--model", "none", "--retriever", engine, "--index", ALIAS,
+                 "--url", in_url, "--ca-certs", credentials["ca_certs"], "--output-json",
+                 str(work / "secure" / "bm25-url.json"))
+    assert "other users of this machine" in warned.stderr
+    if engine == "elasticsearch":
+        # a service-account token (bearer) reads the indices its account may read: admin indexes one there
+        token_index = secure["service_token_readable_pattern"].replace("*", "vaswani")
+        admin = [*tls, "--user", "admin", "--password-file", secret_file(work, "admin.password", users["admin"])]
+        cli("index", "--data", str(vaswani), "--engine", engine, "--index", token_index, "--workers", "1",
+            "--dead-letter", str(work / "token-dead.jsonl"), *admin)
+        token_file = secret_file(work, "service.token", secure["service_token"])
+        cli("evaluate", "--data", str(vaswani), "--model", "none", "--retriever", engine, "--index", token_index,
+            *tls, "--engine-token-file", token_file, "--save-run", str(work / "secure" / "bm25-token.run"))
+    return engine, searched, cli, work
 
 
-def test_secured_opensearch_commands_equal_the_unsecured_node(opensearch_runs):
-    outputs, _, _ = opensearch_runs
-    secure, plain = outputs["secure"]["folder"], outputs["plain"]["folder"]
+def test_secured_commands_equal_the_unsecured_twin(secured_runs):
+    engine, searched, _, work = secured_runs
+    secure, plain = work / "secure", work / "plain"
     for name in ("bm25.run", "bm25.json", "reranked.run", "reranked.json", "rerank.run", "mined/stats.json"):
         assert (secure / name).read_bytes() == (plain / name).read_bytes(), name
-    assert (secure / "bm25.run").stat().st_size > 10_000  # a real run: 93 queries x 1000
-    assert outputs["secure"]["search"] == outputs["plain"]["search"]
-    assert outputs["secure"]["search"].count("query ") == len(QUERIES)
+    assert (secure / "bm25.run").stat().st_size > 1_000_000  # 93 queries x 1000 hits
+    assert json.loads((secure / "bm25.json").read_text())["first_stage"]["nDCG@10"] > 0.4
+    assert searched["secure"] == searched["plain"] and searched["secure"].count("query ") == len(QUERIES)
     assert json.loads((secure / "bm25-url.json").read_text()) == json.loads((secure / "bm25.json").read_text())
-    assert "other users of this machine" in outputs["password_in_url"]["stderr"]
+    if engine == "elasticsearch":
+        assert (secure / "bm25-token.run").read_bytes() == (secure / "bm25.run").read_bytes()
 
 
-def test_no_secret_in_any_output_or_written_file(opensearch_runs, credentials):
-    _, cli, work = opensearch_runs
+def test_no_secret_in_any_output_or_written_file(secured_runs, credentials):
+    _, _, cli, work = secured_runs
     secrets = secrets_of(credentials)
-    assert secrets and all(len(secret) >= 8 for secret in secrets)
+    assert all(len(secret) >= 8 for secret in secrets)
     for command, printed in cli.outputs:
         for secret in secrets:
             assert secret not in printed, f"a secret in the output of: {command}"
-    written = [path for path in work.rglob("*") if path.is_file() and not path.name.endswith(".password")]
+    written = [path for path in work.rglob("*") if path.is_file()
+               and not path.name.endswith((".password", ".token"))]
     assert len(written) > 10
     for path in written:
         content = path.read_bytes()
         for secret in secrets:
             assert secret.encode() not in content, f"a secret in {path}"
     # the URL is shown, redacted, where the first stage is described
-    assert any("https://reader:***@localhost:9203" in printed for _, printed in cli.outputs)
+    assert any("https://reader:***@localhost:" in printed for _, printed in cli.outputs)
+
+
+def test_errors_a_user_can_act_on_are_one_line(credentials, secured_runs, vaswani, tmp_path):
+    """Each failure ends in one line saying what to do, with exit status 1 (the run failed) or 2 (bad input),
+    and none shows a secret."""
+    engine = secured_runs[0]  # its server has the readers' index
+    secure = credentials[engine]
+    users = secure["users"]
+    cli = Cli(tmp_path)
+    host_port = secure["url"].removeprefix("https://localhost")
+    reader_file = secret_file(tmp_path, "reader.password", users["reader"])
+    wrong_file = secret_file(tmp_path, "wrong.password", "Wr0ng#Pa55w0rd-38")
+    empty = tmp_path / "empty.password"
+    empty.write_text("\n")
+    evaluate = ["evaluate", "--data", str(vaswani), "--model", "none", "--retriever", engine, "--index", ALIAS, "-q"]
+    reader = ["--user", "reader", "--password-file", reader_file]
+    cases = {
+        # (flags, exit status, what the line must say)
+        "no CA given": (["--url", secure["url"], *reader], 1, ["not trusted", "--ca-certs", "http_ca.crt"]),
+        "another CA": (["--url", secure["url"], "--ca-certs", credentials["other_ca"], *reader], 1,
+                       ["not trusted", "--ca-certs"]),
+        "host name not in the certificate": (["--url", f"https://127.0.0.1{host_port}", "--ca-certs",
+                                              credentials["ca_certs"], *reader], 1,
+                                             ["not valid for this host name", "127.0.0.1"]),
+        "http on the TLS port": (["--url", f"http://localhost{host_port}", *reader], 1, ["use https://"]),
+        "wrong password": (["--url", secure["url"], "--ca-certs", credentials["ca_certs"], "--user", "reader",
+                            "--password-file", wrong_file], 1, ["HTTP 401", "refused the password of user 'reader'"]),
+        "no credentials": (["--url", secure["url"], "--ca-certs", credentials["ca_certs"]], 1,
+                           ["without credentials", "--user"]),
+        "index outside the role": ([*evaluate_index("private-vaswani"), "--url", secure["url"], "--ca-certs",
+                                    credentials["ca_certs"], *reader], 1,
+                                   ["HTTP 403", "refused user 'reader' the privilege indices:",
+                                    "on private-vaswani"]),
+        "missing password file": (["--url", secure["url"], "--user", "reader", "--password-file",
+                                   str(tmp_path / "nope")], 2, ["nope: cannot read the password file"]),
+        "empty password file": (["--url", secure["url"], "--user", "reader", "--password-file", str(empty)], 2,
+                                [f"{empty}: the password file is empty"]),
+        "user without password": (["--url", secure["url"], "--user", "reader"], 2,
+                                   ["no password for engine user 'reader'", "ESRERANK_ENGINE_PASSWORD"]),
+    }
+    for name, (flags, status, expected) in cases.items():
+        done = cli(*evaluate, *flags, expect=status)
+        line = error_line(done)
+        for fragment in expected:
+            assert fragment in line, f"{name}: {line}"
+        assert "Traceback" not in done.stderr, name
+    # the reader may not index or register: one line naming the privilege refused and the command's full list
+    indexing = cli("index", "--data", str(vaswani), "--engine", engine, "--index", "sec-reader-index", "--url",
+                   secure["url"], "--ca-certs", credentials["ca_certs"], *reader, expect=1)
+    assert "refused user 'reader' the privilege" in error_line(indexing)
+    assert "indexing needs" in error_line(indexing)
+    if engine == "opensearch":
+        registering = cli("register", "opensearch", "--service-url", "http://127.0.0.1:9290", "--url", secure["url"],
+                          "--ca-certs", credentials["ca_certs"], *reader, "--index", ALIAS, "--name", "sec-denied",
+                          expect=1)
+        line = error_line(registering)
+        assert "refused user 'reader' the privilege cluster:admin/opensearch/ml/" in line
+        assert "registering needs" in line
+    secrets = secrets_of(credentials) + ["Wr0ng#Pa55w0rd-38"]
+    for command, printed in cli.outputs:
+        for secret in secrets:
+            assert secret not in printed, f"a secret in the output of: {command}"
+
+
+def evaluate_index(name: str) -> list[str]:
+    return ["--index", name]
