@@ -195,6 +195,9 @@ class EngineConnection:
             logger.warning("--insecure: the certificate of %s is not checked; anyone between here and the cluster "
                            "can read and change what is sent, credentials included", self.shown_url)
         if engine == "elasticsearch":
+            if not self.verify_certs and self.secure:
+                # elasticsearch-py checks certificates unless told too, whatever the context says
+                options.update(verify_certs=False, ssl_show_warn=False)
             if self.username:
                 options["basic_auth"] = (self.username, self.password)
             elif self.bearer_token:

@@ -22,6 +22,8 @@ from engines_support import require_server
 
 RUN_ROOT = Path(os.environ.get("ESRERANK_SERVER_RUN", "/tmp/esrerank-servers"))
 ALIAS = "sec-vaswani"  # the readers' roles cover sec-* alone
+API_KEY = "esrerank-key-id:Ap1Key#S3cret-38"  # recognisable: searched for in every output
+TOKEN = "Tok3n#S3cret-38-bearer"
 QUERIES = ["measurement of dielectric constant of liquids", "electron beam focusing"]
 
 pytestmark = pytest.mark.timeout(900)
@@ -217,12 +219,31 @@ def test_errors_a_user_can_act_on_are_one_line(credentials, secured_runs, vaswan
         "user without password": (["--url", secure["url"], "--user", "reader"], 2,
                                    ["no password for engine user 'reader'", "ESRERANK_ENGINE_PASSWORD"]),
     }
+    api_key_file = secret_file(tmp_path, "engine.key", API_KEY)
+    token_file = secret_file(tmp_path, "engine.token", TOKEN)
+    if engine == "elasticsearch":
+        cases["API key refused"] = (["--url", secure["url"], "--ca-certs", credentials["ca_certs"],
+                                     "--engine-api-key-file", api_key_file], 1, ["refused the API key"])
+    else:
+        cases["API key on OpenSearch"] = (["--url", secure["url"], "--engine-api-key-file", api_key_file], 2,
+                                          ["OpenSearch has no API keys"])
+    cases["token refused"] = (["--url", secure["url"], "--ca-certs", credentials["ca_certs"], "--engine-token-file",
+                               token_file], 1, ["refused the bearer token"])
+    cases["two ways to authenticate"] = (["--url", secure["url"], *reader, "--engine-token-file", token_file], 2,
+                                         ["one way to authenticate"])
     for name, (flags, status, expected) in cases.items():
         done = cli(*evaluate, *flags, expect=status)
         line = error_line(done)
         for fragment in expected:
             assert fragment in line, f"{name}: {line}"
         assert "Traceback" not in done.stderr, name
+    # working ways in besides a CA file: a client certificate (with the reader's password), and --insecure, warned
+    tls_checked = cli(*evaluate, "--url", secure["url"], "--ca-certs", credentials["ca_certs"], "--client-cert",
+                      credentials["client_cert"], "--client-key", credentials["client_key"], *reader)
+    unchecked = cli(*evaluate, "--url", secure["url"], "--insecure", *reader)
+    assert "nDCG@10" in tls_checked.stdout and unchecked.stdout == tls_checked.stdout
+    assert "--insecure: the certificate of https://reader:***@localhost" in unchecked.stderr
+    assert "Unverified HTTPS request" not in unchecked.stderr  # warned once, by esrerank, not for every request
     # the reader may not index or register: one line naming the privilege refused and the command's full list
     indexing = cli("index", "--data", str(vaswani), "--engine", engine, "--index", "sec-reader-index", "--url",
                    secure["url"], "--ca-certs", credentials["ca_certs"], *reader, expect=1)
@@ -235,7 +256,13 @@ def test_errors_a_user_can_act_on_are_one_line(credentials, secured_runs, vaswan
         line = error_line(registering)
         assert "refused user 'reader' the privilege cluster:admin/opensearch/ml/" in line
         assert "registering needs" in line
-    secrets = secrets_of(credentials) + ["Wr0ng#Pa55w0rd-38"]
+        # a user holding exactly what registering needs (docs/engines.md) registers through TLS
+        registrar = secret_file(tmp_path, "registrar.password", users["registrar"])
+        registered = cli("register", "opensearch", "--service-url", "http://127.0.0.1:9290", "--url", secure["url"],
+                         "--ca-certs", credentials["ca_certs"], "--user", "registrar", "--password-file", registrar,
+                         "--index", ALIAS, "--name", "sec-registered")
+        assert json.loads(registered.stdout)["pipeline"] == "sec-registered"
+    secrets = secrets_of(credentials) + ["Wr0ng#Pa55w0rd-38", API_KEY, TOKEN]
     for command, printed in cli.outputs:
         for secret in secrets:
             assert secret not in printed, f"a secret in the output of: {command}"
