@@ -188,6 +188,10 @@ class IndexAdmin:
             mapping = mapping_from_field_caps(caps, FIELD)
             if "_meta" in mapping:
                 mapping["_meta"]["esrerank"] = meta_from_field(mapping["_meta"]["esrerank"])
+            elif FIELD in mapping["properties"]:
+                logger.warning("%s looks built by an older 'esrerank index', which kept its settings in the "
+                               "mapping alone: queries are sent as typed, which is wrong if it was built with "
+                               "client analysis; rebuild it, or grant this user the mapping", name)
             return mapping
         return next(iter(answer.values()))["mappings"] if answer else {}
 

@@ -218,9 +218,9 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
 # What indexing asks of the engine, on the alias and the versioned indices behind it (ALIAS and ALIAS-*);
 # CI indexes with users that hold exactly these (tests/pipelines/test_secured_clusters.py).
 INDEX_PRIVILEGES = {
-    "elasticsearch": "cluster privilege monitor, and index privileges create_index, write, manage, read on ALIAS*",
-    "opensearch": "cluster permissions cluster_composite_ops, cluster_monitor, indices:admin/analyze, and index "
-                  "permissions crud, create_index, manage on ALIAS*",
+    "elasticsearch": "cluster privilege monitor, and index privileges manage, write, read on ALIAS*",
+    "opensearch": "cluster permissions cluster_composite_ops, cluster_monitor, and index permissions crud, "
+                  "create_index, manage on ALIAS*",
 }
 
 
