@@ -54,6 +54,8 @@ GUARDS = {
     ("InMemoryBM25.__init__", "TypeError"): "a path given where an iterable of documents belongs (the message "
                                             "names open_corpus): a caller's type error",
     ("_as_document", "TypeError"): "a corpus row that is neither a dict nor a Document: a caller's type error",
+    ("as_connection", "TypeError"): "an engine connection that is neither an EngineConnection nor a URL string: a "
+                                    "caller's type error",
     ("InMemoryBM25._check_queries", "TypeError"): "one string given where a list of queries belongs",
     ("SearchEngineBM25.search_many", "TypeError"): "one string given where a list of queries belongs",
     # internal invariants no public input reaches

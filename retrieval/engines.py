@@ -23,9 +23,9 @@ from esrerank_errors import DataError, EngineError, InputError
 
 from .analysis import get_analyzer
 from .engine_admin import FIELD
+from .engine_connection import EngineConnection
 from .engine_documents import IndexDocuments
 from .engine_query import EngineQuery
-from .engine_connection import EngineConnection
 from .engine_rest import ElasticsearchRest, OpenSearchRest, error_reason, ndjson
 from .records import Hit
 from .source_fields import MappedField, check_fields, source_path, text_fields
@@ -81,8 +81,9 @@ class SearchEngineBM25(IndexDocuments):
     engine = "engine"
     _adapter = None
 
-    def __init__(self, connection: EngineConnection | str = "http://127.0.0.1:9200", index: str = "esrerank", msearch_batch: int = 64,
-                 request_timeout: float = 120.0, search_pipeline: str | None = None, dfs: bool | None = None,
+    def __init__(self, connection: EngineConnection | str = "http://127.0.0.1:9200", index: str = "esrerank",
+                 msearch_batch: int = 64, request_timeout: float = 120.0, search_pipeline: str | None = None,
+                 dfs: bool | None = None,
                  sniff: bool = False, query: EngineQuery | None = None, rerank_fields: Sequence[str] | None = None,
                  id_field: str | None = None, max_text_chars: int = 20_000, rescore: str | None = None):
         if search_pipeline is not None and self.engine != "opensearch":

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_engine_connection_args, add_first_stage_args, engine_connection_from, non_negative_int, positive_int
+from .options import (
+    add_engine_connection_args,
+    add_first_stage_args,
+    engine_connection_from,
+    non_negative_int,
+    positive_int,
+)
 
 
 def add_parser(commands, common) -> None:

@@ -408,8 +408,8 @@ def reranker_from(args):
         if args.retriever != "elasticsearch" or not args.index:
             raise DataError("--rescore", "reranking inside Elasticsearch needs --retriever elasticsearch --index NAME")
         logger.info("reranking inside Elasticsearch with the %s rescorer (--model is not used)", args.rescore)
-        searcher = connect("elasticsearch", engine_connection_from(args), args.index, rescore=args.rescore, dfs=args.dfs,
-                           **engine_fields_from(args))
+        searcher = connect("elasticsearch", engine_connection_from(args), args.index, rescore=args.rescore,
+                           dfs=args.dfs, **engine_fields_from(args))
         return EngineReranker(searcher)
     if args.search_pipeline:
         from retrieval.engines import connect

@@ -9,14 +9,14 @@ from rerank.reproducibility import PROMISE
 
 from ..retrieve_rerank import RerankConfig
 from .options import (
+    add_engine_connection_args,
     add_index_fields_args,
     add_model_run_args,
     add_ray_args,
     add_score_cache_arg,
     cross_encoder_from,
-    engine_fields_from,
-    add_engine_connection_args,
     engine_connection_from,
+    engine_fields_from,
     logger,
     model_options_from,
     non_negative_int,

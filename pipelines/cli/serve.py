@@ -30,7 +30,8 @@ def add_parser(commands, common) -> None:
                         help="longest a request waits for others to batch with (default 5; 0 turns batching off)")
     parser.add_argument("--api-key-file", help="file holding the API key requests must send as 'Authorization: "
                         "Bearer <key>' (default: $ESRERANK_API_KEY, else no key). Never "
-                        "on the command line, where other users of the machine see it")
+                        "on the command line, where other users of the machine see it. This service's key, not "
+                        "an engine's (--engine-api-key-file of the engine commands)")
     add_model_run_args(parser)
     parser.set_defaults(handler=run)
 
