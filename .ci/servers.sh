@@ -458,7 +458,7 @@ CNF
 }
 
 os_security_config() {  # home java dir: TLS, the security plugin's settings and its users and roles
-    local home=$1 java=$2 dir=$3 sec="$3/config/opensearch-security" user hash cache
+    local home=$1 java=$2 dir=$3 sec="$3/config/opensearch-security" user users hash cache
     mkdir -p "$dir/config/certs" && cp "$CERT_DIR/ca.pem" "$CERT_DIR/node.pem" "$CERT_DIR/node.key" "$dir/config/certs/"
     # The security index is made from the files below on the first start of an empty data folder (a start
     # with --keep-data keeps the index made before). No admin certificate: the REST API serves all_access.
@@ -489,10 +489,22 @@ config:
     http:
       anonymous_auth_enabled: false
     authc:
+      clientcert_auth_domain:
+        description: "a client certificate signed by the CA: its CN is the user (esrerank-client: a reader)"
+        http_enabled: true
+        transport_enabled: false
+        order: 0
+        http_authenticator:
+          type: clientcert
+          config:
+            username_attribute: cn
+          challenge: false
+        authentication_backend:
+          type: noop
       basic_internal_auth_domain:
         http_enabled: true
         transport_enabled: true
-        order: 0
+        order: 1
         http_authenticator:
           type: basic
           challenge: true
@@ -517,7 +529,8 @@ YAML
     {
         printf '_meta:\n  type: "rolesmapping"\n  config_version: 2\n'
         for user in "${SECURE_USERS[@]}"; do
-            printf '%s:\n  reserved: false\n  users: ["%s"]\n' "${OS_USER_ROLE[$user]}" "$user"
+            if [ "$user" = reader ]; then users='"reader", "esrerank-client"'; else users="\"$user\""; fi
+            printf '%s:\n  reserved: false\n  users: [%s]\n' "${OS_USER_ROLE[$user]}" "$users"
         done
     } >"$sec/roles_mapping.yml"
     chmod -R go= "$dir/config"  # the plugin warns about every file others may read

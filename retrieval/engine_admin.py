@@ -99,7 +99,11 @@ class IndexAdmin:
         get_analyzer(settings.analyzer)  # unknown names fail here, before anything is created
         engine, url = self.rest.engine, self.rest.url
         if settings.analysis in ("native", "client"):
-            if settings.analysis == "native" and not self.has_analyzer(settings.analyzer):
+            try:
+                missing = settings.analysis == "native" and not self.has_analyzer(settings.analyzer)
+            except EnginePermissionError:  # may not ask: creating the index with the analyzer tells
+                missing = False
+            if missing:
                 raise EngineError(400, f"{engine} at {url} has no {settings.analyzer!r} analyzer "
                                        "(no analysis-common module); use analysis 'client' or 'auto'")
             return settings

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import ssl
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote
@@ -61,9 +62,13 @@ class EngineConnection:
     api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        if any(_split_userinfo(node)[1] is not None for node in self.url.split(",")):
+        nodes = split_nodes(self.url)
+        if any(_split_userinfo(node)[1] is not None for node in nodes):
             raise InputError("the engine URL holds credentials: use EngineConnection.from_url(url), or give "
                              "username and password")
+        schemes = {node.partition("://")[0].lower() for node in nodes if "://" in node}
+        if len(schemes) > 1:
+            raise InputError("the nodes of the engine URL mix http:// and https://: a cluster speaks one")
         ways = [name for name, value in (("a user and password", self.username or self.password),
                                          ("a bearer token", self.bearer_token), ("an API key", self.api_key))
                 if value]
@@ -87,9 +92,7 @@ class EngineConnection:
         (percent-encoded characters decoded; a ``#``, ``?`` or ``/`` in the password may be written as it
         is), with a warning: a command line is visible to the machine's other users."""
         nodes, credentials = [], set()
-        for node in (part.strip() for part in url.split(",")):
-            if not node:
-                continue
+        for node in split_nodes(url):
             plain, userinfo = _split_userinfo(node)
             nodes.append(plain)
             if userinfo is not None:
@@ -115,14 +118,14 @@ class EngineConnection:
             return self.url
         who = f"{self.username}:{HIDDEN}" if self.username else HIDDEN
         shown = []
-        for node in self.url.split(","):
+        for node in split_nodes(self.url):
             scheme, _, rest = node.partition("://")
             shown.append(f"{scheme}://{who}@{rest}")
         return ",".join(shown)
 
     @property
     def secure(self) -> bool:
-        return any(node.strip().startswith("https://") for node in self.url.split(","))
+        return any(node.lower().startswith("https://") for node in split_nodes(self.url))
 
     def secrets(self) -> list[str]:
         """Every secret this connection holds, in the forms a library might echo: as given, and as an
@@ -186,18 +189,21 @@ class EngineConnection:
         return context
 
     def client_options(self, engine: str) -> dict:
-        """Keyword arguments for ``elasticsearch.Elasticsearch`` or ``opensearchpy.OpenSearch``."""
+        """Keyword arguments for ``elasticsearch.Elasticsearch`` or ``opensearchpy.OpenSearch``: the clients'
+        own TLS options when any is given (``ca_certs`` then trusts that CA alone), else a context with the
+        system's trust store; the credentials."""
         options: dict = {}
-        context = self.ssl_context()
-        if context is not None:
-            options["ssl_context"] = context
+        if self.secure and (self.ca_certs or self.client_cert or not self.verify_certs):
+            self.ssl_context()  # the files are checked here: a bad one is one line naming it
+            options.update(ca_certs=self.ca_certs, client_cert=self.client_cert, client_key=self.client_key,
+                           verify_certs=self.verify_certs, ssl_show_warn=False)
+            options = {key: value for key, value in options.items() if value is not None}
+        elif self.secure:
+            options["ssl_context"] = self.ssl_context()
         if not self.verify_certs and self.secure:
             logger.warning("--insecure: the certificate of %s is not checked; anyone between here and the cluster "
                            "can read and change what is sent, credentials included", self.shown_url)
         if engine == "elasticsearch":
-            if not self.verify_certs and self.secure:
-                # elasticsearch-py checks certificates unless told too, whatever the context says
-                options.update(verify_certs=False, ssl_show_warn=False)
             if self.username:
                 options["basic_auth"] = (self.username, self.password)
             elif self.bearer_token:
@@ -246,14 +252,32 @@ def read_secret_file(path: str, what: str) -> str:
     return secret
 
 
+def split_nodes(url: str) -> list[str]:
+    """The nodes of a comma-separated URL. A comma splits only where a scheme follows, so a password may hold
+    one (``https://u:p,w@h1:9200,https://u:p,w@h2:9200``)."""
+    return [node.strip() for node in re.split(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)", url) if node.strip()]
+
+
 def _split_userinfo(node: str) -> tuple[str, str | None]:
-    """``(url without credentials, "user:password" or None)``. The credentials end at the last ``@``, so a
-    password may hold ``#``, ``?`` or ``/`` unencoded (``urlsplit`` would cut it at those)."""
+    """``(url without credentials, "user:password" or None)``. The credentials end at the last ``@`` before
+    the path, so a password may hold ``#``, ``?`` or ``@`` unencoded (``urlsplit`` would cut it at the first
+    two); a ``/`` in it must be written ``%2F`` (an ``@`` after a ``/`` is the path's)."""
     scheme, separator, rest = node.partition("://")
     at = rest.rfind("@")
-    if not separator or at == -1:
+    if not separator or at == -1 or "/" in rest[:at]:
         return node, None
     return f"{scheme}://{rest[at + 1:]}", rest[:at]
+
+
+def redact_text(url: str) -> str:
+    """A URL as typed, for an error about it: whatever stands before an ``@`` (credentials) as ``***``."""
+    shown = []
+    for node in split_nodes(url) or [url]:
+        if "@" in node:
+            scheme, separator, rest = node.partition("://")
+            node = f"{scheme}://***@{rest.rpartition('@')[2]}" if separator else f"***@{node.rpartition('@')[2]}"
+        shown.append(node)
+    return ",".join(shown)
 
 
 def _readable_file(path: str, flag: str) -> None:

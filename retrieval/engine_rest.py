@@ -15,26 +15,27 @@ from urllib.parse import urlsplit
 
 from esrerank_errors import DataError, EngineError, EnginePermissionError, EngineUnavailable, InputError
 
-from .engine_connection import EngineConnection, as_connection
+from .engine_connection import EngineConnection, as_connection, redact_text, split_nodes
 
 
 def check_url(url: str) -> str:
-    """The URL of a server, refused early unless it is http(s)://host[:port][/path]."""
+    """The URL of a server, refused early unless it is http(s)://host[:port][/path]; the error shows no
+    credentials the URL may hold."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DataError(url, "not a server URL: give http(s)://HOST:PORT, e.g. http://127.0.0.1:9200")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise DataError(redact_text(url), "not a server URL: give http(s)://HOST:PORT, e.g. http://127.0.0.1:9200")
     try:
         parts.port
     except ValueError:
-        raise DataError(url, "the port is not a number") from None
+        raise DataError(redact_text(url), "the port is not a number") from None
     return url
 
 
 def node_urls(url: str) -> list[str]:
     """The nodes of ``url``: one URL, or several separated by commas (nodes of one cluster)."""
-    nodes = [check_url(node.strip()) for node in url.split(",") if node.strip()]
+    nodes = [check_url(node) for node in split_nodes(url)]
     if not nodes:
-        raise DataError(url, "no server URL given")
+        raise DataError(redact_text(url), "no server URL given")
     return nodes
 
 
@@ -158,18 +159,21 @@ def unreachable_reason(message: str, connection: EngineConnection) -> str:
         return f"the cluster's certificate is not trusted ({detail}): {CA_HINT}"
     if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text or "packet length too long" in text:
         return "the server does not speak TLS on this port: use http://, not https://"
-    plain = not connection.secure
-    if plain and any(marker in text for marker in ("RemoteDisconnected", "Connection reset by peer",
-                                                   "Connection aborted", "BadStatusLine", "empty reply")):
-        return ("the server closed the connection without an answer: if the cluster has TLS on (Elasticsearch "
-                "8 and 9 by default, OpenSearch with its security plugin) use https://")
-    ssl_error = re.search(r"\[SSL[^\]]*\][^()]*", text)
+    if any(alert in text for alert in ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA")):
+        return ("the cluster refused this client's certificate (or wants one): give a certificate its CA signed "
+                "with --client-cert FILE --client-key FILE")
+    errno = next((text[text.index(marker):].split(")")[0].split(" | ")[0].strip(" '\"")
+                  for marker in ("[Errno", "timed out", "Connection refused") if marker in text), None)
+    if not connection.secure and any(marker in text for marker in ("RemoteDisconnected", "Connection reset by peer",
+                                                                   "Connection aborted", "BadStatusLine")):
+        return (f"{errno or 'the server closed the connection without an answer'} (if the cluster has TLS on, "
+                "as Elasticsearch 8 and 9 and OpenSearch with its security plugin do, use https://)")
+    ssl_error = re.search(r"\[SSL[^\]]*\][^()|]*", text)
     if ssl_error:
         return f"TLS failed: {ssl_error.group(0).strip()}"
-    for marker in ("[Errno", "timed out", "Connection refused"):
-        if marker in text:
-            return text[text.index(marker):].split(")")[0].split(" | ")[0].strip(" '\"")
-    return text
+    if errno:
+        return errno
+    return text if len(text) <= 300 else text[:300] + "…"
 
 
 def _failure_text(exc: BaseException) -> str:

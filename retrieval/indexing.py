@@ -32,7 +32,7 @@ from esrerank_errors import EngineError, EnginePermissionError, EngineUnavailabl
 
 from .analysis import get_analyzer
 from .engine_admin import FIELD, IndexConfig
-from .engine_rest import error_reason, ndjson
+from .engine_rest import error_reason, ndjson, permission_error
 from .engines import SearchEngineBM25
 from .records import Document
 
@@ -131,6 +131,8 @@ def send_bulk(engine: SearchEngineBM25, index: str, documents: list[Document], s
             status = result.get("status", 500)
             if status < 300:
                 continue
+            if status == 403:  # a privilege missing: every document would fail alike
+                raise permission_error(engine.engine, engine.url, error_reason(result), f"/{index}/_bulk")
             if status == 429 or status >= 500:
                 retry.append(doc)
                 transient = transient or f"HTTP {status}: {error_reason(result)}"

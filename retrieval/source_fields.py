@@ -61,7 +61,11 @@ def mapping_from_field_caps(answer: Mapping[str, Any], meta_field: str | None = 
         types = answer["fields"][path]
         if path.startswith("_") or not isinstance(types, dict):
             continue
-        kind, caps = next(((k, v) for k, v in types.items() if k != "unmapped"), (None, None))
+        # an alias over indices that map the field differently: text where any has it (what is read), else
+        # the first
+        kinds = [k for k in types if k != "unmapped"]
+        kind = "text" if "text" in kinds else (kinds[0] if kinds else None)
+        caps = types.get(kind, {})
         if kind is None or caps.get("metadata_field"):
             continue
         if path == meta_field:

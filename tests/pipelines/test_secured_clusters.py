@@ -204,6 +204,8 @@ def test_errors_a_user_can_act_on_are_one_line(credentials, secured_runs, vaswan
                                               credentials["ca_certs"], *reader], 1,
                                              ["not valid for this host name", "127.0.0.1"]),
         "http on the TLS port": (["--url", f"http://localhost{host_port}", *reader], 1, ["use https://"]),
+        "https on a plain port": (["--url", require_server(TWINS[engine]).replace("http://", "https://")], 1,
+                                  ["does not speak TLS on this port: use http://"]),
         "wrong password": (["--url", secure["url"], "--ca-certs", credentials["ca_certs"], "--user", "reader",
                             "--password-file", wrong_file], 1, ["HTTP 401", "refused the password of user 'reader'"]),
         "no credentials": (["--url", secure["url"], "--ca-certs", credentials["ca_certs"]], 1,
@@ -238,9 +240,12 @@ def test_errors_a_user_can_act_on_are_one_line(credentials, secured_runs, vaswan
             assert fragment in line, f"{name}: {line}"
         assert "Traceback" not in done.stderr, name
     # working ways in besides a CA file: a client certificate (with the reader's password), and --insecure, warned
-    tls_checked = cli(*evaluate, "--url", secure["url"], "--ca-certs", credentials["ca_certs"], "--client-cert",
-                      credentials["client_cert"], "--client-key", credentials["client_key"], *reader)
+    tls_checked = cli(*evaluate, "--url", secure["url"], "--ca-certs", credentials["ca_certs"], *reader)
     unchecked = cli(*evaluate, "--url", secure["url"], "--insecure", *reader)
+    if engine == "opensearch":  # its security plugin takes the certificate's CN (esrerank-client, a reader) as user
+        by_certificate = cli(*evaluate, "--url", secure["url"], "--ca-certs", credentials["ca_certs"],
+                             "--client-cert", credentials["client_cert"], "--client-key", credentials["client_key"])
+        assert by_certificate.stdout == tls_checked.stdout  # without it, "no credentials" above: 401
     assert "nDCG@10" in tls_checked.stdout and unchecked.stdout == tls_checked.stdout
     assert "--insecure: the certificate of https://reader:***@localhost" in unchecked.stderr
     assert "Unverified HTTPS request" not in unchecked.stderr  # warned once, by esrerank, not for every request
@@ -262,7 +267,8 @@ def test_errors_a_user_can_act_on_are_one_line(credentials, secured_runs, vaswan
                          "--ca-certs", credentials["ca_certs"], "--user", "registrar", "--password-file", registrar,
                          "--index", ALIAS, "--name", "sec-registered")
         assert json.loads(registered.stdout)["pipeline"] == "sec-registered"
-    secrets = secrets_of(credentials) + ["Wr0ng#Pa55w0rd-38", API_KEY, TOKEN]
+    secrets = secrets_of(credentials) + ["Wr0ng#Pa55w0rd-38", API_KEY, TOKEN,
+                                         base64.b64encode(API_KEY.encode()).decode()]
     for command, printed in cli.outputs:
         for secret in secrets:
             assert secret not in printed, f"a secret in the output of: {command}"
