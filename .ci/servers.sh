@@ -591,9 +591,10 @@ secure_credentials() {  # engine [url]: record engine's URL, users and token in 
     mkdir -p "$SECURE_ROOT" && chmod 700 "$SECURE_ROOT"
     (
         flock 9
-        ENGINE=$1 URL=${2:-} CERT_DIR=$CERT_DIR ADMIN=${SECURE_PASSWORD[admin]} READER=${SECURE_PASSWORD[reader]} \
-        INDEXER=${SECURE_PASSWORD[indexer]} TOKEN=${SERVICE_TOKEN:-} ACCOUNT=$SERVICE_ACCOUNT \
-        PATTERN=$SERVICE_TOKEN_PATTERN python3 - "$CREDENTIALS" <<'PY'
+        local user passwords=()
+        for user in "${SECURE_USERS[@]}"; do passwords+=("PASSWORD_$user=${SECURE_PASSWORD[$user]}"); done
+        env "${passwords[@]}" USERS="${SECURE_USERS[*]}" ENGINE=$1 URL=${2:-} CERT_DIR=$CERT_DIR \
+        TOKEN=${SERVICE_TOKEN:-} ACCOUNT=$SERVICE_ACCOUNT PATTERN=$SERVICE_TOKEN_PATTERN python3 - "$CREDENTIALS" <<'PY'
 import json, os, sys
 path, env = sys.argv[1], os.environ
 try:
@@ -605,7 +606,7 @@ if env["URL"]:
     certs = env["CERT_DIR"]
     data.update(ca_certs=f"{certs}/ca.pem", other_ca=f"{certs}/other-ca.pem",
                 client_cert=f"{certs}/client.pem", client_key=f"{certs}/client.key")
-    entry = {"url": env["URL"], "users": {"admin": env["ADMIN"], "reader": env["READER"], "indexer": env["INDEXER"]}}
+    entry = {"url": env["URL"], "users": {user: env[f"PASSWORD_{user}"] for user in env["USERS"].split()}}
     if env["ENGINE"] == "elasticsearch":
         entry.update(service_account=env["ACCOUNT"], service_token=env["TOKEN"],
                      service_token_readable_pattern=env["PATTERN"])

@@ -260,6 +260,7 @@ class IndexAdmin:
         task = started.get("task") if isinstance(started, dict) else None
         if task is None:  # a server that ran the merge within the request
             return
+        wait_s = 0.25  # a small index merges in a moment: ask soon, then every poll_s
         while True:
             try:
                 status = self.rest.request("GET", f"/_tasks/{task}")
@@ -276,8 +277,10 @@ class IndexAdmin:
                 if status.get("error"):
                     raise EngineError(500, f"force merge of {name} failed: {error_reason(status)}")
                 return
-            logger.info("waiting for the force merge of %s (task %s)", name, task)
-            time.sleep(poll_s)
+            if wait_s >= poll_s:
+                logger.info("waiting for the force merge of %s (task %s)", name, task)
+            time.sleep(wait_s)
+            wait_s = min(poll_s, wait_s * 2)
 
     def _merged(self, name: str) -> bool:
         """No merge running and at most one segment per shard."""
