@@ -150,6 +150,10 @@ def unreachable_reason(message: str, connection: EngineConnection) -> str:
     """Why a cluster could not be reached, in one line that says what to do, from a client library's
     message (which nests urllib3's and ssl's exceptions)."""
     text = " ".join(message.split())
+    mismatch = re.search(r"hostname '[^']*' doesn't match [^|]*", text)  # urllib3's own check (given a CA file)
+    if mismatch:
+        return (f"the cluster's certificate is not valid for this host name ({mismatch.group(0).strip()}): connect "
+                "with a name the certificate lists (a development cluster's is often localhost)")
     verify = re.search(r"certificate verify failed: ([^(]*?)\s*\(_ssl", text)
     if verify:
         detail = verify.group(1).strip().rstrip(".")

@@ -131,7 +131,8 @@ def send_bulk(engine: SearchEngineBM25, index: str, documents: list[Document], s
             status = result.get("status", 500)
             if status < 300:
                 continue
-            if status == 403:  # a privilege missing: every document would fail alike
+            if status == 403 and error_reason(result).startswith("security_exception"):
+                # a privilege missing: every document would fail alike (a 403 write block stays per document)
                 raise permission_error(engine.engine, engine.url, error_reason(result), f"/{index}/_bulk")
             if status == 429 or status >= 500:
                 retry.append(doc)

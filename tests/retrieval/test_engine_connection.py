@@ -123,6 +123,8 @@ PLAIN = EngineConnection("http://localhost:9203")
      "give the CA that signed it with --ca-certs FILE"),
     ("SSLError([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: IP address mismatch, certificate is not "
      "valid for '127.0.0.1'. (_ssl.c:1006))", SECURE, "not valid for this host name (IP address mismatch"),
+    ("TLS error | hostname '127.0.0.1' doesn't match 'localhost' | hostname '127.0.0.1' doesn't match 'localhost'",
+     SECURE, "not valid for this host name (hostname '127.0.0.1' doesn't match 'localhost')"),
     ("ConnectionError(('Connection aborted.', RemoteDisconnected('Remote end closed connection without "
      "response')))", PLAIN, "use https://"),
     ("ConnectionError(('Connection aborted.', ConnectionResetError(104, 'Connection reset by peer')))", PLAIN,
