@@ -106,7 +106,11 @@ class OpenSearchRest(_Rest):
     engine = "opensearch"
 
     def __init__(self, connection: EngineConnection | str, request_timeout: float, sniff: bool = False):
-        import opensearchpy
+        try:
+            import opensearchpy
+        except ImportError:
+            raise InputError("OpenSearch needs its client, an optional extra: pip install 'esrerank[opensearch]'"
+                             ) from None
 
         super().__init__(connection, request_timeout, sniff)
         self._errors = opensearchpy

@@ -285,3 +285,22 @@ def test_the_process_prints_one_line_and_no_traceback(name, bad_files, vaswani):
     assert result.returncode == status, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and fragment in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("module, flags, expected", [
+    ("opensearchpy", ["--retriever", "opensearch", "--index", "x"], "pip install 'esrerank[opensearch]'"),
+    ("ray", ["--ray"], "pip install 'esrerank[ray]'"),
+])
+def test_a_missing_optional_client_is_one_line_with_the_install_command(module, flags, expected, vaswani):
+    """The extra's package made unimportable the way Python itself marks a blocked import (None in
+    sys.modules): the command ends in one line naming the install command, exit status 2, no traceback."""
+    import subprocess
+    import sys
+
+    program = (f"import sys; sys.modules[{module!r}] = None; from pipelines.cli import main; "
+               f"sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", program, "evaluate", "--data", str(vaswani), "--model", "none",
+                           *flags], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("esrerank: error:") and expected in done.stderr
