@@ -54,6 +54,7 @@ class EngineError(EsrerankError, RuntimeError):
 
     def __init__(self, status: int, message: str):
         self.status = status
+        self.message = message  # without the status, for a caller that adds to it
         super().__init__(f"HTTP {status}: {message}")
 
 

@@ -680,6 +680,10 @@ secure() {  # start|stop|status opensearch-secure|elasticsearch-secure|secure
         status)
             for name in "${names[@]}"; do
                 p=${port:-$(secure_port "$name")}
+                if [ "$name" = elasticsearch9 ]; then  # the unsecured twin: plain http
+                    curl -s "http://127.0.0.1:$p/_cluster/health" && echo || echo "$name: not running"
+                    continue
+                fi
                 curl -s --cacert "$CERT_DIR/ca.pem" -u "admin:${SECURE_PASSWORD[admin]}" \
                     "https://localhost:$p/_cluster/health" && echo || echo "$name: not running"
             done ;;

@@ -137,7 +137,7 @@ def explain(step: str, error: EngineError, engine: str | None = None) -> Registr
     privilege the engine refused and the full list registering needs."""
     message = str(error)
     if isinstance(error, EnginePermissionError) and engine in REGISTER_PRIVILEGES:
-        return RegistrationError(f"{step}: {message.removeprefix('HTTP 403: ')}; registering needs "
+        return RegistrationError(f"{step}: {error.message}; registering needs "
                                  f"{REGISTER_PRIVILEGES[engine]}")
     for fragment, hint in _HINTS:
         if fragment.lower() in message.lower():

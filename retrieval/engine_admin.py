@@ -111,14 +111,17 @@ class IndexAdmin:
             native = self.has_analyzer(settings.analyzer)
         except EnginePermissionError as exc:
             # _analyze is a cluster privilege (Elasticsearch: manage) that indexing need not have: creating the
-            # index tells as well (create_index_settling_analysis)
+            # index tells as well (create_index with analysis "auto")
             logger.info("%s: whether the server has the %r analyzer is settled by creating the index", exc,
                         settings.analyzer)
             return settings
         if not native:
-            logger.info("%s at %s has no %r analyzer: indexing esrerank's replica of it (pre-analyzed terms)",
-                        engine, url, settings.analyzer)
+            self._log_replica(settings.analyzer)
         return IndexConfig(**{**asdict(settings), "analysis": "native" if native else "client"})
+
+    def _log_replica(self, analyzer: str) -> None:
+        logger.info("%s at %s has no %r analyzer: indexing esrerank's replica of it (pre-analyzed terms)",
+                    self.rest.engine, self.rest.url, analyzer)
 
     # --- what an index is ------------------------------------------------------------------------
 
@@ -174,7 +177,7 @@ class IndexAdmin:
                                          params={"filter_path": "*.settings.index.number_of_shards"})
         except EnginePermissionError as exc:
             # read alone: a search reports the shards it asked, one per primary
-            logger.info("%s; counting %s's shards from a search instead", str(exc).removeprefix("HTTP 403: "), name)
+            logger.info("%s; counting %s's shards from a search instead", exc.message, name)
             answer = self.rest.request("POST", f"/{name}/_search", body={"size": 0, "track_total_hits": False})
             return int(answer["_shards"]["total"])
         return sum(int(entry["settings"]["index"]["number_of_shards"]) for entry in settings.values())
@@ -187,7 +190,7 @@ class IndexAdmin:
             answer = self.rest.request("GET", f"/{name}/_mapping")
         except EnginePermissionError as exc:
             logger.warning("%s; the fields of %s are read from _field_caps instead (enough unless _source is "
-                           "disabled)", str(exc).removeprefix("HTTP 403: "), name)
+                           "disabled)", exc.message, name)
             caps = self.rest.request("GET", f"/{name}/_field_caps", params={"fields": "*"})
             mapping = mapping_from_field_caps(caps, FIELD)
             if "_meta" in mapping:
@@ -231,8 +234,7 @@ class IndexAdmin:
         except EngineError as exc:
             if not (exc.status == 400 and f"analyzer [{settings.analyzer}]" in str(exc)):
                 raise
-        logger.info("%s at %s has no %r analyzer: indexing esrerank's replica of it (pre-analyzed terms)",
-                    self.rest.engine, self.rest.url, settings.analyzer)
+        self._log_replica(settings.analyzer)
         client = IndexConfig(**{**asdict(settings), "analysis": "client"})
         self.rest.request("PUT", f"/{name}", body=self.index_body(client, {**meta, "analysis": "client"}))
         return client

@@ -16,7 +16,7 @@ import base64
 import logging
 import re
 import ssl
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from esrerank_errors import DataError, InputError
@@ -89,8 +89,8 @@ class EngineConnection:
     @classmethod
     def from_url(cls, url: str, **options) -> "EngineConnection":
         """A connection to ``url``; a ``user:password@`` in it becomes ``username``/``password``
-        (percent-encoded characters decoded; a ``#``, ``?`` or ``/`` in the password may be written as it
-        is), with a warning: a command line is visible to the machine's other users."""
+        (percent-encoded characters decoded: write ``%`` as ``%25`` and ``/`` as ``%2F``; a ``#``, ``?``, ``@``
+        or ``,`` may stay as it is), with a warning: a command line is visible to the machine's other users."""
         nodes, credentials = [], set()
         for node in split_nodes(url):
             plain, userinfo = _split_userinfo(node)
@@ -221,15 +221,8 @@ class EngineConnection:
                                  "token (--engine-token-file)")
         return options
 
-    def with_url(self, url: str) -> "EngineConnection":
-        return replace(self, url=url)
-
-
-def as_connection(connection: "EngineConnection | str | None", default_url: str = "http://127.0.0.1:9200"
-                  ) -> EngineConnection:
-    """An :class:`EngineConnection` from what a caller gave: one, a URL string, or None (the default URL)."""
-    if connection is None:
-        return EngineConnection(default_url)
+def as_connection(connection: "EngineConnection | str") -> EngineConnection:
+    """An :class:`EngineConnection` from what a caller gave: one, or a URL string."""
     if isinstance(connection, EngineConnection):
         return connection
     if isinstance(connection, str):

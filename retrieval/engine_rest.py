@@ -52,12 +52,10 @@ class _Rest:
 
     engine = "engine"
 
-    def __init__(self, connection: EngineConnection | str, request_timeout: float, sniff: bool):
+    def __init__(self, connection: EngineConnection | str):
         self.connection = as_connection(connection)
         self.nodes = node_urls(self.connection.url)
         self.url = self.connection.shown_url  # what errors and logs show: never a secret
-        self.request_timeout = request_timeout
-        self.sniff = sniff
 
     def _unreachable(self, exc: Exception) -> EngineUnavailable:
         return EngineUnavailable(self.url, unreachable_reason(self.connection.scrub(_failure_text(exc)),
@@ -80,7 +78,7 @@ class ElasticsearchRest(_Rest):
     def __init__(self, connection: EngineConnection | str, request_timeout: float, sniff: bool = False):
         import elasticsearch
 
-        super().__init__(connection, request_timeout, sniff)
+        super().__init__(connection)
         self._errors = elasticsearch
         self.client = elasticsearch.Elasticsearch(self.nodes, request_timeout=request_timeout,
                                                   sniff_on_node_failure=sniff, **_failover(self.nodes, sniff),
@@ -112,7 +110,7 @@ class OpenSearchRest(_Rest):
             raise InputError("OpenSearch needs its client, an optional extra: pip install 'esrerank[opensearch]'"
                              ) from None
 
-        super().__init__(connection, request_timeout, sniff)
+        super().__init__(connection)
         self._errors = opensearchpy
         self.client = opensearchpy.OpenSearch(self.nodes, timeout=request_timeout, sniff_on_connection_fail=sniff,
                                               pool_maxsize=16,  # parallel bulk workers share the client
@@ -146,6 +144,7 @@ def rest_client(engine: str, connection: EngineConnection | str, request_timeout
 
 # --- failures a user can act on ----------------------------------------------------------------------
 
+HOST_NAME_HINT = "connect with a name the certificate lists (a development cluster's is often localhost)"
 CA_HINT = ("give the CA that signed it with --ca-certs FILE (Elasticsearch: config/certs/http_ca.crt; OpenSearch: "
            "its root-ca.pem)")
 
@@ -156,14 +155,13 @@ def unreachable_reason(message: str, connection: EngineConnection) -> str:
     text = " ".join(message.split())
     mismatch = re.search(r"hostname '[^']*' doesn't match [^|]*", text)  # urllib3's own check (given a CA file)
     if mismatch:
-        return (f"the cluster's certificate is not valid for this host name ({mismatch.group(0).strip()}): connect "
-                "with a name the certificate lists (a development cluster's is often localhost)")
+        detail = mismatch.group(0).strip()
+        return f"the cluster's certificate is not valid for this host name ({detail}): {HOST_NAME_HINT}"
     verify = re.search(r"certificate verify failed: ([^(]*?)\s*\(_ssl", text)
     if verify:
         detail = verify.group(1).strip().rstrip(".")
         if "mismatch" in detail.lower() or "not valid for" in detail.lower():
-            return (f"the cluster's certificate is not valid for this host name ({detail}): connect with a "
-                    "name the certificate lists (a development cluster's is often localhost)")
+            return f"the cluster's certificate is not valid for this host name ({detail}): {HOST_NAME_HINT}"
         return f"the cluster's certificate is not trusted ({detail}): {CA_HINT}"
     if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text or "packet length too long" in text:
         return "the server does not speak TLS on this port: use http://, not https://"

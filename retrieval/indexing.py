@@ -214,8 +214,8 @@ def build_index(engine: SearchEngineBM25, documents: Iterable[Document], alias: 
         return _build_index(engine, documents, alias, corpus_id, settings, batch_docs, workers, dead_letter, backoff,
                             total, force_merge, keep_old, show_progress, checkpoint_every_s)
     except EnginePermissionError as exc:
-        raise EnginePermissionError(exc.privilege, exc.index, f"{exc.args[0].removeprefix('HTTP 403: ')}; "
-                                    f"indexing needs {INDEX_PRIVILEGES[engine.engine]}") from None
+        raise EnginePermissionError(exc.privilege, exc.index, f"{exc.message}; indexing needs "
+                                    f"{INDEX_PRIVILEGES[engine.engine]}") from None
 
 
 # What indexing asks of the engine, on the alias and the versioned indices behind it (ALIAS and ALIAS-*);

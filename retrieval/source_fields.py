@@ -71,9 +71,12 @@ def mapping_from_field_caps(answer: Mapping[str, Any], meta_field: str | None = 
         if path == meta_field:
             meta = {key: values[0] for key, values in caps.get("meta", {}).items() if values}
         parent, _, name = path.rpartition(".")
-        spec = {"type": kind} if kind not in ("object",) else {"properties": {}}
-        if kind == "nested":
-            spec["properties"] = {}
+        if kind == "object":  # its type is implied by its properties
+            spec: dict = {"properties": {}}
+        elif kind == "nested":
+            spec = {"type": kind, "properties": {}}
+        else:
+            spec = {"type": kind}
         holder = properties
         if parent:
             parent_spec = specs.get(parent)

@@ -28,11 +28,15 @@ def require_server(engine: str) -> str:
         with urllib.request.urlopen(f"{url.split(',')[0]}/_cluster/health", timeout=3) as response:
             response.read()
     except OSError as exc:
-        message = f"no {engine} at {url} ({exc}); start one with: bash .ci/servers.sh start {engine}"
-        if os.environ.get("ESRERANK_REQUIRE_SERVERS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        server_missing(f"no {engine} at {url} ({exc}); start one with: bash .ci/servers.sh start {engine}")
     return url
+
+
+def server_missing(message: str) -> None:
+    """Skip the test, or fail it where CI requires the servers ($ESRERANK_REQUIRE_SERVERS=1)."""
+    if os.environ.get("ESRERANK_REQUIRE_SERVERS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def free_port() -> int:

@@ -202,13 +202,6 @@ def engine_connection_from(args):
     return args.engine_connection
 
 
-def refuse_connection_flags_without_engine(args) -> None:
-    """Engine connection flags given with the in-memory retriever are a mistake: say so."""
-    given = [f"--{name.replace('_', '-')}" for name in CONNECTION_FLAGS if getattr(args, name, None)]
-    if given:
-        raise DataError(given[0], f"{given[0]} is for an engine: give --retriever elasticsearch|opensearch")
-
-
 def add_reranker_args(parser: argparse.ArgumentParser, default_model: str) -> None:
     parser.add_argument("--model", default=default_model,
                         help=f"cross-encoder hub id or local folder, or 'none' for BM25 only (default {default_model})")
@@ -349,7 +342,6 @@ def first_stage_from(args, documents=None):
     if args.retriever == "memory":
         from retrieval.bm25 import InMemoryBM25
 
-        refuse_connection_flags_without_engine(args)
         if documents is None:
             raise DataError("--data", "the in-memory retriever needs --data DIR")
         index = InMemoryBM25(documents, k1=args.k1, b=args.b, analyzer=args.analyzer,
@@ -375,13 +367,15 @@ def first_stage_from(args, documents=None):
 
 
 def engine_fields_from(args) -> dict:
-    """The searcher's keyword arguments for the options of ``add_index_fields_args``."""
+    """The searcher's keyword arguments for the options of ``add_index_fields_args``; without an engine, any
+    engine-only option (those and the connection's) is refused."""
     from retrieval.engine_query import parse_fields, query_from_options
 
     named = {"fields": getattr(args, "fields", None), "query_template": getattr(args, "query_template", None)}
     if getattr(args, "retriever", "memory") == "memory":
         flags = [f"--{name.replace('_', '-')}" for name, value in
-                 {**named, "rerank_fields": args.rerank_fields, "id_field": args.id_field}.items() if value]
+                 {**named, "rerank_fields": args.rerank_fields, "id_field": args.id_field,
+                  **{name: getattr(args, name, None) for name in CONNECTION_FLAGS}}.items() if value]
         if flags:
             raise DataError(flags[0], f"{flags[0]} is for an engine index: give --retriever elasticsearch|opensearch "
                                       "and --index")

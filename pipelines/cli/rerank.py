@@ -23,7 +23,6 @@ from .options import (
     output_file,
     positive_int,
     ray_config_from,
-    refuse_connection_flags_without_engine,
 )
 
 
@@ -65,7 +64,6 @@ def _texts(args, collection, candidates) -> dict[str, str]:
     """doc id → text: the collection's, or what the engine index holds in the fields its searcher reads."""
     if args.retriever == "memory":
         engine_fields_from(args)  # engine-only flags without an engine are refused
-        refuse_connection_flags_without_engine(args)
         return collection.texts()
     from retrieval.engines import connect
 
